@@ -1,0 +1,22 @@
+"""prunekit: make trained PyTorch models smaller and faster by pruning them.
+
+>>> import torch, torchvision, prunekit
+>>> model = torchvision.models.resnet18()
+>>> result = prunekit.prune_(model, torch.randn(1, 3, 64, 64), ratio=0.5)
+>>> print(result.summary())          # doctest: +SKIP
+"""
+from .api import PruneResult, prune_, select_units
+from .config import PruneConfig
+from .criteria import Criterion, get_criterion, register_criterion
+from .errors import ApplyError, PlanError, PrunekitError, UnsupportedOpError
+from .graph.groups import Group
+from .graph.tracer import DependencyGraph, trace
+from .measure import Counts, count
+from .plan import Plan, apply_plan, make_plan
+
+__all__ = [
+    "ApplyError", "Counts", "Criterion", "DependencyGraph", "Group", "Plan", "PlanError", "PruneConfig",
+    "PruneResult", "PrunekitError", "UnsupportedOpError", "apply_plan", "count", "get_criterion",
+    "make_plan", "prune_", "register_criterion", "select_units", "trace",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,160 @@
+"""The one call for the common case: :func:`prune_` a model to a channel ratio."""
+from __future__ import annotations
+
+import fnmatch
+import math
+import time
+import warnings
+from dataclasses import dataclass, field, replace
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from .config import PruneConfig
+from .criteria import get_criterion
+from .errors import ApplyError, PlanError
+from .graph.groups import Group
+from .graph.tracer import DependencyGraph, Unsupported, iter_tensors, trace
+from .measure import Counts, count
+from .plan import Plan, apply_plan, make_plan
+
+
+@dataclass
+class PruneResult:
+    plan: Plan
+    before: Counts
+    after: Counts
+    groups: list[Group]
+    unsupported: list[Unsupported] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def macs_ratio(self) -> float:
+        return self.after.macs / max(self.before.macs, 1)
+
+    @property
+    def params_ratio(self) -> float:
+        return self.after.params / max(self.before.params, 1)
+
+    def summary(self) -> str:
+        rows = [("", "before", "after", "ratio"),
+                ("params", f"{self.before.params:,}", f"{self.after.params:,}", f"{self.params_ratio:.3f}"),
+                ("MACs", f"{self.before.macs:,}", f"{self.after.macs:,}", f"{self.macs_ratio:.3f}")]
+        w = [max(len(r[i]) for r in rows) for i in range(4)]
+        lines = ["  ".join(c.rjust(w[i]) if i else c.ljust(w[i]) for i, c in enumerate(r)) for r in rows]
+        pruned = sum(1 for g in self.plan.groups)
+        lines.append(f"{pruned} of {len(self.groups)} groups pruned in {self.seconds:.2f}s"
+                     f"{'' if self.plan.exact else ' (some groups are approximate: normalization over pruned dims)'}")
+        for u in self.unsupported:
+            lines.append(f"kept (unsupported): {u}")
+        for wmsg in self.warnings:
+            lines.append(f"warning: {wmsg}")
+        return "\n".join(lines)
+
+    __str__ = summary
+
+
+def _as_tuple(x: Any) -> tuple:
+    if isinstance(x, torch.Tensor) or not isinstance(x, (tuple, list)):
+        return (x,)
+    return tuple(x)
+
+
+def _ratio_for(group: Group, config: PruneConfig) -> float:
+    owner = group.modules[0] if group.modules else ""
+    root_mod = group.root[0].rsplit(".", 1)[0] if "." in group.root[0] else ""
+    for pattern, r in config.ratios:
+        if fnmatch.fnmatchcase(root_mod, pattern) or fnmatch.fnmatchcase(owner, pattern):
+            return r
+    return config.ratio
+
+
+def select_units(model: nn.Module, groups: list[Group], config: PruneConfig) -> tuple[set[int], list[dict]]:
+    """Lowest-scoring units of each group, by the config's ratio, cap and rounding."""
+    criterion = get_criterion(config.criterion)
+    chosen: set[int] = set()
+    summaries = []
+    for g in groups:
+        n = len(g)
+        if n < 2:
+            continue
+        r = _ratio_for(g, config)
+        n_rm = min(math.floor(n * r + 1e-9), math.floor(n * config.max_ratio + 1e-9), n - 1)
+        if config.round_to > 1 and g.kind == "channel" and n >= config.round_to:
+            kept = n - n_rm
+            kept = min(n, math.ceil(kept / config.round_to) * config.round_to)
+            n_rm = n - kept
+        if n_rm <= 0:
+            continue
+        scores = criterion.score(model, g)
+        order = torch.argsort(scores, stable=True)[:n_rm].tolist()
+        for i in order:
+            chosen |= g.units[i]
+        summaries.append({"group": g.id, "kind": g.kind, "root": f"{g.root[0]}:{g.root[1]}", "units": n,
+                          "removed": n_rm, "exact": g.exact})
+    return chosen, summaries
+
+
+def _output_shapes(out: Any) -> list[tuple[int, ...]]:
+    return [tuple(t.shape) for t in iter_tensors(out)]
+
+
+def prune_(model: nn.Module, example_inputs: Any, config: PruneConfig | None = None, *,
+           example_kwargs: Mapping[str, Any] | None = None, mode: str = "hard", **overrides: Any) -> PruneResult:
+    """Prune ``model`` in place to the config's ratio and return a :class:`PruneResult`.
+
+    >>> import torchvision
+    >>> m = torchvision.models.resnet18()
+    >>> r = prune_(m, torch.randn(1, 3, 64, 64), ratio=0.5, round_to=8)
+    >>> r.macs_ratio < 0.35
+    True
+
+    The model's inputs and outputs keep their shapes. Ops prunekit cannot prune through
+    keep the dims they touch (listed in ``result.unsupported``; ``strict=True`` raises).
+    If anything fails, the model is left exactly as it was.
+    """
+    config = replace(config, **overrides) if config is not None else PruneConfig(**overrides)
+    inputs = _as_tuple(example_inputs)
+    kwargs = dict(example_kwargs or {})
+    t0 = time.perf_counter()
+    before = count(model, inputs, kwargs)
+    graph: DependencyGraph = trace(model, inputs, kwargs, ignore=config.ignore, strict=config.strict)
+    groups = graph.groups(config.kinds)
+    was = model.training
+    model.eval()
+    with torch.no_grad():
+        ref_shapes = _output_shapes(model(*inputs, **kwargs))
+    model.train(was)
+
+    def check(m: nn.Module) -> None:
+        m.eval()
+        try:
+            with torch.no_grad():
+                shapes = _output_shapes(m(*inputs, **kwargs))
+        finally:
+            m.train(was)
+        if shapes != ref_shapes:
+            raise PlanError(f"output shapes changed from {ref_shapes} to {shapes}")
+
+    notes: list[str] = []
+    chosen, summaries = select_units(model, groups, config)
+    plan = make_plan(graph, chosen, summaries)
+    try:
+        apply_plan(model, plan, mode=mode, check=check)
+    except (ApplyError, PlanError) as exc:
+        reshaped = [g for g in groups if g.kind in ("head", "head_dim")]
+        if not reshaped:
+            raise
+        notes.append(f"pruning attention heads failed ({exc}); heads were kept")
+        keep_groups = [g for g in groups if g.kind not in ("head", "head_dim")]
+        chosen, summaries = select_units(model, keep_groups, config)
+        plan = make_plan(graph, chosen, summaries)
+        apply_plan(model, plan, mode=mode, check=check)
+    after = count(model, inputs, kwargs)
+    for n in notes:
+        warnings.warn(n)
+    if graph.unsupported:
+        warnings.warn("kept the dims touched by unsupported ops: " + "; ".join(map(str, graph.unsupported[:5])))
+    return PruneResult(plan, before, after, groups, graph.unsupported, notes, time.perf_counter() - t0)

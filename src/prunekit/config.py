@@ -1,0 +1,72 @@
+"""Typed, self-validating configuration for :func:`prunekit.prune_` (round-trips through JSON)."""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any, Mapping
+
+KINDS = ("channel", "group", "head", "head_dim")
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    """How much to prune and what to leave alone.
+
+    >>> PruneConfig(ratio=0.5, round_to=8, ignore=("fc",)).to_json() == PruneConfig.from_json(
+    ...     PruneConfig(ratio=0.5, round_to=8, ignore=("fc",)).to_json()).to_json()
+    True
+    """
+
+    ratio: float = field(default=0.5, metadata={"help": "fraction of each group's units to remove"})
+    ratios: tuple[tuple[str, float], ...] = field(
+        default=(), metadata={"help": "per-module ratios: (glob on the group's first module, ratio), first match wins"})
+    round_to: int = field(default=1, metadata={"help": "keep a multiple of this many channels per group"})
+    max_ratio: float = field(default=0.9, metadata={"help": "never remove more than this fraction of a group"})
+    ignore: tuple[str, ...] = field(default=(), metadata={"help": "module paths whose tensors keep their shape"})
+    kinds: tuple[str, ...] = field(default=("channel", "group", "head"),
+                                   metadata={"help": f"group kinds to prune, among {KINDS}"})
+    criterion: str = field(default="l2", metadata={"help": "importance criterion (registry name)"})
+    strict: bool = field(default=False, metadata={"help": "raise on ops without a rule instead of keeping their dims"})
+
+    def __post_init__(self) -> None:
+        if isinstance(self.ratios, Mapping):
+            object.__setattr__(self, "ratios", tuple((str(k), float(v)) for k, v in self.ratios.items()))
+        else:
+            object.__setattr__(self, "ratios", tuple((str(k), float(v)) for k, v in self.ratios))
+        object.__setattr__(self, "ignore", tuple(self.ignore))
+        object.__setattr__(self, "kinds", tuple(self.kinds))
+        for name, r in (("ratio", self.ratio),) + tuple(("ratios", r) for _, r in self.ratios):
+            if not 0.0 <= r < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {r}")
+        if not 0.0 < self.max_ratio < 1.0:
+            raise ValueError(f"max_ratio must be in (0, 1), got {self.max_ratio}")
+        if self.round_to < 1:
+            raise ValueError(f"round_to must be >= 1, got {self.round_to}")
+        bad = [k for k in self.kinds if k not in KINDS]
+        if bad:
+            raise ValueError(f"unknown group kinds {bad}; choose among {KINDS}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["ratios"] = [list(r) for r in self.ratios]
+        d["ignore"] = list(self.ignore)
+        d["kinds"] = list(self.kinds)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "PruneConfig":
+        known = set(cls.__dataclass_fields__)
+        extra = set(d) - known
+        if extra:
+            raise ValueError(f"unknown PruneConfig fields {sorted(extra)}")
+        d = dict(d)
+        if "ratios" in d:
+            d["ratios"] = tuple(tuple(r) for r in d["ratios"])
+        return cls(**d)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "PruneConfig":
+        return cls.from_dict(json.loads(text))

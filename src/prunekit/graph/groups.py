@@ -1,0 +1,201 @@
+"""Groups: the sets of coupled slices that are removed together, and the closure that finds them.
+
+A *unit* is one removable thing (a channel, a head, a head-width offset); its closure lists
+every ``(tensor, dim, index)`` slice that must go with it. A :class:`Group` gathers the units
+of one coupled dimension (e.g. the 64 channels shared by ``conv1``, ``bn1`` and the next
+conv's input), so a ratio can be applied to it.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Iterable
+
+import numpy as np
+
+from .labels import LabelStore
+
+
+class InvalidRemoval(Exception):
+    """The requested set of units cannot be removed on its own."""
+
+
+class Resolver:
+    """Class-level view of a :class:`LabelStore` (after union-find) with the closure operator."""
+
+    def __init__(self, store: LabelStore):
+        n = len(store)
+        self.store = store
+        self.root = np.fromiter((store.find(i) for i in range(n)), dtype=np.int64, count=n)
+        self.members: dict[int, list[tuple[str, int, int]]] = defaultdict(list)
+        for lab, mem in store.members.items():
+            self.members[int(self.root[lab])].extend(mem)
+        self.pinned: dict[int, str] = {}
+        for lab, why in store.pinned.items():
+            self.pinned.setdefault(int(self.root[lab]), why)
+        self.inexact = {int(self.root[lab]) for lab in store.inexact}
+        active = np.asarray(store.active, dtype=bool)
+        self.active_roots = set(np.unique(self.root[active]).tolist()) if n else set()
+        self.kind: dict[int, str] = {}
+        for lab in np.nonzero(active)[0].tolist():
+            self.kind.setdefault(int(self.root[lab]), store.kind[lab])
+        self._mask = np.zeros(max(n, 1), dtype=bool)
+        self.products = []
+        self.touch: dict[int, list[int]] = defaultdict(list)
+        self.element_roots: set[int] = set()
+        for p in store.products:
+            el = self.root[p.elements]
+            axes = [self.root[a] if a is not None else None for a in p.axes]
+            idx = len(self.products)
+            self.products.append((el, axes))
+            for r in np.unique(el).tolist():
+                self.touch[r].append(idx)
+            self.element_roots.update(np.unique(el).tolist())
+            for a in axes:
+                if a is not None:
+                    for r in np.unique(a).tolist():
+                        self.touch[r].append(idx)
+
+    def free_roots(self) -> list[int]:
+        free = self.active_roots - self.element_roots - set(self.pinned)
+        return sorted(free)
+
+    def closure(self, roots: Iterable[int]) -> set[int]:
+        """Everything that must go with ``roots``: follow products until nothing changes."""
+        removed = set(int(r) for r in roots)
+        pending = set()
+        for r in removed:
+            pending.update(self.touch.get(r, ()))
+        if not pending:
+            bad = removed & self.pinned.keys()
+            if bad:
+                raise InvalidRemoval(self.pinned[next(iter(bad))])
+            return removed
+        mask = self._mask
+        mask[list(removed)] = True
+        try:
+            while pending:
+                todo, pending = pending, set()
+                for pi in sorted(todo):
+                    el, axes = self.products[pi]
+                    direct = mask[el]
+                    ax_rm = [mask[a] if a is not None else np.zeros(el.shape[k], bool) for k, a in enumerate(axes)]
+                    implied = self._implied(ax_rm, el.shape)
+                    cur = direct | implied
+                    changed = False
+                    for k, a in enumerate(axes):
+                        if a is None:
+                            continue
+                        other = tuple(j for j in range(el.ndim) if j != k)
+                        full = cur.all(axis=other) if other else cur
+                        new = full & ~ax_rm[k]
+                        if new.any():
+                            ax_rm[k] = ax_rm[k] | new
+                            changed = True
+                    if changed:
+                        implied = self._implied(ax_rm, el.shape)
+                    if (direct & ~implied).any():
+                        raise InvalidRemoval("removal breaks a reshape/group structure")
+                    cand = [el[implied]]
+                    for k, a in enumerate(axes):
+                        if a is not None:
+                            cand.append(a[ax_rm[k]])
+                    cand = np.concatenate([c.reshape(-1) for c in cand])
+                    cand = cand[~mask[cand]]
+                    if cand.size:
+                        new_roots = np.unique(cand)
+                        mask[new_roots] = True
+                        for r in new_roots.tolist():
+                            removed.add(r)
+                            pending.update(self.touch.get(r, ()))
+        finally:
+            mask[list(removed)] = False
+        bad = removed & self.pinned.keys()
+        if bad:
+            raise InvalidRemoval(self.pinned[next(iter(bad))])
+        return removed
+
+    @staticmethod
+    def _implied(ax_rm, shape):
+        out = np.zeros(shape, bool)
+        for k, rm in enumerate(ax_rm):
+            if rm.any():
+                view = [1] * len(shape)
+                view[k] = shape[k]
+                out = out | rm.reshape(view)
+        return out
+
+    def slices(self, roots: Iterable[int]) -> dict[tuple[str, int], list[int]]:
+        out: dict[tuple[str, int], set[int]] = defaultdict(set)
+        for r in roots:
+            for name, dim, idx in self.members.get(r, ()):
+                out[(name, dim)].add(idx)
+        return {k: sorted(v) for k, v in out.items()}
+
+
+@dataclass
+class Group:
+    """Units of one coupled dimension; removing unit ``i`` removes ``slices[i]`` everywhere."""
+
+    id: int
+    kind: str
+    units: list[frozenset[int]]
+    slices: list[dict[tuple[str, int], list[int]]]
+    exact: bool
+    signature: tuple = field(repr=False, default=())
+
+    def __len__(self) -> int:
+        return len(self.units)
+
+    @property
+    def root(self) -> tuple[str, int]:
+        """The first (tensor, dim) of the group, used to name it."""
+        return self.signature[0][0]
+
+    @property
+    def modules(self) -> list[str]:
+        return sorted({n.rsplit(".", 1)[0] if "." in n else "" for (n, _), _ in self.signature})
+
+    def __str__(self) -> str:
+        lines = [f"Group {self.id}: {len(self)} {self.kind}{'s' if len(self) != 1 else ''}"
+                 f" ({'exact' if self.exact else 'approximate: normalization over the pruned dim'})"]
+        for (name, dim), count in self.signature:
+            lines.append(f"  {name}[dim {dim}]  x{count} per unit")
+        return "\n".join(lines)
+
+
+def build_groups(graph, kinds: Iterable[str] | None = None) -> list[Group]:
+    res = Resolver(graph.store)
+    graph._resolver = res
+    wanted = set(kinds) if kinds is not None else None
+    order = {n: i for i, n in enumerate(graph.param_names + graph.buffer_names)}
+    buckets: dict[tuple, list] = defaultdict(list)
+    seen: set[frozenset[int]] = set()
+    for r in res.free_roots():
+        kind = res.kind.get(r, "channel")
+        if wanted is not None and kind not in wanted:
+            continue
+        try:
+            closure = res.closure([r])
+        except InvalidRemoval:
+            continue
+        key = frozenset(closure)
+        if key in seen:  # the same unit reached from another root (e.g. a head in every layer)
+            continue
+        seen.add(key)
+        sl = res.slices(closure)
+        if not sl:
+            continue
+        sig = tuple(sorted(((k, len(v)) for k, v in sl.items()), key=lambda kv: (order.get(kv[0][0], 1 << 30), kv[0])))
+        buckets[(kind, sig)].append((r, closure, sl))
+    groups = []
+    for (kind, sig), items in buckets.items():
+        first = sig[0][0]
+        items.sort(key=lambda it: it[2][first][0])
+        exact = not any(res.inexact & c for _, c, _ in items)
+        groups.append(Group(id=0, kind=kind, units=[frozenset(c) for _, c, _ in items],
+                            slices=[s for _, _, s in items], exact=exact, signature=sig))
+    groups.sort(key=lambda g: (order.get(g.root[0], 1 << 30), g.root, g.kind))
+    for i, g in enumerate(groups):
+        g.id = i
+    return groups

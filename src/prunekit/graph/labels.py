@@ -1,0 +1,143 @@
+"""Label store: the units of removal and how they are coupled.
+
+Every prunable index of every traced tensor dimension carries an integer *label*.
+Ops couple labels in three ways:
+
+* ``unify(a, b)`` -- elementwise: removing label ``a[i]`` requires removing ``b[i]``
+  (union-find; a class of labels is one unit of removal).
+* ``Product(elements, axes)`` -- a reshape that splits or merges dimensions: element
+  ``elements[i, j, ...]`` is removed exactly when ``axes[0][i]`` or ``axes[1][j]`` ... is
+  removed (attention heads and head width, channel shuffle, flatten). An axis of ``None``
+  can never be removed.
+* ``pin(a)`` -- these labels must stay (model inputs/outputs, ignored modules, ops that
+  cannot be pruned through).
+
+A label may also carry *members*: ``(tensor_name, dim, index)`` slices of parameters and
+buffers that are removed with it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class Product:
+    """``elements`` (an n-d label array) is the outer product of ``axes`` (1-d label arrays or None)."""
+
+    elements: np.ndarray
+    axes: list[np.ndarray | None]
+
+
+@dataclass
+class Counter:
+    """An attribute of a module that counts labels (e.g. ``num_heads``); rewritten after removal."""
+
+    module: str
+    attr: str
+    labels: np.ndarray
+    scale: int = 1  # attribute value = scale * number of kept labels
+
+
+@dataclass
+class LabelStore:
+    parent: list[int] = field(default_factory=list)
+    active: list[bool] = field(default_factory=list)
+    kind: list[str] = field(default_factory=list)
+    members: dict[int, list[tuple[str, int, int]]] = field(default_factory=dict)
+    pinned: dict[int, str] = field(default_factory=dict)
+    inexact: set[int] = field(default_factory=set)
+    products: list[Product] = field(default_factory=list)
+    counters: list[Counter] = field(default_factory=list)
+    param_dims: dict[tuple[str, int], np.ndarray] = field(default_factory=dict)
+    _product_by_axes: dict[bytes, Product] = field(default_factory=dict)
+    _product_by_elements: dict[bytes, Product] = field(default_factory=dict)
+
+    # -- creation -----------------------------------------------------------------
+    def new(self, n: int, kind: str, active: bool) -> np.ndarray:
+        start = len(self.parent)
+        self.parent.extend(range(start, start + n))
+        self.active.extend([active] * n)
+        self.kind.extend([kind] * n)
+        return np.arange(start, start + n, dtype=np.int64)
+
+    def param_dim(self, name: str, dim: int, size: int, active: bool = False,
+                  kind: str = "channel") -> np.ndarray:
+        """Labels of dimension ``dim`` of parameter/buffer ``name`` (created once, reused)."""
+        key = (name, dim)
+        labels = self.param_dims.get(key)
+        if labels is None:
+            labels = self.new(size, kind, active)
+            for i, lab in enumerate(labels.tolist()):
+                self.members[lab] = [(name, dim, i)]
+            self.param_dims[key] = labels
+        elif active:
+            for lab in labels.tolist():
+                if not self.active[lab]:
+                    self.active[lab] = True
+                    self.kind[lab] = kind
+        return labels
+
+    # -- union-find ---------------------------------------------------------------
+    def find(self, x: int) -> int:
+        parent = self.parent
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    def unify(self, a: np.ndarray, b: np.ndarray) -> None:
+        a = np.asarray(a).reshape(-1)
+        b = np.asarray(b).reshape(-1)
+        if a.shape != b.shape:
+            raise ValueError(f"cannot unify label arrays of sizes {a.size} and {b.size}")
+        if a is b or np.array_equal(a, b):
+            return
+        for x, y in zip(a.tolist(), b.tolist()):
+            rx, ry = self.find(x), self.find(y)
+            if rx != ry:
+                if rx < ry:
+                    rx, ry = ry, rx
+                self.parent[rx] = ry
+
+    # -- constraints --------------------------------------------------------------
+    def pin(self, labels: np.ndarray, reason: str) -> None:
+        for lab in np.asarray(labels).reshape(-1).tolist():
+            self.pinned.setdefault(lab, reason)
+
+    def mark_inexact(self, labels: np.ndarray) -> None:
+        self.inexact.update(np.asarray(labels).reshape(-1).tolist())
+
+    def add_product(self, elements: np.ndarray, axes: list[np.ndarray | None]) -> None:
+        sizes = [a.size if a is not None else elements.shape[k] for k, a in enumerate(axes)]
+        big = [k for k, s in enumerate(sizes) if s > 1]
+        if len(big) == 1 and axes[big[0]] is not None:
+            self.unify(elements.reshape(-1), axes[big[0]])
+            return
+        if not big:
+            return
+        prod = Product(elements.copy(), list(axes))
+        self.products.append(prod)
+        self._product_by_axes[self._axes_key(axes, elements.shape)] = prod
+        self._product_by_elements[elements.tobytes() + bytes(str(elements.shape), "ascii")] = prod
+
+    @staticmethod
+    def _axes_key(axes: list[np.ndarray | None], shape: tuple[int, ...]) -> bytes:
+        parts = []
+        for a, s in zip(axes, shape):
+            parts.append(a.tobytes() if a is not None else f"none{s}".encode())
+            parts.append(b"|")
+        return b"".join(parts)
+
+    def product_with_axes(self, axes: list[np.ndarray | None], shape: tuple[int, ...]) -> Product | None:
+        return self._product_by_axes.get(self._axes_key(axes, shape))
+
+    def product_with_elements(self, elements: np.ndarray) -> Product | None:
+        return self._product_by_elements.get(elements.tobytes() + bytes(str(elements.shape), "ascii"))
+
+    def add_counter(self, module: str, attr: str, labels: np.ndarray, scale: int = 1) -> None:
+        self.counters.append(Counter(module, attr, np.asarray(labels).copy(), scale))
+
+    def __len__(self) -> int:
+        return len(self.parent)

@@ -1,0 +1,665 @@
+"""Shape ops: reshape/view/flatten, permute/transpose, expand/repeat, cat/stack, split/chunk,
+indexing, pooling and resampling, pixel and channel shuffle."""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from ..info import TensorInfo
+from ..registry import op_rule
+from .common import arg, couple, norm_dim, pin_all
+
+# Attribute names a module may use for the sizes a reshape splits a dim into.
+HEAD_COUNT_ATTRS = ("num_heads", "num_attention_heads", "n_head", "n_heads", "heads", "num_key_value_heads",
+                    "n_kv_heads", "num_kv_heads", "n_kv_head")
+HEAD_DIM_ATTRS = ("head_dim", "attention_head_size", "head_size", "dim_head", "d_head", "d_k", "d_kv")
+TOTAL_ATTRS = ("all_head_size", "split_size", "inner_dim", "inner_size", "hidden_size_per_partition")
+WIDTH_ATTRS = TOTAL_ATTRS + ("hidden_dim", "hidden_size", "embed_dim", "dim", "d_model", "num_features", "channels",
+                             "in_channels", "out_channels", "width", "n_embd", "num_channels")
+
+
+def _flat_shape(args: Sequence[Any], start: int) -> list[int] | None:
+    rest = list(args[start:])
+    if len(rest) == 1 and isinstance(rest[0], (tuple, list, torch.Size)):
+        rest = list(rest[0])
+    out = []
+    for r in rest:
+        if isinstance(r, torch.Tensor):
+            r = int(r)
+        if not isinstance(r, int):
+            return None
+        out.append(r)
+    return out
+
+
+def align(in_shape: Sequence[int], out_shape: Sequence[int]) -> list[tuple[list[int], list[int]]]:
+    """Blocks of input dims and output dims with equal products (size-1 dims are skipped)."""
+    blocks = []
+    i = j = 0
+    n, m = len(in_shape), len(out_shape)
+    while True:
+        while i < n and in_shape[i] == 1:
+            i += 1
+        while j < m and out_shape[j] == 1:
+            j += 1
+        if i >= n or j >= m:
+            break
+        ins, outs = [i], [j]
+        pi, pj = in_shape[i], out_shape[j]
+        i += 1
+        j += 1
+        while pi != pj:
+            if pi < pj:
+                if i >= n:
+                    raise ValueError("shapes do not align")
+                pi *= in_shape[i]
+                ins.append(i)
+                i += 1
+            else:
+                if j >= m:
+                    raise ValueError("shapes do not align")
+                pj *= out_shape[j]
+                outs.append(j)
+                j += 1
+        blocks.append((ins, outs))
+    return blocks
+
+
+def _module_attr(tracer, value: int, names: Sequence[str]) -> str | None:
+    mod = tracer.current_module()
+    if mod is None:
+        return None
+    for n in names:
+        v = getattr(mod, n, None)
+        if isinstance(v, int) and not isinstance(v, bool) and v == value:
+            return n
+    return None
+
+
+def reshape_labels(tracer, inf: TensorInfo, in_shape: Sequence[int], out_shape: Sequence[int],
+                   requested: list[int] | None) -> dict[int, np.ndarray]:
+    store = tracer.store
+    labels: dict[int, np.ndarray] = {}
+    if inf.empty:
+        return labels
+    blocks = align(list(in_shape), list(out_shape))
+    covered = {d for ins, _ in blocks for d in ins}
+    for d, lab in inf.labels.items():
+        if d not in covered and in_shape[d] > 1:
+            raise ValueError("labelled dim not aligned")
+    for ins, outs in blocks:
+        lab_in = [inf.labels.get(d) for d in ins]
+        if all(lab is None for lab in lab_in):
+            continue
+        if len(ins) == 1 and len(outs) == 1:
+            labels[outs[0]] = lab_in[0]
+            _literal_width(tracer, lab_in[0], outs[0], out_shape, requested)
+            continue
+        sizes_in = [in_shape[d] for d in ins]
+        if len(ins) == 1:
+            elements = lab_in[0]
+        else:
+            prod = store.product_with_axes(lab_in, tuple(sizes_in))
+            if prod is not None:
+                elements = prod.elements.reshape(-1)
+            else:
+                elements = store.new(int(np.prod(sizes_in)), "merge", False)
+                store.add_product(elements.reshape(sizes_in), lab_in)
+        if len(outs) == 1:
+            labels[outs[0]] = elements
+            _literal_width(tracer, elements, outs[0], out_shape, requested)
+            continue
+        sizes_out = [out_shape[d] for d in outs]
+        grid = elements.reshape(sizes_out)
+        prod = store.product_with_elements(grid)
+        if prod is not None:
+            axes = prod.axes
+        else:
+            axes = _split_axes(tracer, grid, outs, sizes_out, requested)
+            store.add_product(grid, axes)
+            total = _module_attr(tracer, int(grid.size), TOTAL_ATTRS) if requested is not None else None
+            if total is not None:
+                store.add_counter(tracer.module_path, total, grid.reshape(-1))
+        for k, d in enumerate(outs):
+            if axes[k] is not None:
+                labels[d] = axes[k]
+    return labels
+
+
+def _literal_width(tracer, labels, d, out_shape, requested):
+    """A prunable output dim whose size is written in the call must be rewritten after pruning."""
+    if requested is None or d >= len(requested) or requested[d] == -1:
+        return
+    attr = _module_attr(tracer, int(out_shape[d]), WIDTH_ATTRS)
+    if attr is not None:
+        tracer.store.add_counter(tracer.module_path, attr, labels)
+    elif -1 in requested:  # another dim is inferred: a stale literal here would go unnoticed
+        tracer.store.pin(labels, f"reshape to a size fixed in code in {tracer.module_path or '<top>'}")
+
+
+def _split_axes(tracer, grid, outs, sizes_out, requested):
+    store = tracer.store
+    n = len(outs)
+    block_has_infer = requested is not None and any(requested[d] == -1 for d in outs if d < len(requested))
+    axes: list[np.ndarray | None] = []
+    for k, d in enumerate(outs):
+        size = sizes_out[k]
+        kind = "head_dim" if k == n - 1 else ("head" if k == n - 2 else "split")
+        if size == 1:
+            axes.append(None)
+            continue
+        if requested is None or d >= len(requested) or requested[d] == -1:
+            axes.append(store.new(size, kind, True))
+            continue
+        names = HEAD_DIM_ATTRS if kind == "head_dim" else HEAD_COUNT_ATTRS
+        attr = _module_attr(tracer, size, names)
+        if attr is not None:
+            ax = store.new(size, kind, True)
+            store.add_counter(tracer.module_path, attr, ax)
+            axes.append(ax)
+        elif not block_has_infer and k == n - 1:
+            axes.append(store.new(size, kind, True))  # assumed computed from the tensor's shape
+        else:
+            axes.append(None)  # a size written into the code: it cannot change
+    return axes
+
+
+def _set(tracer, t, labels, nz=False):
+    tracer.set_info(t, TensorInfo(labels, nz) if labels else None)
+
+
+@op_rule("view", "reshape", "view_as", "reshape_as", "flatten", "unflatten", "squeeze", "squeeze_",
+         "unsqueeze", "unsqueeze_", "ravel", "_unsafe_view", "atleast_2d", "atleast_3d", "attr.mT_like")
+def reshape(tracer, name, args, kwargs, out):
+    x = args[0]
+    inf = tracer.info(x)
+    if inf is None or not isinstance(out, torch.Tensor):
+        return
+    requested = None
+    if name in ("view", "reshape"):
+        if len(args) > 1 and isinstance(args[1], torch.dtype):
+            raise ValueError("view as another dtype")
+        requested = _flat_shape(args, 1) if len(args) > 1 else _flat_shape([kwargs.get("shape", kwargs.get("size"))], 0)
+    elif name == "unflatten":
+        dim = norm_dim(arg(args, kwargs, 1, "dim"), x.dim())
+        sizes = list(arg(args, kwargs, 2, "sizes"))
+        requested = [int(s) for s in x.shape[:dim]] + sizes + [int(s) for s in x.shape[dim + 1:]]
+    if requested is not None and len(requested) != out.dim():
+        requested = None
+    labels = reshape_labels(tracer, inf, x.shape, out.shape, requested)
+    target = x if name.endswith("_") else out
+    _set(tracer, target, labels, inf.nz)
+
+
+def _permute(tracer, x, out, perm, target=None):
+    inf = tracer.info(x)
+    labels = {new: inf.labels[old] for new, old in enumerate(perm) if old in inf.labels}
+    _set(tracer, target if target is not None else out, labels, inf.nz)
+
+
+@op_rule("permute")
+def permute(tracer, name, args, kwargs, out):
+    dims = _flat_shape(args, 1) if len(args) > 1 else list(kwargs["dims"])
+    n = args[0].dim()
+    _permute(tracer, args[0], out, [norm_dim(d, n) for d in dims])
+
+
+@op_rule("transpose", "swapaxes", "swapdims", "transpose_", "t", "attr.T", "attr.mT", "attr.H", "attr.mH",
+         "adjoint", "movedim", "moveaxis", "numpy_T")
+def transpose(tracer, name, args, kwargs, out):
+    x = args[0]
+    n = x.dim()
+    perm = list(range(n))
+    if name in ("t", "attr.T", "numpy_T"):
+        perm = perm[::-1]
+    elif name in ("attr.mT", "attr.mH", "adjoint"):
+        perm[-1], perm[-2] = perm[-2], perm[-1]
+    elif name in ("movedim", "moveaxis"):
+        src = arg(args, kwargs, 1, "source")
+        dst = arg(args, kwargs, 2, "destination")
+        src = [src] if isinstance(src, int) else list(src)
+        dst = [dst] if isinstance(dst, int) else list(dst)
+        src = [norm_dim(s, n) for s in src]
+        dst = [norm_dim(d, n) for d in dst]
+        rest = [d for d in range(n) if d not in src]
+        perm = [None] * n
+        for s, d in zip(src, dst):
+            perm[d] = s
+        it = iter(rest)
+        perm = [p if p is not None else next(it) for p in perm]
+    else:
+        a = norm_dim(arg(args, kwargs, 1, "dim0"), n)
+        b = norm_dim(arg(args, kwargs, 2, "dim1"), n)
+        perm[a], perm[b] = perm[b], perm[a]
+    _permute(tracer, x, out, perm, x if name.endswith("_") else None)
+
+
+@op_rule("expand", "expand_as", "broadcast_to")
+def expand(tracer, name, args, kwargs, out):
+    x = args[0]
+    inf = tracer.info(x)
+    off = out.dim() - x.dim()
+    labels = {d + off: lab for d, lab in inf.labels.items() if x.shape[d] == out.shape[d + off]}
+    _set(tracer, out, labels, inf.nz)
+
+
+@op_rule("repeat", "tile")
+def repeat(tracer, name, args, kwargs, out):
+    x = args[0]
+    inf = tracer.info(x)
+    reps = _flat_shape(args, 1) if len(args) > 1 else list(kwargs.get("repeats", kwargs.get("dims")))
+    off = out.dim() - x.dim()
+    if name == "tile" and len(reps) < x.dim():
+        reps = [1] * (x.dim() - len(reps)) + reps
+    r_off = len(reps) - x.dim()
+    labels = {}
+    for d, lab in inf.labels.items():
+        labels[d + off] = np.tile(lab, reps[d + r_off])
+    _set(tracer, out, labels, inf.nz)
+
+
+@op_rule("repeat_interleave")
+def repeat_interleave(tracer, name, args, kwargs, out):
+    x = args[0]
+    inf = tracer.info(x)
+    reps = arg(args, kwargs, 1, "repeats")
+    dim = arg(args, kwargs, 2, "dim")
+    if dim is None or not isinstance(reps, int):
+        raise ValueError("repeat_interleave without dim or with tensor repeats")
+    dim = norm_dim(dim, x.dim())
+    labels = dict(inf.labels)
+    if dim in labels:
+        labels[dim] = np.repeat(labels[dim], reps)
+    _set(tracer, out, labels, inf.nz)
+
+
+@op_rule("cat", "concat", "concatenate")
+def cat(tracer, name, args, kwargs, out):
+    tensors = [t for t in arg(args, kwargs, 0, "tensors") if t.numel() > 0 or t.dim() > 1]
+    dim = norm_dim(arg(args, kwargs, 1, "dim", 0), out.dim())
+    store = tracer.store
+    labels: dict[int, np.ndarray] = {}
+    infos = [tracer.info(t) for t in tensors]
+    for d in range(out.dim()):
+        if d == dim:
+            parts = []
+            if not any(i is not None and d in i.labels for i in infos):
+                continue
+            for t, inf in zip(tensors, infos):
+                if inf is not None and d in inf.labels:
+                    parts.append(inf.labels[d])
+                else:
+                    fresh = store.new(t.shape[d], "channel", False)
+                    store.pin(fresh, f"concatenated with an unprunable tensor in {tracer.module_path or '<top>'}")
+                    parts.append(fresh)
+            labels[d] = np.concatenate(parts)
+        elif out.shape[d] > 1:
+            lab = couple(tracer, [(t, i, d) for t, i in zip(tensors, infos)], name)
+            if lab is not None:
+                labels[d] = lab
+    nz = any(i.nz for i in infos if i is not None)
+    _set(tracer, out, labels, nz)
+
+
+@op_rule("stack", "hstack", "vstack")
+def stack(tracer, name, args, kwargs, out):
+    tensors = list(arg(args, kwargs, 0, "tensors"))
+    if name != "stack":
+        raise ValueError(f"{name} not supported on labelled tensors")
+    dim = norm_dim(arg(args, kwargs, 1, "dim", 0), out.dim())
+    infos = [tracer.info(t) for t in tensors]
+    labels = {}
+    for d in range(tensors[0].dim()):
+        od = d if d < dim else d + 1
+        if tensors[0].shape[d] > 1:
+            lab = couple(tracer, [(t, i, d) for t, i in zip(tensors, infos)], name)
+            if lab is not None:
+                labels[od] = lab
+    _set(tracer, out, labels, any(i.nz for i in infos if i is not None))
+
+
+def _split_outputs(tracer, name, x, inf, dim, outs, attr_value: int | None):
+    """Split ``x`` along ``dim`` into equal parts; a labelled dim becomes (parts, width)."""
+    store = tracer.store
+    sizes = [o.shape[dim] for o in outs]
+    lab = inf.labels.get(dim)
+    if lab is not None:
+        if len(set(sizes)) != 1:
+            store.pin(lab, f"{name} into unequal parts in {tracer.module_path or '<top>'}")
+        elif len(outs) > 1:
+            width = sizes[0]
+            inner = store.new(width, "channel", True)
+            store.add_product(lab.reshape(len(outs), width), [None, inner])
+            if attr_value is not None:
+                attr = _module_attr(tracer, attr_value, TOTAL_ATTRS + ("embed_dim", "hidden_size"))
+                if attr is None:
+                    store.pin(lab, f"{name} by a size written in the code in {tracer.module_path or '<top>'}")
+                else:
+                    store.add_counter(tracer.module_path, attr, inner)
+    start = 0
+    for o, s in zip(outs, sizes):
+        labels = {d: l for d, l in inf.labels.items() if d != dim}
+        if lab is not None:
+            labels[dim] = lab[start:start + s]
+        start += s
+        _set(tracer, o, labels, inf.nz)
+
+
+@op_rule("chunk")
+def chunk(tracer, name, args, kwargs, out):
+    x = args[0]
+    dim = norm_dim(arg(args, kwargs, 2, "dim", 0), x.dim())
+    _split_outputs(tracer, name, x, tracer.info(x), dim, list(out), None)
+
+
+@op_rule("split", "split_with_sizes", "tensor_split", "hsplit", "vsplit")
+def split(tracer, name, args, kwargs, out):
+    x = args[0]
+    size = arg(args, kwargs, 1, "split_size_or_sections", arg(args, kwargs, 1, "split_size"))
+    dim = norm_dim(arg(args, kwargs, 2, "dim", 0), x.dim())
+    inf = tracer.info(x)
+    outs = list(out)
+    if name != "split" or not isinstance(size, int):
+        if dim in inf.labels and len(outs) > 1:
+            tracer.store.pin(inf.labels[dim], f"{name} by given sizes in {tracer.module_path or '<top>'}")
+        _split_outputs(tracer, name, x, inf, dim, outs, None) if len({o.shape[dim] for o in outs}) == 1 \
+            else _unequal(tracer, x, inf, dim, outs)
+        return
+    _split_outputs(tracer, name, x, inf, dim, outs, size if len(outs) > 1 else None)
+
+
+def _unequal(tracer, x, inf, dim, outs):
+    start = 0
+    for o in outs:
+        labels = {d: l for d, l in inf.labels.items() if d != dim}
+        if dim in inf.labels:
+            labels[dim] = inf.labels[dim][start:start + o.shape[dim]]
+        start += o.shape[dim]
+        _set(tracer, o, labels, inf.nz)
+
+
+@op_rule("unbind")
+def unbind(tracer, name, args, kwargs, out):
+    x = args[0]
+    dim = norm_dim(arg(args, kwargs, 1, "dim", 0), x.dim())
+    inf = tracer.info(x)
+    if dim in inf.labels:
+        tracer.store.pin(inf.labels[dim], f"unbind in {tracer.module_path or '<top>'}")
+    for o in out:
+        labels = {(d if d < dim else d - 1): l for d, l in inf.labels.items() if d != dim}
+        _set(tracer, o, labels, inf.nz)
+
+
+@op_rule("select", "narrow")
+def select(tracer, name, args, kwargs, out):
+    x = args[0]
+    dim = norm_dim(arg(args, kwargs, 1, "dim"), x.dim())
+    index = arg(args, kwargs, 2, "index", arg(args, kwargs, 2, "start"))
+    inf = tracer.info(x)
+    if name == "select" and inf.joint is not None and inf.joint[0] == dim and isinstance(index, int):
+        _, b, grid = inf.joint
+        labels = {(d if d < dim else d - 1): l for d, l in inf.labels.items() if d != dim}
+        labels[b if b < dim else b - 1] = grid[index]
+        _set(tracer, out, labels, inf.nz)
+        return
+    if dim in inf.labels and (name == "select" or out.shape[dim] != x.shape[dim]):
+        tracer.store.pin(inf.labels[dim], f"{name} at a fixed index in {tracer.module_path or '<top>'}")
+    if name == "select":
+        labels = {(d if d < dim else d - 1): l for d, l in inf.labels.items() if d != dim}
+    else:
+        labels = {d: (l if d != dim else l[index:index + out.shape[dim]]) for d, l in inf.labels.items()}
+    _set(tracer, out, labels, inf.nz)
+
+
+def _expand_index(index, ndim):
+    if not isinstance(index, tuple):
+        index = (index,)
+    n_real = sum(1 for i in index if i is not None and i is not Ellipsis and not isinstance(i, bool)
+                 and not (isinstance(i, torch.Tensor) and i.dtype == torch.bool))
+    n_real += sum(i.dim() for i in index if isinstance(i, torch.Tensor) and i.dtype == torch.bool)
+    out = []
+    for i in index:
+        if i is Ellipsis:
+            out.extend([slice(None)] * (ndim - n_real))
+        else:
+            out.append(i)
+    if Ellipsis not in index:
+        out.extend([slice(None)] * (ndim - n_real))
+    return out
+
+
+@op_rule("getitem")
+def getitem(tracer, name, args, kwargs, out):
+    x, index = args[0], args[1]
+    inf = tracer.info(x)
+    store = tracer.store
+    where = tracer.module_path or "<top>"
+    items = _expand_index(index, x.dim())
+    advanced = any(isinstance(i, (torch.Tensor, list)) for i in items)
+    labels: dict[int, np.ndarray] = {}
+    joint_pick = None
+    d_in = 0
+    d_out = 0
+    for it in items:
+        if it is None:
+            d_out += 1
+            continue
+        lab = inf.labels.get(d_in)
+        if isinstance(it, int):
+            if inf.joint is not None and inf.joint[0] == d_in:
+                joint_pick = (inf.joint[1], inf.joint[2][it])
+            if lab is not None:
+                store.pin(lab, f"indexing at a fixed position in {where}")
+            d_in += 1
+            continue
+        if isinstance(it, slice):
+            size = x.shape[d_in]
+            start, stop, step = it.indices(size)
+            full = start == 0 and stop >= size and step == 1
+            if lab is not None:
+                if not full:
+                    store.pin(lab, f"slicing with fixed bounds in {where}")
+                if not advanced:
+                    labels[d_out] = lab[start:stop:step]
+            d_in += 1
+            d_out += 1
+            continue
+        # advanced (tensor / list) index
+        nd = it.dim() if isinstance(it, torch.Tensor) and it.dtype == torch.bool else 1
+        for k in range(nd):
+            if (d_in + k) in inf.labels:
+                store.pin(inf.labels[d_in + k], f"advanced indexing in {where}")
+        d_in += nd
+        d_out += 1
+    if advanced:
+        # only trailing full-slice dims keep their place (counted from the end)
+        labels = {}
+        trailing = 0
+        for it in reversed(items):
+            if isinstance(it, slice) and it == slice(None):
+                trailing += 1
+            else:
+                break
+        for k in range(1, trailing + 1):
+            lab = inf.labels.get(x.dim() - k)
+            if lab is not None:
+                labels[out.dim() - k] = lab
+        for d, lab in inf.labels.items():
+            if d < x.dim() - trailing:
+                store.pin(lab, f"advanced indexing in {where}")
+    if inf.joint is not None and joint_pick is not None:
+        b, grid = joint_pick
+        # position of dim b in the output = count of kept dims before it
+        kept_before = 0
+        di = 0
+        for it in items:
+            if it is None:
+                kept_before += 1
+                continue
+            if di == b:
+                break
+            if not isinstance(it, int):
+                kept_before += 1
+            di += 1
+        labels[kept_before] = grid
+    elif inf.joint is not None:
+        store.pin(inf.joint[2], f"indexing stacked RNN state in {where}")
+    _set(tracer, out, labels, inf.nz)
+
+
+@op_rule("setitem")
+def setitem(tracer, name, args, kwargs, out):
+    pin_all(tracer, [args[0], args[2] if len(args) > 2 else None], f"item assignment in {tracer.module_path}")
+
+
+@op_rule("flip", "fliplr", "flipud")
+def flip(tracer, name, args, kwargs, out):
+    x = args[0]
+    inf = tracer.info(x)
+    dims = arg(args, kwargs, 1, "dims", None)
+    if name == "fliplr":
+        dims = [1]
+    elif name == "flipud":
+        dims = [0]
+    dims = [norm_dim(d, x.dim()) for d in ([dims] if isinstance(dims, int) else dims)]
+    labels = {d: (l[::-1].copy() if d in dims else l) for d, l in inf.labels.items()}
+    _set(tracer, out, labels, inf.nz)
+
+
+@op_rule("roll")
+def roll(tracer, name, args, kwargs, out):
+    x = args[0]
+    inf = tracer.info(x)
+    dims = arg(args, kwargs, 2, "dims", None)
+    dims = [norm_dim(d, x.dim()) for d in ([dims] if isinstance(dims, int) else (dims or range(x.dim())))]
+    for d in dims:
+        if d in inf.labels:
+            tracer.store.pin(inf.labels[d], f"roll in {tracer.module_path}")
+    _set(tracer, out, dict(inf.labels), inf.nz)
+
+
+@op_rule("pad")
+def pad(tracer, name, args, kwargs, out):
+    x = args[0]
+    inf = tracer.info(x)
+    p = list(arg(args, kwargs, 1, "pad"))
+    mode = arg(args, kwargs, 2, "mode", "constant")
+    value = arg(args, kwargs, 3, "value", None)
+    for k in range(len(p) // 2):
+        d = x.dim() - 1 - k
+        if (p[2 * k] or p[2 * k + 1]) and d in inf.labels:
+            tracer.store.pin(inf.labels[d], f"padding a prunable dim in {tracer.module_path}")
+    nz = inf.nz or (mode == "constant" and bool(value))
+    _set(tracer, out, dict(inf.labels) if out.dim() == x.dim() else {}, nz)
+
+
+# Ops that keep the channel dims as they are and mix only spatial/temporal dims.
+SPATIAL_OPS = (
+    "avg_pool1d", "avg_pool2d", "avg_pool3d", "max_pool1d", "max_pool2d", "max_pool3d",
+    "max_pool1d_with_indices", "max_pool2d_with_indices", "max_pool3d_with_indices",
+    "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d", "adaptive_max_pool1d",
+    "adaptive_max_pool2d", "adaptive_max_pool3d", "adaptive_max_pool1d_with_indices",
+    "adaptive_max_pool2d_with_indices", "adaptive_max_pool3d_with_indices", "lp_pool1d", "lp_pool2d",
+    "lp_pool3d", "interpolate", "upsample", "upsample_nearest", "upsample_bilinear", "_upsample_bilinear2d_aa",
+    "fractional_max_pool2d", "fractional_max_pool3d", "grid_sample",
+)
+
+
+@op_rule(*SPATIAL_OPS)
+def spatial(tracer, name, args, kwargs, out):
+    x = arg(args, kwargs, 0, "input")
+    inf = tracer.info(x)
+    nsp = next((int(c) for c in "123" if f"{c}d" in name), x.dim() - 2)
+    outs = out if isinstance(out, (tuple, list)) else (out,)
+    keep = x.dim() - nsp  # leading dims (batch, channels) keep their labels
+    for d in inf.labels:
+        if d >= keep:
+            tracer.store.pin(inf.labels[d], f"{name} over a prunable dim in {tracer.module_path}")
+    labels = {d: l for d, l in inf.labels.items() if d < keep}
+    if name == "grid_sample":
+        grid_inf = tracer.info(args[1])
+        if grid_inf is not None:
+            tracer.pin_info(grid_inf, "grid_sample grid")
+    nz = inf.nz or name.startswith("max") or name.startswith("adaptive_max")
+    _set(tracer, outs[0], labels, inf.nz if not name.startswith(("max", "adaptive_max", "fractional")) else nz)
+    for o in outs[1:]:
+        _set(tracer, o, labels, True)
+
+
+@op_rule("pixel_shuffle")
+def pixel_shuffle(tracer, name, args, kwargs, out):
+    x = args[0]
+    inf = tracer.info(x)
+    r = arg(args, kwargs, 1, "upscale_factor")
+    c = x.dim() - 3
+    labels = {d: l for d, l in inf.labels.items() if d < c}
+    if c in inf.labels:
+        store = tracer.store
+        ax = store.new(out.shape[c], "channel", True)
+        store.add_product(inf.labels[c].reshape(out.shape[c], r * r), [ax, None])
+        labels[c] = ax
+    for d in inf.labels:
+        if d > c:
+            tracer.store.pin(inf.labels[d], "pixel_shuffle spatial dim")
+    _set(tracer, out, labels, inf.nz)
+
+
+@op_rule("pixel_unshuffle")
+def pixel_unshuffle(tracer, name, args, kwargs, out):
+    x = args[0]
+    inf = tracer.info(x)
+    r = arg(args, kwargs, 1, "downscale_factor")
+    c = x.dim() - 3
+    labels = {d: l for d, l in inf.labels.items() if d < c}
+    if c in inf.labels:
+        labels[c] = np.repeat(inf.labels[c], r * r)
+    _set(tracer, out, labels, inf.nz)
+
+
+@op_rule("channel_shuffle", "native_channel_shuffle")
+def channel_shuffle(tracer, name, args, kwargs, out):
+    x = args[0]
+    inf = tracer.info(x)
+    g = arg(args, kwargs, 1, "groups")
+    labels = dict(inf.labels)
+    if 1 in inf.labels:
+        store = tracer.store
+        lab = inf.labels[1]
+        inner = store.new(lab.size // g, "channel", True)
+        store.add_product(lab.reshape(g, -1), [None, inner])
+        labels[1] = lab.reshape(g, -1).T.reshape(-1).copy()
+    _set(tracer, out, labels, inf.nz)
+
+
+@op_rule("index_select", "gather", "take_along_dim", "index_add", "scatter", "scatter_add", "scatter_reduce",
+         "index_fill", "index_copy", "masked_select", "take", "nonzero", "argwhere", "sort", "topk", "cumsum",
+         "cumprod", "cummax", "cummin", "diff", "searchsorted", "bucketize")
+def indexed(tracer, name, args, kwargs, out):
+    x = args[0]
+    inf = tracer.info(x)
+    dim = arg(args, kwargs, 1, "dim", None)
+    if name in ("index_select", "gather", "take_along_dim", "cumsum", "cumprod", "cummax", "cummin", "diff",
+                "sort", "topk") and isinstance(dim, int) and inf is not None:
+        dim = norm_dim(dim, x.dim())
+        if name == "topk":
+            dim = norm_dim(arg(args, kwargs, 2, "dim", -1), x.dim())
+        if name == "sort":
+            dim = norm_dim(arg(args, kwargs, 1, "dim", -1), x.dim())
+        if dim in inf.labels:
+            tracer.store.pin(inf.labels[dim], f"{name} along a prunable dim in {tracer.module_path}")
+        outs = out if isinstance(out, (tuple, list)) else (out,)
+        for o in outs:
+            if isinstance(o, torch.Tensor) and o.dim() == x.dim():
+                labels = {d: l for d, l in inf.labels.items() if o.shape[d] == x.shape[d]}
+                _set(tracer, o, labels, True)
+        for other in args[1:]:
+            if isinstance(other, torch.Tensor):
+                tracer.pin_info(tracer.info(other), f"{name} index")
+        return
+    pin_all(tracer, list(args), f"{name} in {tracer.module_path}")
+    outs = out if isinstance(out, (tuple, list)) else (out,)
+    for o in outs:
+        if isinstance(o, torch.Tensor):
+            _set(tracer, o, {})

@@ -1,0 +1,249 @@
+"""Trace a model into a dependency graph of prunable dimensions.
+
+Technique: we run the model eagerly once under a ``TorchFunctionMode`` and let every
+torch-level call (``F.conv2d``, ``torch.cat``, ``Tensor.view``, ``F.scaled_dot_product_attention``,
+``F.multi_head_attention_forward``, ``_VF.lstm`` ...) couple the labels of its inputs and
+outputs through a registered rule. We chose this over torch.export / FX / the autograd graph
+because it covers the most models: it needs no symbolic tracing (data-dependent Python
+control flow, Hugging Face models, ``*args/**kwargs`` forwards and dataclass outputs just
+run), it sees parameters by identity even when used outside their module (tied weights,
+``class_token``, relative-position tables, functional ``F.linear``), and it sees ops at
+the level where their semantics are known (one ``conv2d`` with ``groups``; one
+``scaled_dot_product_attention`` with ``enable_gqa``) rather than decomposed ATen ops or
+autograd nodes that lose attributes. Forward hooks only track the module path for messages.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Iterator, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+from ..errors import UnsupportedOpError
+from .info import TensorInfo
+from .labels import LabelStore
+from .registry import NEUTRAL_OPS, OP_RULES, op_name
+from . import rules  # noqa: F401  (registers the op rules)
+
+
+def iter_tensors(obj: Any, depth: int = 0) -> Iterator[torch.Tensor]:
+    """Every tensor inside nested tuples, lists, dicts and dataclasses (e.g. HF ModelOutput)."""
+    if depth > 6:
+        return
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, (list, tuple)):
+        for o in obj:
+            yield from iter_tensors(o, depth + 1)
+    elif isinstance(obj, Mapping):
+        for o in obj.values():
+            yield from iter_tensors(o, depth + 1)
+    elif dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        for f in dataclasses.fields(obj):
+            yield from iter_tensors(getattr(obj, f.name, None), depth + 1)
+
+
+@dataclass
+class Unsupported:
+    """An op the tracer could not prune through; its labels were pinned."""
+
+    op: str
+    module: str
+    reason: str
+
+    def __str__(self) -> str:
+        where = self.module or "<top-level forward>"
+        return f"op `{self.op}` in module `{where}`: {self.reason}"
+
+
+@dataclass
+class DependencyGraph:
+    """The result of :func:`trace`: label store plus names, for building groups."""
+
+    store: LabelStore
+    param_names: list[str]
+    buffer_names: list[str]
+    shapes: dict[str, tuple[int, ...]]
+    unsupported: list[Unsupported] = field(default_factory=list)
+
+    def groups(self, kinds: Iterable[str] | None = None):
+        from .groups import build_groups
+
+        return build_groups(self, kinds)
+
+
+class Tracer(TorchFunctionMode):
+    def __init__(self, model: nn.Module, store: LabelStore):
+        super().__init__()
+        self.store = store
+        self.names: dict[int, str] = {}
+        for n, p in model.named_parameters():
+            self.names[id(p)] = n
+        for n, b in model.named_buffers():
+            self.names.setdefault(id(b), n)
+        self.infos: dict[int, TensorInfo] = {}
+        self._alive: dict[int, torch.Tensor] = {}
+        self.modules: dict[str, nn.Module] = dict(model.named_modules())
+        self.module_stack: list[str] = [""]
+        self.unsupported: list[Unsupported] = []
+
+    def current_module(self) -> nn.Module | None:
+        return self.modules.get(self.module_path)
+
+    # -- context ------------------------------------------------------------------
+    @property
+    def module_path(self) -> str:
+        return self.module_stack[-1]
+
+    def name_of(self, t: Any) -> str | None:
+        return self.names.get(id(t)) if isinstance(t, torch.Tensor) else None
+
+    def info(self, t: Any) -> TensorInfo | None:
+        if not isinstance(t, torch.Tensor):
+            return None
+        inf = self.infos.get(id(t))
+        if inf is not None:
+            return inf
+        name = self.names.get(id(t))
+        if name is None:
+            return None
+        labels = {d: self.store.param_dim(name, d, s) for d, s in enumerate(t.shape) if s > 1}
+        inf = TensorInfo(labels)
+        self.set_info(t, inf)
+        return inf
+
+    def set_info(self, t: torch.Tensor, inf: TensorInfo | None) -> None:
+        if inf is None or inf.empty:
+            if id(t) in self.infos and id(t) not in self.names:
+                del self.infos[id(t)]
+            return
+        self.infos[id(t)] = inf
+        self._alive[id(t)] = t
+
+    def pin_info(self, inf: TensorInfo | None, reason: str) -> None:
+        if inf is not None:
+            for lab in inf.all_labels():
+                self.store.pin(lab, reason)
+
+    def unsupported_op(self, name: str, tensors: Sequence[torch.Tensor], reason: str) -> None:
+        for t in tensors:
+            self.pin_info(self.info(t), f"{name} in {self.module_path or '<top>'}")
+        self.unsupported.append(Unsupported(name, self.module_path, reason))
+
+    # -- dispatch -----------------------------------------------------------------
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        name = op_name(func)
+        if name in NEUTRAL_OPS:
+            return out
+        outs = list(iter_tensors(out))
+        if name == "iter":
+            outs = [args[0]] if args else []
+        if not outs:
+            return out
+        ins = list(iter_tensors((args, kwargs)))
+        infos = [self.info(t) for t in ins]
+        if not any(i is not None and not i.empty for i in infos):
+            for t in outs:
+                if not any(t is i for i in ins):
+                    self.set_info(t, None)
+            return out
+        rule = OP_RULES.get(name)
+        if rule is None or name == "iter":
+            self.unsupported_op(name, ins, "no rule for this op")
+            for t in outs:
+                self.set_info(t, None)
+            return out
+        if name not in _JOINT_AWARE:
+            for t, inf in zip(ins, infos):
+                if inf is not None and inf.joint is not None:
+                    self.pin_info(TensorInfo(joint=inf.joint), f"{name} on stacked RNN state")
+                    self.set_info(t, TensorInfo(dict(inf.labels), inf.nz)) if inf.labels else self.set_info(t, None)
+        try:
+            rule(self, name, args, kwargs, out)
+        except Exception as exc:  # a rule that cannot map these arguments: stay safe
+            self.unsupported_op(name, ins, f"{type(exc).__name__}: {exc}")
+            for t in outs:
+                self.set_info(t, None)
+        return out
+
+
+_JOINT_AWARE = frozenset({"getitem", "select"})
+
+
+def _module_hooks(model: nn.Module, tracer: Tracer) -> list:
+    handles = []
+    for path, mod in model.named_modules():
+        def pre(m, a, path=path):
+            tracer.module_stack.append(path)
+
+        def post(m, a, o):
+            if len(tracer.module_stack) > 1:
+                tracer.module_stack.pop()
+
+        handles.append(mod.register_forward_pre_hook(pre))
+        handles.append(mod.register_forward_hook(post, always_call=True))
+    return handles
+
+
+def trace(model: nn.Module, example_inputs: Any = (), example_kwargs: Mapping[str, Any] | None = None,
+          ignore: Iterable[str | nn.Module] = (), strict: bool = False) -> DependencyGraph:
+    """Run ``model`` once on the example inputs and return its dependency graph.
+
+    ``ignore`` lists modules (or their dotted paths) whose parameters must keep their shape.
+    Model inputs and outputs are never pruned. With ``strict=True`` an op without a rule
+    raises :class:`UnsupportedOpError` naming the op and module path; otherwise the dims it
+    touches are simply kept and listed in ``graph.unsupported``.
+
+    >>> import torchvision
+    >>> g = trace(torchvision.models.resnet18(), torch.randn(1, 3, 64, 64))
+    >>> len(g.groups()) > 0
+    True
+    """
+    if isinstance(example_inputs, torch.Tensor) or not isinstance(example_inputs, (tuple, list)):
+        example_inputs = (example_inputs,)
+    example_kwargs = dict(example_kwargs or {})
+    store = LabelStore()
+    tracer = Tracer(model, store)
+    handles = _module_hooks(model, tracer)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), tracer:
+            out = model(*example_inputs, **example_kwargs)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    for t in iter_tensors(out):
+        tracer.pin_info(tracer.infos.get(id(t)), "model output")
+    ignore_paths = set()
+    modules = dict(model.named_modules())
+    for item in ignore:
+        if isinstance(item, nn.Module):
+            ignore_paths.update(p for p, m in modules.items() if m is item)
+        else:
+            if item not in modules:
+                raise KeyError(f"ignored module {item!r} is not a submodule of {type(model).__name__}")
+            ignore_paths.add(item)
+    if ignore_paths:
+        for (name, dim), labels in store.param_dims.items():
+            owner = name.rsplit(".", 1)[0] if "." in name else ""
+            if any(owner == p or owner.startswith(p + ".") or p == "" for p in ignore_paths):
+                store.pin(labels, f"ignored module {owner}")
+    if strict and tracer.unsupported:
+        raise UnsupportedOpError("; ".join(str(u) for u in tracer.unsupported))
+    shapes = {n: tuple(p.shape) for n, p in model.named_parameters()}
+    shapes.update({n: tuple(b.shape) for n, b in model.named_buffers()})
+    return DependencyGraph(
+        store=store,
+        param_names=[n for n, _ in model.named_parameters()],
+        buffer_names=[n for n, _ in model.named_buffers()],
+        shapes=shapes,
+        unsupported=tracer.unsupported,
+    )

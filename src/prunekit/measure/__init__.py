@@ -1,0 +1,4 @@
+"""Measurements taken from real runs."""
+from .counting import Counts, count
+
+__all__ = ["Counts", "count"]

@@ -1,0 +1,253 @@
+"""Plans: what to remove, as plain data; applying one soft (zero) or hard (remove), all-or-nothing.
+
+A :class:`Plan` names tensors by their ``state_dict`` keys, so it serializes to JSON and
+replays on a fresh instance of the same architecture (no pickles, no tracing needed):
+
+>>> plan = Plan.load("resnet18.plan.json")        # doctest: +SKIP
+>>> model = torchvision.models.resnet18()          # doctest: +SKIP
+>>> apply_plan(model, plan)                        # doctest: +SKIP
+>>> model.load_state_dict(safetensors.torch.load_file("resnet18.pruned.safetensors"))  # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Iterable
+
+import torch
+from torch import nn
+
+from .errors import ApplyError, PlanError
+from .graph.groups import Group, Resolver
+from .layers import update_module
+
+PLAN_VERSION = 1
+
+
+@dataclass
+class Plan:
+    """Removed indices per tensor and dim, plus module attributes to rewrite."""
+
+    removed: dict[str, dict[int, list[int]]] = field(default_factory=dict)
+    attrs: list[tuple[str, str, int]] = field(default_factory=list)
+    groups: list[dict[str, Any]] = field(default_factory=list)
+    exact: bool = True
+    version: int = PLAN_VERSION
+
+    def is_empty(self) -> bool:
+        return not self.removed
+
+    # -- serialization ------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["removed"] = {n: {str(k): v for k, v in dims.items()} for n, dims in self.removed.items()}
+        d["attrs"] = [list(a) for a in self.attrs]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Plan":
+        if d.get("version") != PLAN_VERSION:
+            raise PlanError(f"unsupported plan version {d.get('version')!r} (expected {PLAN_VERSION})")
+        removed = {n: {int(k): [int(i) for i in v] for k, v in dims.items()} for n, dims in d["removed"].items()}
+        attrs = [(str(m), str(a), int(v)) for m, a, v in d.get("attrs", [])]
+        return cls(removed, attrs, list(d.get("groups", [])), bool(d.get("exact", True)), PLAN_VERSION)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> "Plan":
+        return cls.from_dict(json.loads(text))
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write atomically: a failed save leaves no half-written file."""
+        path = os.fspath(path)
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(self.to_json())
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Plan":
+        with open(path) as f:
+            return cls.from_json(f.read())
+
+
+def make_plan(graph, units: Iterable[int], groups: Iterable[Group] = ()) -> Plan:
+    """Resolve a set of unit roots (from ``Group.units``) into a :class:`Plan`."""
+    res: Resolver = getattr(graph, "_resolver", None) or Resolver(graph.store)
+    from .graph.groups import InvalidRemoval
+
+    try:
+        closure = res.closure(units)
+    except InvalidRemoval as exc:
+        raise PlanError(f"these units cannot be removed together: {exc}") from None
+    removed: dict[str, dict[int, list[int]]] = {}
+    for (name, dim), idx in res.slices(closure).items():
+        if len(idx) >= graph.shapes[name][dim]:
+            raise PlanError(f"plan would remove every index of {name} dim {dim}")
+        removed.setdefault(name, {})[dim] = idx
+    values: dict[tuple[str, str], int] = {}
+    for c in graph.store.counters:
+        roots = res.root[c.labels]
+        kept = int(sum(1 for r in roots.tolist() if r not in closure))
+        if kept == len(roots):
+            continue
+        key = (c.module, c.attr)
+        value = kept * c.scale
+        if key in values and values[key] != value:
+            raise PlanError(f"{c.module}.{c.attr} would need two values ({values[key]} and {value}); "
+                            "prune the coupled groups by the same amount")
+        values[key] = value
+    attrs = sorted((m, a, v) for (m, a), v in values.items())
+    exact = not (closure & res.inexact)
+    return Plan(removed, attrs, [dict(g) for g in groups], exact)
+
+
+# -- applying -------------------------------------------------------------------------
+
+def _tensor_slots(model: nn.Module) -> dict[str, list[tuple[nn.Module, str, bool]]]:
+    """state_dict-style name -> every (module, key, is_param) slot holding that tensor (tied weights)."""
+    by_id: dict[int, list[tuple[nn.Module, str, bool]]] = {}
+    for mod in model.modules():
+        for key, p in mod._parameters.items():
+            if p is not None:
+                by_id.setdefault(id(p), []).append((mod, key, True))
+        for key, b in mod._buffers.items():
+            if b is not None:
+                by_id.setdefault(id(b), []).append((mod, key, False))
+    slots = {}
+    for name, p in model.named_parameters():
+        slots[name] = by_id[id(p)]
+    for name, b in model.named_buffers():
+        slots.setdefault(name, by_id[id(b)])
+    return slots
+
+
+def _validate(model: nn.Module, plan: Plan, slots) -> dict[str, torch.Tensor]:
+    tensors = dict(model.named_parameters())
+    tensors.update({n: b for n, b in model.named_buffers() if n not in tensors})
+    for name, dims in plan.removed.items():
+        if name not in tensors:
+            raise PlanError(f"plan names {name!r}, which {type(model).__name__} does not have")
+        t = tensors[name]
+        for dim, idx in dims.items():
+            if dim >= t.dim():
+                raise PlanError(f"plan removes dim {dim} of {name}, which has shape {tuple(t.shape)}")
+            if idx and (min(idx) < 0 or max(idx) >= t.shape[dim]):
+                raise PlanError(f"plan removes index out of range from {name} dim {dim} (size {t.shape[dim]})")
+            if len(set(idx)) >= t.shape[dim]:
+                raise PlanError(f"plan removes every index of {name} dim {dim}")
+    modules = dict(model.named_modules())
+    for mod, attr, _ in plan.attrs:
+        if mod not in modules or not hasattr(modules[mod], attr):
+            raise PlanError(f"plan sets {mod}.{attr}, which {type(model).__name__} does not have")
+    return tensors
+
+
+def apply_plan(model: nn.Module, plan: Plan, mode: str = "hard",
+               check: Callable[[nn.Module], None] | None = None) -> nn.Module:
+    """Apply ``plan`` to ``model`` in place and return it.
+
+    ``mode="hard"`` removes the slices (a smaller, ordinary dense model); ``mode="soft"``
+    zeroes them in place (same shapes; for checking and masks). All-or-nothing: if anything
+    fails -- including the optional ``check(model)`` -- the model is restored exactly.
+    """
+    if mode not in ("hard", "soft"):
+        raise ValueError(f"mode must be 'hard' or 'soft', not {mode!r}")
+    slots = _tensor_slots(model)
+    tensors = _validate(model, plan, slots)
+    if mode == "soft":
+        return _apply_soft(model, plan, tensors, check)
+    return _apply_hard(model, plan, tensors, slots, check)
+
+
+def _apply_soft(model, plan, tensors, check):
+    saved = {n: tensors[n].detach().clone() for n in plan.removed}
+    try:
+        with torch.no_grad():
+            for name, dims in plan.removed.items():
+                t = tensors[name]
+                for dim, idx in dims.items():
+                    t.index_fill_(dim, torch.tensor(idx, dtype=torch.long, device=t.device), 0)
+        if check is not None:
+            check(model)
+    except Exception as exc:
+        with torch.no_grad():
+            for n, v in saved.items():
+                tensors[n].copy_(v)
+        raise ApplyError(f"soft apply failed and was rolled back: {exc}") from exc
+    return model
+
+
+def _apply_hard(model, plan, tensors, slots, check):
+    modules = dict(model.named_modules())
+    new: dict[str, torch.Tensor] = {}
+    with torch.no_grad():
+        for name, dims in plan.removed.items():
+            t = tensors[name].detach()
+            for dim, idx in sorted(dims.items()):
+                rm = set(idx)
+                keep = torch.tensor([i for i in range(t.shape[dim]) if i not in rm], dtype=torch.long,
+                                    device=t.device)
+                t = t.index_select(dim, keep)
+            new[name] = t.contiguous()
+    undo: list[tuple[Any, str, Any, str]] = []  # (container, key, old, kind)
+    touched: set[str] = set()
+    try:
+        for name, t in new.items():
+            old = tensors[name]
+            for mod, key, is_param in slots[name]:
+                if is_param:
+                    value = nn.Parameter(t, requires_grad=old.requires_grad)
+                    undo.append((mod._parameters, key, old, "dict"))
+                    mod._parameters[key] = value
+                else:
+                    undo.append((mod._buffers, key, old, "dict"))
+                    mod._buffers[key] = t
+            touched.add(name.rsplit(".", 1)[0] if "." in name else "")
+        _rebind_tied(slots, new)
+        for mod_path, attr, value in plan.attrs:
+            mod = modules[mod_path]
+            undo.append((mod, attr, getattr(mod, attr), "attr"))
+            setattr(mod, attr, value)
+            touched.add(mod_path)
+        for path in sorted(touched):
+            mod = modules.get(path)
+            if mod is not None:
+                before = dict(vars(mod))
+                update_module(mod)
+                for k, v in before.items():
+                    if k not in ("_parameters", "_buffers", "_modules") and vars(mod).get(k) is not v:
+                        undo.append((mod, k, v, "attr"))
+        if check is not None:
+            check(model)
+    except Exception as exc:
+        for container, key, old, kind in reversed(undo):
+            if kind == "dict":
+                container[key] = old
+            else:
+                setattr(container, key, old)
+        for path in touched:
+            mod = modules.get(path)
+            if isinstance(mod, nn.RNNBase):
+                mod._init_flat_weights()
+        raise ApplyError(f"hard apply failed and the model was restored: {type(exc).__name__}: {exc}") from exc
+    return model
+
+
+def _rebind_tied(slots, new):
+    """Tied parameters must stay one object: every slot of a name gets the first slot's Parameter."""
+    for name in new:
+        entries = slots[name]
+        if len(entries) > 1 and entries[0][2]:
+            first = entries[0][0]._parameters[entries[0][1]]
+            for mod, key, _ in entries[1:]:
+                mod._parameters[key] = first
