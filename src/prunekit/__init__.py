@@ -13,10 +13,11 @@ from .graph.groups import Group
 from .graph.tracer import DependencyGraph, trace
 from .measure import Counts, count
 from .plan import Plan, apply_plan, make_plan
+from .verify import soft_hard_error
 
 __all__ = [
     "ApplyError", "Counts", "Criterion", "DependencyGraph", "Group", "Plan", "PlanError", "PruneConfig",
     "PruneResult", "PrunekitError", "UnsupportedOpError", "apply_plan", "count", "get_criterion",
-    "make_plan", "prune_", "register_criterion", "select_units", "trace",
+    "make_plan", "prune_", "register_criterion", "select_units", "soft_hard_error", "trace",
 ]
 __version__ = "0.1.0"

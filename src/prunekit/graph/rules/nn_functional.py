@@ -69,6 +69,7 @@ def multi_head_attention(tracer, name, args, kwargs, out):
         store.add_counter(mod_path, "num_heads", heads)
     if width is not None:
         store.add_counter(mod_path, "head_dim", width)
+        store.mark_inexact(width)  # the softmax scale 1/sqrt(head_dim) changes with it
     store.add_counter(mod_path, "embed_dim", x_lab)
     store.add_counter(mod_path, "kdim", x_lab)
     store.add_counter(mod_path, "vdim", x_lab)

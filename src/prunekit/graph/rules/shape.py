@@ -109,7 +109,7 @@ def reshape_labels(tracer, inf: TensorInfo, in_shape: Sequence[int], out_shape: 
                 store.add_product(elements.reshape(sizes_in), lab_in)
         if len(outs) == 1:
             labels[outs[0]] = elements
-            _literal_width(tracer, elements, outs[0], out_shape, requested)
+            _literal_width(tracer, elements, outs[0], out_shape, requested, merged=True)
             continue
         sizes_out = [out_shape[d] for d in outs]
         grid = elements.reshape(sizes_out)
@@ -128,14 +128,20 @@ def reshape_labels(tracer, inf: TensorInfo, in_shape: Sequence[int], out_shape: 
     return labels
 
 
-def _literal_width(tracer, labels, d, out_shape, requested):
-    """A prunable output dim whose size is written in the call must be rewritten after pruning."""
+def _literal_width(tracer, labels, d, out_shape, requested, merged=False):
+    """A prunable output dim whose size is written in the call must be rewritten after pruning.
+
+    The size is found as a module attribute (``self.all_head_size``) and rewritten; otherwise a
+    merged dim (heads back into width, ``view(B, T, C)``) is kept, since its size usually comes
+    from another tensor's shape; a plain dim is assumed to come from its own shape unless another
+    dim is inferred (``-1``), where a stale literal would go unnoticed.
+    """
     if requested is None or d >= len(requested) or requested[d] == -1:
         return
     attr = _module_attr(tracer, int(out_shape[d]), WIDTH_ATTRS)
     if attr is not None:
         tracer.store.add_counter(tracer.module_path, attr, labels)
-    elif -1 in requested:  # another dim is inferred: a stale literal here would go unnoticed
+    elif merged or -1 in requested:
         tracer.store.pin(labels, f"reshape to a size fixed in code in {tracer.module_path or '<top>'}")
 
 
@@ -582,8 +588,7 @@ def spatial(tracer, name, args, kwargs, out):
         grid_inf = tracer.info(args[1])
         if grid_inf is not None:
             tracer.pin_info(grid_inf, "grid_sample grid")
-    nz = inf.nz or name.startswith("max") or name.startswith("adaptive_max")
-    _set(tracer, outs[0], labels, inf.nz if not name.startswith(("max", "adaptive_max", "fractional")) else nz)
+    _set(tracer, outs[0], labels, inf.nz)  # pooling a zero channel gives zeros
     for o in outs[1:]:
         _set(tracer, o, labels, True)
 
