@@ -33,7 +33,7 @@ NEUTRAL_OPS = frozenset({
     "new_zeros", "new_ones", "new_empty", "new_full", "new_tensor", "get_device", "_is_view",
     "is_nonzero", "untyped_storage", "_version", "nelement", "ndimension", "has_names",
     "__reduce_ex__", "__deepcopy__", "__setstate__", "__array__", "numpy", "isinf", "isnan",
-    "isfinite", "_has_compatible_shallow_copy_type", "is_inference", "requires_grad",
+    "isfinite", "_has_compatible_shallow_copy_type", "is_inference", "requires_grad", "attr.shape",
 })
 
 

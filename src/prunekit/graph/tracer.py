@@ -90,6 +90,7 @@ class Tracer(TorchFunctionMode):
         self.modules: dict[str, nn.Module] = dict(model.named_modules())
         self.module_stack: list[str] = [""]
         self.unsupported: list[Unsupported] = []
+        self.size_sources: dict[int, list[np.ndarray]] = {}
 
     def current_module(self) -> nn.Module | None:
         return self.modules.get(self.module_path)
@@ -134,11 +135,25 @@ class Tracer(TorchFunctionMode):
             self.pin_info(self.info(t), f"{name} in {self.module_path or '<top>'}")
         self.unsupported.append(Unsupported(name, self.module_path, reason))
 
+    def _record_sizes(self, t: Any) -> None:
+        """Remember which labelled dims sizes were read from, to recognise ``view(-1, x.size(-1))``."""
+        inf = self.infos.get(id(t)) if isinstance(t, torch.Tensor) else None
+        if inf is None:
+            return
+        for d, lab in inf.labels.items():
+            self.size_sources.setdefault(int(t.shape[d]), []).append(lab)
+
+    def size_read_from(self, value: int, labels: np.ndarray) -> bool:
+        root = self.store.find(int(labels[0]))
+        return any(self.store.find(int(l[0])) == root for l in self.size_sources.get(value, ()))
+
     # -- dispatch -----------------------------------------------------------------
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
         name = op_name(func)
+        if name in ("size", "attr.shape") and args:
+            self._record_sizes(args[0])
         if name in NEUTRAL_OPS:
             return out
         outs = list(iter_tensors(out))

@@ -17,7 +17,7 @@ HEAD_COUNT_ATTRS = ("num_heads", "num_attention_heads", "n_head", "n_heads", "he
 HEAD_DIM_ATTRS = ("head_dim", "attention_head_size", "head_size", "dim_head", "d_head", "d_k", "d_kv")
 TOTAL_ATTRS = ("all_head_size", "split_size", "inner_dim", "inner_size", "hidden_size_per_partition")
 WIDTH_ATTRS = TOTAL_ATTRS + ("hidden_dim", "hidden_size", "embed_dim", "dim", "d_model", "num_features", "channels",
-                             "in_channels", "out_channels", "width", "n_embd", "num_channels")
+                             "in_channels", "out_channels", "width", "n_embd", "num_channels", "nf")
 
 
 def _flat_shape(args: Sequence[Any], start: int) -> list[int] | None:
@@ -138,6 +138,8 @@ def _literal_width(tracer, labels, d, out_shape, requested, merged=False):
     """
     if requested is None or d >= len(requested) or requested[d] == -1:
         return
+    if tracer.size_read_from(int(out_shape[d]), labels):
+        return  # the size was read from this very dim (``x.view(-1, x.size(-1))``)
     attr = _module_attr(tracer, int(out_shape[d]), WIDTH_ATTRS)
     if attr is not None:
         tracer.store.add_counter(tracer.module_path, attr, labels)
