@@ -1,0 +1,94 @@
+"""Tracer behaviour: inputs/outputs kept, ignored modules, unsupported ops named with their path."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import prunekit
+from prunekit import UnsupportedOpError, trace
+
+
+class Mixer(nn.Module):
+    def forward(self, x):
+        return torch.fft.fft(x, dim=1).real  # no rule: mixes channels in an unknown way
+
+
+class WithUnknown(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, 1)
+        self.block = nn.Sequential(nn.Conv2d(8, 8, 1))
+        self.block.add_module("mix", Mixer())
+        self.b = nn.Conv2d(8, 4, 1)
+        self.c = nn.Conv2d(4, 2, 1)
+
+    def forward(self, x):
+        return self.c(F.relu(self.b(self.block(F.relu(self.a(x))))))
+
+
+def test_strict_names_op_and_module_path():
+    with pytest.raises(UnsupportedOpError, match=r"fft_fft.*block\.mix"):
+        trace(WithUnknown().eval(), torch.randn(1, 3, 4, 4), strict=True)
+
+
+def test_unsupported_op_keeps_touched_dims_and_prunes_the_rest():
+    model = WithUnknown().eval()
+    graph = trace(model, torch.randn(1, 3, 4, 4))
+    assert [u.module for u in graph.unsupported] == ["block.mix"]
+    roots = {g.root[0] for g in graph.groups()}
+    assert "block.0.weight" not in roots  # its output goes through fft: kept
+    assert "b.weight" in roots  # after the unknown op, pruning is still exact and allowed
+    with pytest.warns(UserWarning, match="block.mix"):
+        result = prunekit.prune_(model, torch.randn(1, 3, 4, 4), ratio=0.5)
+    assert model.block[0].out_channels == 8 and model.b.out_channels == 2
+
+
+@dataclass
+class Out:
+    logits: torch.Tensor
+    features: torch.Tensor
+
+
+class DictModel(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.enc = nn.Linear(6, 12)
+        self.feat = nn.Linear(12, 5)
+        self.head = nn.Linear(5, 3)
+
+    def forward(self, x, *, scale=1.0):
+        f = self.feat(F.relu(self.enc(x))) * scale
+        return Out(self.head(f), f)
+
+
+def test_outputs_in_dataclasses_are_kept_and_kwargs_are_traced():
+    model = DictModel().eval()
+    graph = trace(model, (torch.randn(2, 6),), {"scale": 2.0})
+    roots = {g.root[0] for g in graph.groups()}
+    assert roots == {"enc.weight"}  # feat's outputs are a model output: kept
+
+
+def test_ignored_module_keeps_its_shape():
+    model = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 2)).eval()
+    result = prunekit.prune_(model, torch.randn(3, 4), ratio=0.5, ignore=("2",))
+    assert model[2].weight.shape == (16, 16)
+    assert model[0].out_features == 16  # coupled to the ignored module's input
+
+
+def test_model_inputs_and_outputs_never_change():
+    model = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 2)).eval()
+    prunekit.prune_(model, torch.randn(3, 4), ratio=0.5)
+    assert model[0].in_features == 4 and model[2].out_features == 2 and model[0].out_features == 8
+
+
+def test_group_prints_members():
+    model = nn.Sequential(nn.Conv2d(3, 8, 1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 2, 1)).eval()
+    (group,) = trace(model, torch.randn(1, 3, 4, 4)).groups()
+    text = str(group)
+    assert "8 channels (exact)" in text
+    for member in ("0.weight[dim 0]", "1.running_mean[dim 0]", "3.weight[dim 1]"):
+        assert member in text

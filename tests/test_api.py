@@ -1,0 +1,54 @@
+"""prune_: ratios per module, caps, rounding, summaries with torch-counted MACs."""
+from __future__ import annotations
+
+import torch
+import torchvision
+from torch import nn
+
+import prunekit
+
+
+def _mlp():
+    return nn.Sequential(nn.Linear(8, 40), nn.ReLU(), nn.Linear(40, 40), nn.ReLU(), nn.Linear(40, 3)).eval()
+
+
+def test_uniform_ratio_halves_hidden_widths():
+    model = _mlp()
+    result = prunekit.prune_(model, torch.randn(4, 8), ratio=0.5)
+    assert model[0].out_features == 20 and model[2].out_features == 20
+    # exact MACs of the pruned MLP: 8*20 + 20*20 + 20*3 per sample, batch 4
+    assert result.after.macs == 4 * (8 * 20 + 20 * 20 + 20 * 3)
+    assert result.before.macs == 4 * (8 * 40 + 40 * 40 + 40 * 3)
+    assert result.after.params == sum(p.numel() for p in model.parameters())
+
+
+def test_per_module_ratio_and_rounding():
+    model = _mlp()
+    prunekit.prune_(model, torch.randn(4, 8), ratio=0.25, ratios={"2": 0.75}, round_to=8)
+    assert model[0].out_features == 32  # 40 * 0.75 = 30 -> rounded up to 32
+    assert model[2].out_features == 16  # 40 * 0.25 = 10 -> 16
+
+
+def test_cap_never_empties_a_group():
+    model = _mlp()
+    prunekit.prune_(model, torch.randn(4, 8), ratio=0.99, max_ratio=0.5)
+    assert model[0].out_features == 20
+
+
+def test_l2_removes_smallest_channels():
+    model = _mlp()
+    with torch.no_grad():
+        model[0].weight[:5] *= 1e-3  # five tiny neurons in the first layer (row, bias and next column)
+        model[0].bias[:5] *= 1e-3
+        model[2].weight[:, :5] *= 1e-3
+    graph = prunekit.trace(model, torch.randn(4, 8))
+    g = next(g for g in graph.groups() if g.root[0] == "0.weight")
+    scores = prunekit.get_criterion("l2").score(model, g)
+    assert set(torch.argsort(scores)[:5].tolist()) == {0, 1, 2, 3, 4}
+
+
+def test_resnet50_macs_to_about_a_quarter():
+    model = torchvision.models.resnet50().eval()
+    result = prunekit.prune_(model, torch.randn(1, 3, 96, 96), ratio=0.5)
+    assert 0.2 < result.macs_ratio < 0.34
+    assert "MACs" in result.summary()

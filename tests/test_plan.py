@@ -1,0 +1,115 @@
+"""Plans: JSON round trip, replay on a fresh instance, all-or-nothing application."""
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+import torchvision
+
+import prunekit
+from prunekit import ApplyError, Plan, PlanError, apply_plan
+
+
+def _pruned_resnet():
+    model = torchvision.models.resnet18(num_classes=10).eval()
+    x = torch.randn(1, 3, 64, 64)
+    result = prunekit.prune_(model, x, ratio=0.5, round_to=8)
+    return model, x, result
+
+
+def _state(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_plan_json_round_trip(tmp_path):
+    _, _, result = _pruned_resnet()
+    path = tmp_path / "plan.json"
+    result.plan.save(path)
+    again = Plan.load(path)
+    assert again.to_dict() == result.plan.to_dict()
+    assert json.loads(path.read_text())["version"] == 1
+
+
+def test_replay_on_fresh_instance_reloads_plain_weights(tmp_path):
+    model, x, result = _pruned_resnet()
+    torch.save(model.state_dict(), tmp_path / "w.pt")
+    result.plan.save(tmp_path / "plan.json")
+    fresh = torchvision.models.resnet18(num_classes=10).eval()
+    apply_plan(fresh, Plan.load(tmp_path / "plan.json"))
+    fresh.load_state_dict(torch.load(tmp_path / "w.pt", weights_only=True))  # shapes match, no pickles
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(x), model(x))
+    assert fresh.layer1[0].conv1.out_channels == model.layer1[0].conv1.out_channels < 64
+
+
+def test_channel_counts_rounded():
+    model, _, _ = _pruned_resnet()
+    for m in model.modules():
+        if isinstance(m, torch.nn.Conv2d) and m.out_channels > 3:
+            assert m.out_channels % 8 == 0, m
+
+
+def test_failed_apply_restores_model_exactly():
+    model = torchvision.models.resnet18(num_classes=10).eval()
+    x = torch.randn(1, 3, 64, 64)
+    graph = prunekit.trace(model, x)
+    chosen, _ = prunekit.select_units(model, graph.groups(), prunekit.PruneConfig(ratio=0.5))
+    plan = prunekit.make_plan(graph, chosen)
+    before, text = _state(model), repr(model)
+    params_before = [id(p) for p in model.parameters()]
+
+    def boom(m):
+        raise RuntimeError("check failed")
+
+    for mode in ("hard", "soft"):
+        with pytest.raises(ApplyError, match="check failed"):
+            apply_plan(model, plan, mode, check=boom)
+        assert repr(model) == text
+        assert [id(p) for p in model.parameters()] == params_before
+        for k, v in model.state_dict().items():
+            assert torch.equal(v, before[k]), k
+
+
+def test_plan_for_other_model_is_refused_without_change():
+    _, _, result = _pruned_resnet()
+    other = torchvision.models.mobilenet_v2().eval()
+    before = _state(other)
+    with pytest.raises(PlanError, match="does not have"):
+        apply_plan(other, result.plan)
+    assert all(torch.equal(v, before[k]) for k, v in other.state_dict().items())
+
+
+def test_plan_version_checked():
+    with pytest.raises(PlanError, match="version"):
+        Plan.from_dict({"version": 99, "removed": {}})
+
+
+def test_trace_does_not_mutate_model():
+    model = torchvision.models.resnet18().eval()
+    before = _state(model)
+    graph = prunekit.trace(model, torch.randn(1, 3, 64, 64))
+    chosen, _ = prunekit.select_units(model, graph.groups(), prunekit.PruneConfig(ratio=0.5))
+    prunekit.make_plan(graph, chosen)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_soft_apply_keeps_shapes_and_zeroes():
+    model, x, result = _pruned_resnet()
+    fresh = torchvision.models.resnet18(num_classes=10).eval()
+    shapes = {k: v.shape for k, v in fresh.state_dict().items()}
+    apply_plan(fresh, result.plan, "soft")
+    assert {k: v.shape for k, v in fresh.state_dict().items()} == shapes
+    rm = result.plan.removed["conv1.weight"][0]
+    assert fresh.conv1.weight[rm].abs().sum() == 0
+
+
+def test_tied_weights_stay_tied():
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.GPT2Config(vocab_size=50, n_embd=16, n_layer=1, n_head=2, n_positions=16)
+    model = transformers.GPT2LMHeadModel(cfg).eval()
+    ids = torch.randint(0, 50, (1, 6))
+    prunekit.prune_(model, (), example_kwargs={"input_ids": ids}, ratio=0.5)
+    assert model.lm_head.weight is model.transformer.wte.weight
+    assert model.transformer.wte.weight.shape[1] < 16
