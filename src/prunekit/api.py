@@ -10,6 +10,7 @@ from typing import Any, Mapping
 
 import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from .config import PruneConfig
 from .criteria import get_criterion
@@ -119,24 +120,27 @@ def prune_(model: nn.Module, example_inputs: Any, config: PruneConfig | None = N
     inputs = _as_tuple(example_inputs)
     kwargs = dict(example_kwargs or {})
     t0 = time.perf_counter()
-    before = count(model, inputs, kwargs)
-    graph: DependencyGraph = trace(model, inputs, kwargs, ignore=config.ignore, strict=config.strict)
-    groups = graph.groups(config.kinds)
     was = model.training
-    model.eval()
-    with torch.no_grad():
-        ref_shapes = _output_shapes(model(*inputs, **kwargs))
-    model.train(was)
+    flops = FlopCounterMode(display=False)
+    with flops:  # one forward both traces and counts MACs
+        graph: DependencyGraph = trace(model, inputs, kwargs, ignore=config.ignore, strict=config.strict)
+    before = Counts(sum(p.numel() for p in model.parameters()), int(flops.get_total_flops() // 2))
+    ref_shapes = graph.output_shapes
+    groups = graph.groups(config.kinds)
+    measured: dict[str, int] = {}
 
     def check(m: nn.Module) -> None:
+        """Verify the pruned model runs with unchanged output shapes (and count its MACs)."""
         m.eval()
+        counter = FlopCounterMode(display=False)
         try:
-            with torch.no_grad():
+            with torch.no_grad(), counter:
                 shapes = _output_shapes(m(*inputs, **kwargs))
         finally:
             m.train(was)
         if shapes != ref_shapes:
             raise PlanError(f"output shapes changed from {ref_shapes} to {shapes}")
+        measured["macs"] = int(counter.get_total_flops() // 2)
 
     notes: list[str] = []
     chosen, summaries = select_units(model, groups, config)
@@ -152,7 +156,7 @@ def prune_(model: nn.Module, example_inputs: Any, config: PruneConfig | None = N
         chosen, summaries = select_units(model, keep_groups, config)
         plan = make_plan(graph, chosen, summaries)
         apply_plan(model, plan, mode=mode, check=check)
-    after = count(model, inputs, kwargs)
+    after = Counts(sum(p.numel() for p in model.parameters()), measured["macs"])
     for n in notes:
         warnings.warn(n)
     if graph.unsupported:

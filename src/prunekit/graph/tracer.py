@@ -69,6 +69,7 @@ class DependencyGraph:
     buffer_names: list[str]
     shapes: dict[str, tuple[int, ...]]
     unsupported: list[Unsupported] = field(default_factory=list)
+    output_shapes: list[tuple[int, ...]] = field(default_factory=list)
 
     def groups(self, kinds: Iterable[str] | None = None):
         from .groups import build_groups
@@ -261,4 +262,5 @@ def trace(model: nn.Module, example_inputs: Any = (), example_kwargs: Mapping[st
         buffer_names=[n for n, _ in model.named_buffers()],
         shapes=shapes,
         unsupported=tracer.unsupported,
+        output_shapes=[tuple(t.shape) for t in iter_tensors(out)],
     )
