@@ -53,6 +53,7 @@ class LabelStore:
     param_dims: dict[tuple[str, int], np.ndarray] = field(default_factory=dict)
     _product_by_axes: dict[bytes, Product] = field(default_factory=dict)
     _product_by_elements: dict[bytes, Product] = field(default_factory=dict)
+    _product_by_flat: dict[bytes, Product] = field(default_factory=dict)
 
     # -- creation -----------------------------------------------------------------
     def new(self, n: int, kind: str, active: bool) -> np.ndarray:
@@ -121,6 +122,7 @@ class LabelStore:
         self.products.append(prod)
         self._product_by_axes[self._axes_key(axes, elements.shape)] = prod
         self._product_by_elements[elements.tobytes() + bytes(str(elements.shape), "ascii")] = prod
+        self._product_by_flat[elements.tobytes()] = prod
 
     @staticmethod
     def _axes_key(axes: list[np.ndarray | None], shape: tuple[int, ...]) -> bytes:
@@ -135,6 +137,15 @@ class LabelStore:
 
     def product_with_elements(self, elements: np.ndarray) -> Product | None:
         return self._product_by_elements.get(elements.tobytes() + bytes(str(elements.shape), "ascii"))
+
+    def same_axes(self, flat_elements: np.ndarray, axes: list[np.ndarray | None]) -> bool:
+        """True when ``flat_elements`` come from a product over exactly these (non-None) axes."""
+        prod = self._product_by_flat.get(np.ascontiguousarray(flat_elements).tobytes())
+        if prod is None:
+            return False
+        mine = {self.find(int(a[0])) for a in prod.axes if a is not None}
+        theirs = {self.find(int(a[0])) for a in axes if a is not None}
+        return bool(mine) and mine == theirs
 
     def add_counter(self, module: str, attr: str, labels: np.ndarray, scale: int = 1) -> None:
         self.counters.append(Counter(module, attr, np.asarray(labels).copy(), scale))

@@ -144,9 +144,15 @@ class Tracer(TorchFunctionMode):
         for d, lab in inf.labels.items():
             self.size_sources.setdefault(int(t.shape[d]), []).append(lab)
 
-    def size_read_from(self, value: int, labels: np.ndarray) -> bool:
+    def size_read_from(self, value: int, labels: np.ndarray, axes: list | None = None) -> bool:
+        """Was ``value`` read from a dim with these labels (or, for a merge, over the same axes)?"""
         root = self.store.find(int(labels[0]))
-        return any(self.store.find(int(l[0])) == root for l in self.size_sources.get(value, ()))
+        for src in self.size_sources.get(value, ()):
+            if self.store.find(int(src[0])) == root:
+                return True
+            if axes is not None and self.store.same_axes(src, axes):
+                return True
+        return False
 
     # -- dispatch -----------------------------------------------------------------
     def __torch_function__(self, func, types, args=(), kwargs=None):

@@ -109,7 +109,7 @@ def reshape_labels(tracer, inf: TensorInfo, in_shape: Sequence[int], out_shape: 
                 store.add_product(elements.reshape(sizes_in), lab_in)
         if len(outs) == 1:
             labels[outs[0]] = elements
-            _literal_width(tracer, elements, outs[0], out_shape, requested, merged=True)
+            _literal_width(tracer, elements, outs[0], out_shape, requested, merged=lab_in)
             continue
         sizes_out = [out_shape[d] for d in outs]
         grid = elements.reshape(sizes_out)
@@ -128,7 +128,7 @@ def reshape_labels(tracer, inf: TensorInfo, in_shape: Sequence[int], out_shape: 
     return labels
 
 
-def _literal_width(tracer, labels, d, out_shape, requested, merged=False):
+def _literal_width(tracer, labels, d, out_shape, requested, merged=None):
     """A prunable output dim whose size is written in the call must be rewritten after pruning.
 
     The size is found as a module attribute (``self.all_head_size``) and rewritten; otherwise a
@@ -138,12 +138,12 @@ def _literal_width(tracer, labels, d, out_shape, requested, merged=False):
     """
     if requested is None or d >= len(requested) or requested[d] == -1:
         return
-    if tracer.size_read_from(int(out_shape[d]), labels):
-        return  # the size was read from this very dim (``x.view(-1, x.size(-1))``)
+    if tracer.size_read_from(int(out_shape[d]), labels, merged):
+        return  # the size was read from this very dim (``x.view(-1, x.size(-1))``) or its split parts
     attr = _module_attr(tracer, int(out_shape[d]), WIDTH_ATTRS)
     if attr is not None:
         tracer.store.add_counter(tracer.module_path, attr, labels)
-    elif merged or -1 in requested:
+    elif merged is not None or -1 in requested:
         tracer.store.pin(labels, f"reshape to a size fixed in code in {tracer.module_path or '<top>'}")
 
 
