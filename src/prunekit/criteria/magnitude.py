@@ -37,8 +37,9 @@ class MagnitudeCriterion(Criterion):
                 if p is None:  # buffers (running statistics) carry no importance
                     continue
                 other = [d for d in range(p.dim()) if d != dim]
-                per_index = p.detach().abs().double().pow(self.p)
-                per_index = per_index.sum(dim=other) if other else per_index
+                w = p.detach().float()
+                w = w * w if self.p == 2 else w.abs().pow(self.p)
+                per_index = (w.sum(dim=other) if other else w).double()
                 totals.index_add_(0, torch.tensor(units), per_index[torch.tensor(ids)])
         return totals.pow(1.0 / self.p)
 

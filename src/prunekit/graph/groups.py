@@ -27,9 +27,22 @@ class Resolver:
         n = len(store)
         self.store = store
         self.root = np.fromiter((store.find(i) for i in range(n)), dtype=np.int64, count=n)
-        self.members: dict[int, list[tuple[str, int, int]]] = defaultdict(list)
-        for lab, mem in store.members.items():
-            self.members[int(self.root[lab])].extend(mem)
+        # members, sorted by (root, tensor-dim key, index): root r owns rows [ptr[r], end[r])
+        self.keys: list[tuple[str, int]] = list(store.param_dims)
+        arrays = list(store.param_dims.values())
+        if arrays:
+            lab = np.concatenate(arrays)
+            key = np.repeat(np.arange(len(arrays)), [a.size for a in arrays])
+            idx = np.concatenate([np.arange(a.size) for a in arrays])
+        else:
+            lab = key = idx = np.zeros(0, dtype=np.int64)
+        r = self.root[lab]
+        order = np.lexsort((idx, key, r))
+        self.m_root, self.m_key, self.m_idx = r[order], key[order], idx[order]
+        uniq, first, counts = np.unique(self.m_root, return_index=True, return_counts=True)
+        self.ptr = dict(zip(uniq.tolist(), zip(first.tolist(), (first + counts).tolist())))
+        self._mk: list[int] | None = None
+        self._mi: list[int] | None = None
         self.pinned: dict[int, str] = {}
         for lab, why in store.pinned.items():
             self.pinned.setdefault(int(self.root[lab]), why)
@@ -126,11 +139,27 @@ class Resolver:
         return out
 
     def slices(self, roots: Iterable[int]) -> dict[tuple[str, int], list[int]]:
-        out: dict[tuple[str, int], set[int]] = defaultdict(set)
-        for r in roots:
-            for name, dim, idx in self.members.get(r, ()):
-                out[(name, dim)].add(idx)
-        return {k: sorted(v) for k, v in out.items()}
+        """``(tensor, dim) -> sorted indices`` removed with ``roots``, in trace order of the tensors."""
+        if self._mk is None:
+            self._mk, self._mi = self.m_key.tolist(), self.m_idx.tolist()
+        mk, mi, keys = self._mk, self._mi, self.keys
+        spans = [self.ptr[r] for r in roots if r in self.ptr]
+        if len(spans) == 1:  # one class: rows are already sorted by (key, index), indices unique
+            out: dict[tuple[str, int], list[int]] = {}
+            a, b = spans[0]
+            for j in range(a, b):
+                k = keys[mk[j]]
+                lst = out.get(k)
+                if lst is None:
+                    out[k] = [mi[j]]
+                else:
+                    lst.append(mi[j])
+            return out
+        acc: dict[int, set[int]] = {}
+        for a, b in spans:
+            for j in range(a, b):
+                acc.setdefault(mk[j], set()).add(mi[j])
+        return {keys[k]: sorted(acc[k]) for k in sorted(acc)}
 
 
 @dataclass
@@ -186,7 +215,7 @@ def build_groups(graph, kinds: Iterable[str] | None = None) -> list[Group]:
         sl = res.slices(closure)
         if not sl:
             continue
-        sig = tuple(sorted(((k, len(v)) for k, v in sl.items()), key=lambda kv: (order.get(kv[0][0], 1 << 30), kv[0])))
+        sig = tuple((k, len(v)) for k, v in sl.items())
         buckets[(kind, sig)].append((r, closure, sl))
     groups = []
     for (kind, sig), items in buckets.items():

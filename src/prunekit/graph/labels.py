@@ -12,8 +12,8 @@ Ops couple labels in three ways:
 * ``pin(a)`` -- these labels must stay (model inputs/outputs, ignored modules, ops that
   cannot be pruned through).
 
-A label may also carry *members*: ``(tensor_name, dim, index)`` slices of parameters and
-buffers that are removed with it.
+Labels of a parameter/buffer dim (``param_dims``) are its *members*: label ``start + i`` is
+the slice ``(tensor_name, dim, i)``, removed with its class.
 """
 from __future__ import annotations
 
@@ -45,7 +45,6 @@ class LabelStore:
     parent: list[int] = field(default_factory=list)
     active: list[bool] = field(default_factory=list)
     kind: list[str] = field(default_factory=list)
-    members: dict[int, list[tuple[str, int, int]]] = field(default_factory=dict)
     pinned: dict[int, str] = field(default_factory=dict)
     inexact: set[int] = field(default_factory=set)
     products: list[Product] = field(default_factory=list)
@@ -69,9 +68,7 @@ class LabelStore:
         key = (name, dim)
         labels = self.param_dims.get(key)
         if labels is None:
-            labels = self.new(size, kind, active)
-            for i, lab in enumerate(labels.tolist()):
-                self.members[lab] = [(name, dim, i)]
+            labels = self.new(size, kind, active)  # contiguous: label start + i is index i of (name, dim)
             self.param_dims[key] = labels
         elif active:
             for lab in labels.tolist():
