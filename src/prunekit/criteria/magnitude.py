@@ -1,6 +1,7 @@
 """Magnitude (L1/L2 norm) and random criteria for groups."""
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -24,24 +25,28 @@ class MagnitudeCriterion(Criterion):
 
     def score(self, model: nn.Module, group: Group) -> torch.Tensor:
         params = _params(model)
+        units, keys, idx, names = group.member_rows()
         totals = torch.zeros(len(group), dtype=torch.float64)
-        flat: dict[tuple[str, int], tuple[list[int], list[int]]] = {}
-        for unit, sl in enumerate(group.slices):
-            for key, idx in sl.items():
-                ids, units = flat.setdefault(key, ([], []))
-                ids.extend(idx)
-                units.extend([unit] * len(idx))
+        if units.size == 0:
+            return totals
+        order = np.argsort(keys, kind="stable")
+        units, keys, idx = units[order], keys[order], idx[order]
+        bounds = np.flatnonzero(np.diff(keys)) + 1
         with torch.no_grad():
-            for (name, dim), (ids, units) in flat.items():
+            for u, k, i in zip(np.split(units, bounds), np.split(keys, bounds), np.split(idx, bounds)):
+                name, dim = names[int(k[0])]
                 p = params.get(name)
                 if p is None:  # buffers (running statistics) carry no importance
                     continue
-                other = [d for d in range(p.dim()) if d != dim]
-                w = p.detach().float()
-                w = w * w if self.p == 2 else w.abs().pow(self.p)
-                per_index = (w.sum(dim=other) if other else w).double()
-                totals.index_add_(0, torch.tensor(units), per_index[torch.tensor(ids)])
+                per_index = self._per_index(p, dim)
+                totals.index_add_(0, torch.from_numpy(u), per_index[torch.from_numpy(i)])
         return totals.pow(1.0 / self.p)
+
+    def _per_index(self, p: torch.Tensor, dim: int) -> torch.Tensor:
+        other = [d for d in range(p.dim()) if d != dim]
+        w = p.detach().float()
+        w = w * w if self.p == 2 else w.abs().pow(self.p)
+        return (w.sum(dim=other) if other else w).double()
 
 
 @register_criterion("l1")

@@ -162,19 +162,51 @@ class Resolver:
         return {keys[k]: sorted(acc[k]) for k in sorted(acc)}
 
 
-@dataclass
 class Group:
-    """Units of one coupled dimension; removing unit ``i`` removes ``slices[i]`` everywhere."""
+    """Units of one coupled dimension; removing unit ``i`` removes ``slices[i]`` everywhere.
 
-    id: int
-    kind: str
-    units: list[frozenset[int]]
-    slices: list[dict[tuple[str, int], list[int]]]
-    exact: bool
-    signature: tuple = field(repr=False, default=())
+    ``units[i]`` is the set of label classes removed with unit ``i`` (its closure);
+    ``slices[i]`` maps ``(tensor name, dim)`` to the indices removed there.
+    """
+
+    def __init__(self, id: int, kind: str, units: list[frozenset[int]], exact: bool, signature: tuple,
+                 resolver: Resolver):
+        self.id = id
+        self.kind = kind
+        self.units = units
+        self.exact = exact
+        self.signature = signature
+        self._res = resolver
+        self._slices: list[dict[tuple[str, int], list[int]]] | None = None
 
     def __len__(self) -> int:
         return len(self.units)
+
+    def __repr__(self) -> str:
+        return f"Group(id={self.id}, kind={self.kind!r}, units={len(self)}, root={self.root}, exact={self.exact})"
+
+    @property
+    def slices(self) -> list[dict[tuple[str, int], list[int]]]:
+        if self._slices is None:
+            self._slices = [self._res.slices(u) for u in self.units]
+        return self._slices
+
+    def member_rows(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[tuple[str, int]]]:
+        """Vectorized members: ``(unit index, tensor-dim key, index)`` arrays and the key names."""
+        res = self._res
+        units, keys, idx = [], [], []
+        for i, u in enumerate(self.units):
+            for r in u:
+                span = res.ptr.get(r)
+                if span is not None:
+                    a, b = span
+                    units.append(np.full(b - a, i, dtype=np.int64))
+                    keys.append(res.m_key[a:b])
+                    idx.append(res.m_idx[a:b])
+        if not units:
+            z = np.zeros(0, dtype=np.int64)
+            return z, z, z, res.keys
+        return np.concatenate(units), np.concatenate(keys), np.concatenate(idx), res.keys
 
     @property
     def root(self) -> tuple[str, int]:
@@ -193,6 +225,30 @@ class Group:
         return "\n".join(lines)
 
 
+def _simple_signatures(res: Resolver, roots: np.ndarray) -> dict[int, tuple]:
+    """Signatures ``((tensor, dim), count)...`` of single-class units, computed from the sorted rows."""
+    if roots.size == 0:
+        return {}
+    rows = np.isin(res.m_root, roots)
+    r, k = res.m_root[rows], res.m_key[rows]
+    change = np.ones(r.size, dtype=bool)
+    change[1:] = (r[1:] != r[:-1]) | (k[1:] != k[:-1])
+    starts = np.flatnonzero(change)
+    counts = np.diff(np.append(starts, r.size))
+    first_idx = res.m_idx[rows][starts].tolist()
+    out: dict[int, list] = {}
+    firsts: dict[int, int] = {}
+    keys = res.keys
+    for rr, kk, c, fi in zip(r[starts].tolist(), k[starts].tolist(), counts.tolist(), first_idx):
+        lst = out.get(rr)
+        if lst is None:
+            out[rr] = [(keys[kk], c)]
+            firsts[rr] = fi
+        else:
+            lst.append((keys[kk], c))
+    return {rr: (tuple(v), firsts[rr]) for rr, v in out.items()}
+
+
 def build_groups(graph, kinds: Iterable[str] | None = None) -> list[Group]:
     res = Resolver(graph.store)
     graph._resolver = res
@@ -200,9 +256,12 @@ def build_groups(graph, kinds: Iterable[str] | None = None) -> list[Group]:
     order = {n: i for i, n in enumerate(graph.param_names + graph.buffer_names)}
     buckets: dict[tuple, list] = defaultdict(list)
     seen: set[frozenset[int]] = set()
-    for r in res.free_roots():
-        kind = res.kind.get(r, "channel")
-        if wanted is not None and kind not in wanted:
+    free = [r for r in res.free_roots() if wanted is None or res.kind.get(r, "channel") in wanted]
+    simple = [r for r in free if r not in res.touch]
+    for r, (sig, first_idx) in _simple_signatures(res, np.asarray(simple, dtype=np.int64)).items():
+        buckets[(res.kind.get(r, "channel"), sig)].append((first_idx, frozenset((r,))))
+    for r in free:
+        if r not in res.touch:
             continue
         try:
             closure = res.closure([r])
@@ -216,14 +275,12 @@ def build_groups(graph, kinds: Iterable[str] | None = None) -> list[Group]:
         if not sl:
             continue
         sig = tuple((k, len(v)) for k, v in sl.items())
-        buckets[(kind, sig)].append((r, closure, sl))
+        buckets[(res.kind.get(r, "channel"), sig)].append((next(iter(sl.values()))[0], key))
     groups = []
     for (kind, sig), items in buckets.items():
-        first = sig[0][0]
-        items.sort(key=lambda it: it[2][first][0])
-        exact = not any(res.inexact & c for _, c, _ in items)
-        groups.append(Group(id=0, kind=kind, units=[frozenset(c) for _, c, _ in items],
-                            slices=[s for _, _, s in items], exact=exact, signature=sig))
+        items.sort(key=lambda it: it[0])  # by index in the group's first tensor
+        exact = not any(res.inexact & c for _, c in items)
+        groups.append(Group(0, kind, [c for _, c in items], exact, sig, res))
     groups.sort(key=lambda g: (order.get(g.root[0], 1 << 30), g.root, g.kind))
     for i, g in enumerate(groups):
         g.id = i
