@@ -15,6 +15,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from .config import PruneConfig
 from .criteria import get_criterion
 from .errors import ApplyError, PlanError
+from .graph.execute import meta_forward
 from .graph.groups import Group
 from .graph.tracer import DependencyGraph, Unsupported, iter_tensors, trace
 from .measure import Counts, count
@@ -134,8 +135,13 @@ def prune_(model: nn.Module, example_inputs: Any, config: PruneConfig | None = N
         m.eval()
         counter = FlopCounterMode(display=False)
         try:
-            with torch.no_grad(), counter:
-                shapes = _output_shapes(m(*inputs, **kwargs))
+            try:
+                with counter:
+                    shapes = _output_shapes(meta_forward(m, inputs, kwargs))
+            except Exception:  # noqa: BLE001 - needs real values: run for real
+                counter = FlopCounterMode(display=False)
+                with torch.no_grad(), counter:
+                    shapes = _output_shapes(m(*inputs, **kwargs))
         finally:
             m.train(was)
         if shapes != ref_shapes:

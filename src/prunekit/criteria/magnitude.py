@@ -45,8 +45,9 @@ class MagnitudeCriterion(Criterion):
     def _per_index(self, p: torch.Tensor, dim: int) -> torch.Tensor:
         other = [d for d in range(p.dim()) if d != dim]
         w = p.detach().float()
-        w = w * w if self.p == 2 else w.abs().pow(self.p)
-        return (w.sum(dim=other) if other else w).double()
+        if not other:
+            return w.abs().double().pow(self.p)
+        return torch.linalg.vector_norm(w, ord=self.p, dim=other).double().pow(self.p)
 
 
 @register_criterion("l1")

@@ -194,6 +194,14 @@ class Group:
     def member_rows(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[tuple[str, int]]]:
         """Vectorized members: ``(unit index, tensor-dim key, index)`` arrays and the key names."""
         res = self._res
+        if all(len(u) == 1 for u in self.units):  # vectorized: one span of rows per unit
+            spans = np.array([res.ptr.get(next(iter(u)), (0, 0)) for u in self.units], dtype=np.int64).reshape(-1, 2)
+            lengths = spans[:, 1] - spans[:, 0]
+            total = int(lengths.sum())
+            offsets = np.cumsum(lengths) - lengths
+            rows = np.arange(total) - np.repeat(offsets, lengths) + np.repeat(spans[:, 0], lengths)
+            unit_ids = np.repeat(np.arange(len(self.units)), lengths)
+            return unit_ids, res.m_key[rows], res.m_idx[rows], res.keys
         units, keys, idx = [], [], []
         for i, u in enumerate(self.units):
             for r in u:

@@ -78,12 +78,15 @@ class DependencyGraph:
 
 
 class Tracer(TorchFunctionMode):
-    def __init__(self, model: nn.Module, store: LabelStore):
+    def __init__(self, model: nn.Module, store: LabelStore, tensors: Mapping[str, torch.Tensor] | None = None):
         super().__init__()
         self.store = store
         self.names: dict[int, str] = {}
+        if tensors is not None:  # stand-ins (meta tensors) used instead of the model's own
+            for n, t in tensors.items():
+                self.names.setdefault(id(t), n)
         for n, p in model.named_parameters():
-            self.names[id(p)] = n
+            self.names.setdefault(id(p), n)
         for n, b in model.named_buffers():
             self.names.setdefault(id(b), n)
         self.infos: dict[int, TensorInfo] = {}
@@ -213,6 +216,22 @@ def _module_hooks(model: nn.Module, tracer: Tracer) -> list:
     return handles
 
 
+def _traced_run(model: nn.Module, inputs: tuple, kwargs: dict, meta: bool):
+    from .execute import meta_forward, meta_tensors
+
+    store = LabelStore()
+    tensors = meta_tensors(model) if meta else None
+    tracer = Tracer(model, store, tensors)
+    handles = _module_hooks(model, tracer)
+    try:
+        with torch.no_grad(), tracer:
+            out = meta_forward(model, inputs, kwargs, tensors) if meta else model(*inputs, **kwargs)
+    finally:
+        for h in handles:
+            h.remove()
+    return tracer, out
+
+
 def trace(model: nn.Module, example_inputs: Any = (), example_kwargs: Mapping[str, Any] | None = None,
           ignore: Iterable[str | nn.Module] = (), strict: bool = False) -> DependencyGraph:
     """Run ``model`` once on the example inputs and return its dependency graph.
@@ -230,18 +249,16 @@ def trace(model: nn.Module, example_inputs: Any = (), example_kwargs: Mapping[st
     if isinstance(example_inputs, torch.Tensor) or not isinstance(example_inputs, (tuple, list)):
         example_inputs = (example_inputs,)
     example_kwargs = dict(example_kwargs or {})
-    store = LabelStore()
-    tracer = Tracer(model, store)
-    handles = _module_hooks(model, tracer)
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad(), tracer:
-            out = model(*example_inputs, **example_kwargs)
+        try:  # shapes are all we need: run on the meta device (no compute)
+            tracer, out = _traced_run(model, example_inputs, example_kwargs, meta=True)
+        except Exception:  # data-dependent code or an op without a meta kernel: run for real
+            tracer, out = _traced_run(model, example_inputs, example_kwargs, meta=False)
     finally:
-        for h in handles:
-            h.remove()
         model.train(was_training)
+    store = tracer.store
     for t in iter_tensors(out):
         tracer.pin_info(tracer.infos.get(id(t)), "model output")
     ignore_paths = set()

@@ -69,7 +69,9 @@ def _is_nonzero_scalar(v) -> bool:
     if isinstance(v, (int, float)):
         return v != 0 and not math.isnan(v)
     if isinstance(v, torch.Tensor):
-        return v.numel() != 1 or bool(v.detach().reshape(-1)[0] != 0)
+        if v.numel() != 1 or v.device.type == "meta":
+            return True  # unknown value: assume it moves zeros
+        return bool(v.detach().reshape(-1)[0] != 0)
     return v is not None
 
 
