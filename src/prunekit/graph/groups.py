@@ -26,7 +26,14 @@ class Resolver:
     def __init__(self, store: LabelStore):
         n = len(store)
         self.store = store
-        self.root = np.fromiter((store.find(i) for i in range(n)), dtype=np.int64, count=n)
+        parent = np.asarray(store.parent, dtype=np.int64)
+        root = parent.copy()
+        while True:  # pointer jumping: every label to its class representative
+            nxt = root[root]
+            if np.array_equal(nxt, root):
+                break
+            root = nxt
+        self.root = root
         # members, sorted by (root, tensor-dim key, index): root r owns rows [ptr[r], end[r])
         self.keys: list[tuple[str, int]] = list(store.param_dims)
         arrays = list(store.param_dims.values())
@@ -233,28 +240,54 @@ class Group:
         return "\n".join(lines)
 
 
-def _simple_signatures(res: Resolver, roots: np.ndarray) -> dict[int, tuple]:
-    """Signatures ``((tensor, dim), count)...`` of single-class units, computed from the sorted rows."""
+def _simple_signatures(res: Resolver, roots: np.ndarray) -> dict[int, tuple[tuple, int]]:
+    """Signature ``((tensor, dim), count)...`` and first index of each single-class unit.
+
+    Vectorized: each root's run of (key, count) pairs is hashed with numpy; the tuple is built
+    once per distinct hash (equal hashes are checked against the first root's pairs).
+    """
     if roots.size == 0:
         return {}
     rows = np.isin(res.m_root, roots)
-    r, k = res.m_root[rows], res.m_key[rows]
+    r, k, ix = res.m_root[rows], res.m_key[rows], res.m_idx[rows]
     change = np.ones(r.size, dtype=bool)
     change[1:] = (r[1:] != r[:-1]) | (k[1:] != k[:-1])
     starts = np.flatnonzero(change)
     counts = np.diff(np.append(starts, r.size))
-    first_idx = res.m_idx[rows][starts].tolist()
-    out: dict[int, list] = {}
-    firsts: dict[int, int] = {}
+    pr, pk, pfirst = r[starts], k[starts], ix[starts]
+    root_change = np.ones(pr.size, dtype=bool)
+    root_change[1:] = pr[1:] != pr[:-1]
+    rstarts = np.flatnonzero(root_change)
+    npairs = np.diff(np.append(rstarts, pr.size))
+    pos = np.arange(pr.size) - np.repeat(rstarts, npairs)
+    with np.errstate(over="ignore"):
+        v = (pk.astype(np.uint64) * np.uint64(1000003) + counts.astype(np.uint64)) * np.uint64(2654435761)
+        v = (v ^ (pos.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15))) * np.uint64(0xBF58476D1CE4E5B9)
+        h = np.add.reduceat(v, rstarts)
     keys = res.keys
-    for rr, kk, c, fi in zip(r[starts].tolist(), k[starts].tolist(), counts.tolist(), first_idx):
-        lst = out.get(rr)
-        if lst is None:
-            out[rr] = [(keys[kk], c)]
-            firsts[rr] = fi
-        else:
-            lst.append((keys[kk], c))
-    return {rr: (tuple(v), firsts[rr]) for rr, v in out.items()}
+    # bucket roots by (hash, length); verify every root's pairs against its bucket's first root
+    hv = np.stack([h.view(np.int64), npairs])
+    _, first_of, inv = np.unique(hv, axis=1, return_index=True, return_inverse=True)
+    inv = inv.reshape(-1)
+    rep_start = rstarts[first_of[inv]]
+    same = (pk == pk[np.repeat(rep_start, npairs) + pos]) & (counts == counts[np.repeat(rep_start, npairs) + pos])
+    ok = np.logical_and.reduceat(same, rstarts)
+    sig_of_bucket: dict[int, tuple] = {}
+    out: dict[int, tuple[tuple, int]] = {}
+
+    def build(a: int, n: int) -> tuple:
+        return tuple((keys[kk], cc) for kk, cc in zip(pk[a:a + n].tolist(), counts[a:a + n].tolist()))
+
+    for root, b, n, a, good in zip(pr[rstarts].tolist(), inv.tolist(), npairs.tolist(), rstarts.tolist(),
+                                   ok.tolist()):
+        if good:
+            sig = sig_of_bucket.get(b)
+            if sig is None:
+                sig = sig_of_bucket[b] = build(a, n)
+        else:  # hash collision: use the true signature
+            sig = build(a, n)
+        out[root] = (sig, int(pfirst[a]))
+    return out
 
 
 def build_groups(graph, kinds: Iterable[str] | None = None) -> list[Group]:
