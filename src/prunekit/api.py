@@ -10,7 +10,6 @@ from typing import Any, Mapping
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
 from .config import PruneConfig
 from .criteria import get_criterion
@@ -19,6 +18,7 @@ from .graph.execute import meta_forward
 from .graph.groups import Group
 from .graph.tracer import DependencyGraph, Unsupported, iter_tensors, trace
 from .measure import Counts, count
+from .measure.counting import MacCounter
 from .plan import Plan, apply_plan, make_plan
 
 
@@ -122,10 +122,10 @@ def prune_(model: nn.Module, example_inputs: Any, config: PruneConfig | None = N
     kwargs = dict(example_kwargs or {})
     t0 = time.perf_counter()
     was = model.training
-    flops = FlopCounterMode(display=False)
+    flops = MacCounter()
     with flops:  # one forward both traces and counts MACs
         graph: DependencyGraph = trace(model, inputs, kwargs, ignore=config.ignore, strict=config.strict)
-    before = Counts(sum(p.numel() for p in model.parameters()), int(flops.get_total_flops() // 2))
+    before = Counts(sum(p.numel() for p in model.parameters()), flops.macs)
     ref_shapes = graph.output_shapes
     groups = graph.groups(config.kinds)
     measured: dict[str, int] = {}
@@ -133,20 +133,20 @@ def prune_(model: nn.Module, example_inputs: Any, config: PruneConfig | None = N
     def check(m: nn.Module) -> None:
         """Verify the pruned model runs with unchanged output shapes (and count its MACs)."""
         m.eval()
-        counter = FlopCounterMode(display=False)
+        counter = MacCounter()
         try:
             try:
                 with counter:
                     shapes = _output_shapes(meta_forward(m, inputs, kwargs))
             except Exception:  # noqa: BLE001 - needs real values: run for real
-                counter = FlopCounterMode(display=False)
+                counter = MacCounter()
                 with torch.no_grad(), counter:
                     shapes = _output_shapes(m(*inputs, **kwargs))
         finally:
             m.train(was)
         if shapes != ref_shapes:
             raise PlanError(f"output shapes changed from {ref_shapes} to {shapes}")
-        measured["macs"] = int(counter.get_total_flops() // 2)
+        measured["macs"] = counter.macs
 
     notes: list[str] = []
     chosen, summaries = select_units(model, groups, config)

@@ -1,4 +1,9 @@
-"""Parameters and MACs, counted by running the model under torch's own FlopCounterMode."""
+"""Parameters and MACs, counted by running the model under torch's own FLOP formulas.
+
+``MacCounter`` is a lean ``TorchDispatchMode`` over ``torch.utils.flop_counter.flop_registry``
+(the same per-op formulas ``FlopCounterMode`` uses, without its per-module bookkeeping), so
+it is cheap enough to run on every prune; MACs = FLOPs / 2.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -6,7 +11,8 @@ from typing import Any, Mapping
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import flop_registry
 
 
 @dataclass(frozen=True)
@@ -15,8 +21,28 @@ class Counts:
     macs: int
 
 
+class MacCounter(TorchDispatchMode):
+    """Counts FLOPs of every ATen op that torch's flop counter knows (matmuls, convs, attention)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.flops = 0
+
+    @property
+    def macs(self) -> int:
+        return int(self.flops // 2)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        rule = flop_registry.get(func._overloadpacket)
+        if rule is not None:
+            self.flops += rule(*args, **kwargs, out_val=out)
+        return out
+
+
 def count(model: nn.Module, example_inputs: Any = (), example_kwargs: Mapping[str, Any] | None = None) -> Counts:
-    """Parameters (unique tensors) and MACs of one eval forward (``FlopCounterMode`` FLOPs / 2)."""
+    """Parameters (unique tensors) and MACs of one eval forward (torch's FLOP formulas / 2)."""
     if isinstance(example_inputs, torch.Tensor) or not isinstance(example_inputs, (tuple, list)):
         example_inputs = (example_inputs,)
     params = sum(p.numel() for p in model.parameters())
@@ -24,9 +50,9 @@ def count(model: nn.Module, example_inputs: Any = (), example_kwargs: Mapping[st
     model.eval()
     try:
         with torch.no_grad():
-            mode = FlopCounterMode(display=False)
-            with mode:
+            counter = MacCounter()
+            with counter:
                 model(*example_inputs, **dict(example_kwargs or {}))
     finally:
         model.train(was)
-    return Counts(params=params, macs=int(mode.get_total_flops() // 2))
+    return Counts(params=params, macs=counter.macs)
