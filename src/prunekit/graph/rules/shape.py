@@ -144,7 +144,14 @@ def _literal_width(tracer, labels, d, out_shape, requested, merged=None):
     if attr is not None:
         tracer.store.add_counter(tracer.module_path, attr, labels)
     elif merged is not None or -1 in requested:
-        tracer.store.pin(labels, f"reshape to a size fixed in code in {tracer.module_path or '<top>'}")
+        sources = tracer.size_sources.get(int(out_shape[d]), ())
+        if sources:
+            # the size was read from another dim (``view(B, T, C)`` with C from the residual
+            # stream): both must keep equal widths, so couple them index by index
+            for src in sources:
+                tracer.store.unify(labels, src)
+        else:
+            tracer.store.pin(labels, f"reshape to a size fixed in code in {tracer.module_path or '<top>'}")
 
 
 def _split_axes(tracer, grid, outs, sizes_out, requested):
