@@ -3,8 +3,12 @@
 Each (tool, model) runs in its own subprocess with a timeout, on the same random-init
 model (seed 0) and the same input. Both prune channels at ratio 0.5 with L2 magnitude and
 keep the final classifier's outputs. A run passes when the pruned model's forward works,
-its output shape is unchanged and its MACs went down. MACs are counted for both tools with
-torch.utils.flop_counter (FLOPs / 2), params with ``sum(p.numel())``.
+its output shape is unchanged and its MACs went down. MACs are counted for both tools the
+same way, with torch's FLOP formulas (``prunekit.measure.MacCounter`` over
+``torch.utils.flop_counter.flop_registry``; FLOPs / 2) on the meta device, params with
+``sum(p.numel())``; the pruned model's forward is a real one. Prune time is the wall time of
+the prune call only: ``prunekit.prune_`` (which also verifies the result and counts MACs)
+versus Torch-Pruning's ``MagnitudePruner(...)`` construction plus ``step()``.
 
     python benchmarks/torchvision_vs_torch_pruning.py [--models resnet18 vit_b_16] [--timeout 300]
 
@@ -44,14 +48,21 @@ def _worker(tool: str, name: str, queue) -> None:
     import torch
 
     torch.set_num_threads(2)
-    from prunekit.measure import count
+    from prunekit.graph.execute import meta_forward
+    from prunekit.measure import Counts
+    from prunekit.measure.counting import MacCounter
+
+    def count(model, x):
+        counter = MacCounter()
+        with counter:
+            out = meta_forward(model, (x,), {})
+        return Counts(sum(p.numel() for p in model.parameters()), counter.macs), tuple(out.shape)
 
     row = {"tool": tool, "model": name, "ok": False}
     try:
+        _warm_up()  # one-time lazy initialisation of both tools, outside the timed call
         model, x = _build(name)
-        with torch.no_grad():
-            ref_shape = tuple(model(x).shape)
-        before = count(model, x)
+        before, ref_shape = count(model, x)
         t0 = time.perf_counter()
         if tool == "prunekit":
             import prunekit
@@ -68,8 +79,8 @@ def _worker(tool: str, name: str, queue) -> None:
             pruner.step()
         row["prune_s"] = time.perf_counter() - t0
         with torch.no_grad():
-            shape = tuple(model(x).shape)
-        after = count(model, x)
+            shape = tuple(model(x).shape)  # a real forward of the pruned model
+        after, _ = count(model, x)
         row.update(macs_ratio=after.macs / before.macs, params_ratio=after.params / before.params,
                    shape_ok=shape == ref_shape)
         row["ok"] = bool(shape == ref_shape and after.macs < before.macs)
@@ -80,8 +91,25 @@ def _worker(tool: str, name: str, queue) -> None:
     queue.put(row)
 
 
+def _warm_up() -> None:
+    import torch
+    import torch_pruning as tp
+
+    import prunekit
+
+    def small():
+        return torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.ReLU6(),
+                                   torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 4)).eval()
+
+    x = torch.randn(1, 3, 16, 16)
+    prunekit.prune_(small(), x, ratio=0.5)
+    m = small()
+    tp.pruner.MagnitudePruner(m, x, importance=tp.importance.MagnitudeImportance(p=2), pruning_ratio=0.5,
+                              ignored_layers=[m[5]]).step()
+
+
 def run_one(tool: str, name: str, timeout: float) -> dict:
-    ctx = mp.get_context("spawn")
+    ctx = mp.get_context("fork")
     q = ctx.Queue()
     p = ctx.Process(target=_worker, args=(tool, name, q))
     p.start()
@@ -97,7 +125,11 @@ def run_one(tool: str, name: str, timeout: float) -> dict:
 
 
 def main(argv=None) -> int:
+    import torch  # noqa: F401  (imported once; each run forks from here)
+    import torch_pruning  # noqa: F401
     import torchvision
+
+    import prunekit  # noqa: F401  (no torch op runs in the parent: forking after one can deadlock)
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--models", nargs="*", default=None)

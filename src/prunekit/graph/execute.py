@@ -9,9 +9,41 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+import contextlib
+
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_map
+
+# Ops whose output has the input's shape: on meta tensors we skip their (Python) meta kernels.
+SHAPE_PRESERVING = frozenset({
+    "batch_norm", "instance_norm", "layer_norm", "group_norm", "rms_norm", "relu", "relu6", "hardtanh", "gelu",
+    "silu", "hardswish", "hardsigmoid", "sigmoid", "tanh", "leaky_relu", "elu", "selu", "mish", "dropout",
+    "relu_", "hardtanh_", "silu_", "hardswish_", "hardsigmoid_", "sigmoid_", "tanh_", "leaky_relu_",
+})
+
+
+class ShapeOnly(TorchFunctionMode):
+    """On meta tensors, answer shape-preserving ops with an empty tensor of the input's shape."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = getattr(func, "__name__", "")
+        if name in SHAPE_PRESERVING and args and isinstance(args[0], torch.Tensor) and args[0].is_meta:
+            if name.endswith("_") or kwargs.get("inplace") or (name in ("relu", "relu6", "hardtanh", "silu",
+                                                                        "hardswish", "leaky_relu", "elu", "selu",
+                                                                        "mish", "hardsigmoid", "dropout")
+                                                               and _inplace_arg(name, args)):
+                return args[0]
+            return torch.empty_like(args[0])
+        return func(*args, **kwargs)
+
+
+def _inplace_arg(name: str, args: tuple) -> bool:
+    pos = {"relu": 1, "relu6": 1, "silu": 1, "hardswish": 1, "mish": 1, "hardsigmoid": 1, "selu": 1,
+           "elu": 2, "leaky_relu": 2, "hardtanh": 3, "dropout": 3}.get(name)
+    return pos is not None and len(args) > pos and args[pos] is True
 
 
 def _to_meta(x: Any) -> Any:
@@ -29,10 +61,13 @@ def meta_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def meta_forward(model: nn.Module, inputs: tuple, kwargs: Mapping[str, Any],
-                 tensors: dict[str, torch.Tensor] | None = None) -> Any:
-    """``model(*inputs, **kwargs)`` on the meta device; ``tensors`` maps names to the stand-ins used."""
+                 tensors: dict[str, torch.Tensor] | None = None, mode: TorchFunctionMode | None = None) -> Any:
+    """``model(*inputs, **kwargs)`` on the meta device; ``tensors`` maps names to the stand-ins used.
+
+    ``mode`` (e.g. the tracer) sees every op before the meta shortcuts do.
+    """
     tensors = meta_tensors(model) if tensors is None else tensors
     args = tree_map(_to_meta, tuple(inputs))
     kw = tree_map(_to_meta, dict(kwargs))
-    with torch.no_grad():
+    with torch.no_grad(), ShapeOnly(), (mode if mode is not None else contextlib.nullcontext()):
         return torch.func.functional_call(model, tensors, args, kw, tie_weights=True, strict=False)

@@ -224,8 +224,11 @@ def _traced_run(model: nn.Module, inputs: tuple, kwargs: dict, meta: bool):
     tracer = Tracer(model, store, tensors)
     handles = _module_hooks(model, tracer)
     try:
-        with torch.no_grad(), tracer:
-            out = meta_forward(model, inputs, kwargs, tensors) if meta else model(*inputs, **kwargs)
+        if meta:
+            out = meta_forward(model, inputs, kwargs, tensors, mode=tracer)
+        else:
+            with torch.no_grad(), tracer:
+                out = model(*inputs, **kwargs)
     finally:
         for h in handles:
             h.remove()

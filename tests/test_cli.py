@@ -1,0 +1,27 @@
+"""The prunekit command line."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from prunekit.cli import main
+
+
+def test_help_lists_demo(capsys):
+    try:
+        main(["--help"])
+    except SystemExit as e:
+        assert e.code == 0
+    out = capsys.readouterr().out
+    assert "demo" in out and "prune" in out
+
+
+def test_demo_prints_before_after_table(capsys):
+    assert main(["demo", "--model", "resnet18", "--ratio", "0.5"]) == 0
+    out = capsys.readouterr().out
+    assert "params" in out and "MACs" in out and "before" in out and "after" in out
+
+
+def test_entry_point_installed():
+    r = subprocess.run([sys.executable, "-m", "prunekit.cli", "demo", "--help"], capture_output=True, text=True)
+    assert r.returncode == 0 and "--ratio" in r.stdout
