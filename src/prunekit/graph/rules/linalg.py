@@ -58,7 +58,7 @@ def _conv(tracer, name, x, w, b, groups, transposed, out):
     w_in_dim, w_out_dim = (0, 1) if transposed else (1, 0)
     cin, cout = x.shape[c], out.shape[c]
     w_out = _weight_dim(tracer, w, w_out_dim, True)  # (cout / g) if transposed else cout
-    w_in = _weight_dim(tracer, w, w_in_dim, groups > 1 and not transposed)  # cin if transposed else cin/g
+    w_in = _weight_dim(tracer, w, w_in_dim, groups > 1 and not transposed and w.shape[w_in_dim] > 1)  # cin or cin/g
     x_lab = xinf.labels.get(c) if xinf is not None else None
     where = tracer.module_path or "<top>"
     if groups == 1:
