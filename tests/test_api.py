@@ -29,6 +29,12 @@ def test_per_module_ratio_and_rounding():
     assert model[2].out_features == 16  # 40 * 0.25 = 10 -> 16
 
 
+def test_per_group_ratio_by_root_tensor():
+    model = _mlp()
+    prunekit.prune_(model, torch.randn(4, 8), ratio=0.0, ratios={"2.weight:0": 0.5})
+    assert model[0].out_features == 40 and model[2].out_features == 20
+
+
 def test_cap_never_empties_a_group():
     model = _mlp()
     prunekit.prune_(model, torch.randn(4, 8), ratio=0.99, max_ratio=0.5)

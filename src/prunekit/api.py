@@ -65,10 +65,11 @@ def _as_tuple(x: Any) -> tuple:
 
 
 def _ratio_for(group: Group, config: PruneConfig) -> float:
-    owner = group.modules[0] if group.modules else ""
+    """Per-module (glob on the group's first module) or per-group (``"<tensor>:<dim>"``) ratio."""
     root_mod = group.root[0].rsplit(".", 1)[0] if "." in group.root[0] else ""
+    root_key = f"{group.root[0]}:{group.root[1]}"
     for pattern, r in config.ratios:
-        if fnmatch.fnmatchcase(root_mod, pattern) or fnmatch.fnmatchcase(owner, pattern):
+        if fnmatch.fnmatchcase(root_mod, pattern) or fnmatch.fnmatchcase(root_key, pattern):
             return r
     return config.ratio
 

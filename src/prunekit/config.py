@@ -19,7 +19,8 @@ class PruneConfig:
 
     ratio: float = field(default=0.5, metadata={"help": "fraction of each group's units to remove"})
     ratios: tuple[tuple[str, float], ...] = field(
-        default=(), metadata={"help": "per-module ratios: (glob on the group's first module, ratio), first match wins"})
+        default=(), metadata={"help": "per-module or per-group ratios: (glob on the group's first module, or "
+                                 "'<tensor>:<dim>' of its first tensor, ratio), first match wins"})
     round_to: int = field(default=1, metadata={"help": "keep a multiple of this many channels per group"})
     max_ratio: float = field(default=0.9, metadata={"help": "never remove more than this fraction of a group"})
     ignore: tuple[str, ...] = field(default=(), metadata={"help": "module paths whose tensors keep their shape"})

@@ -179,7 +179,26 @@ class RecurrentState(nn.Module):
         return self.fc(torch.cat([h[-2], h[-1]], dim=1))
 
 
+class StackNorm(nn.Module):  # RMSNorm (approximate over its dim), stack, grouped transposed conv
+    def __init__(self):
+        super().__init__()
+        self.lin1 = nn.Linear(6, 16)
+        self.norm = nn.RMSNorm(16)
+        self.lin2 = nn.Linear(16, 8)
+        self.lin3 = nn.Linear(16, 8)
+        self.lin4 = nn.Linear(8, 3)
+        self.c1 = nn.Conv2d(3, 8, 1)
+        self.ct = nn.ConvTranspose2d(8, 16, 2, stride=2, groups=4)
+        self.c2 = nn.Conv2d(16, 2, 1)
+
+    def forward(self, x, img):
+        h = self.norm(self.lin1(x))
+        y = torch.stack([F.relu(self.lin2(h)), self.lin3(h)], dim=1)  # (B, 2, 8)
+        return self.lin4(y), self.c2(F.relu(self.ct(F.relu(self.c1(img)))))
+
+
 CASES = {
+    "rmsnorm_stack_grouped_transposed": (StackNorm, lambda: (torch.randn(2, 6), torch.randn(1, 3, 4, 4)), 3),
     "conv_residual_concat_chunk_flatten": (ConvBlock, lambda: (torch.randn(2, 3, 16, 16),), 3),
     "grouped_depthwise_transposed": (Grouped, lambda: (torch.randn(2, 3, 8, 8),), 3),
     "conv1d_conv3d": (Conv1d3d, lambda: (torch.randn(2, 4, 20), torch.randn(1, 2, 3, 4, 4)), 2),

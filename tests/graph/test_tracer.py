@@ -92,3 +92,23 @@ def test_group_prints_members():
     assert "8 channels (exact)" in text
     for member in ("0.weight[dim 0]", "1.running_mean[dim 0]", "3.weight[dim 1]"):
         assert member in text
+
+
+class DataDependent(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(4, 16)
+        self.b = nn.Linear(16, 2)
+
+    def forward(self, x):
+        h = F.relu(self.a(x))
+        if h.sum() > 0:  # needs real values: the meta run fails and tracing runs for real
+            h = h * 2
+        return self.b(h)
+
+
+def test_data_dependent_control_flow_falls_back_to_a_real_run():
+    model = DataDependent().eval()
+    result = prunekit.prune_(model, torch.randn(3, 4), ratio=0.5)
+    assert model.a.out_features == 8
+    assert result.after.macs == 3 * (4 * 8 + 8 * 2)
