@@ -42,7 +42,8 @@ class Counter:
 
 @dataclass
 class LabelStore:
-    parent: list[int] = field(default_factory=list)
+    _parent: np.ndarray = field(default_factory=lambda: np.zeros(1024, dtype=np.int64))
+    _n: int = 0
     active: list[bool] = field(default_factory=list)
     kind: list[str] = field(default_factory=list)
     pinned: dict[int, str] = field(default_factory=dict)
@@ -55,9 +56,19 @@ class LabelStore:
     _product_by_flat: dict[bytes, Product] = field(default_factory=dict)
 
     # -- creation -----------------------------------------------------------------
+    @property
+    def parent(self) -> np.ndarray:
+        """``parent[i] <= i`` (union by smaller label), so class representatives are minima."""
+        return self._parent[:self._n]
+
     def new(self, n: int, kind: str, active: bool) -> np.ndarray:
-        start = len(self.parent)
-        self.parent.extend(range(start, start + n))
+        start = self._n
+        if start + n > self._parent.size:
+            grown = np.zeros(max(2 * self._parent.size, start + n), dtype=np.int64)
+            grown[:start] = self._parent[:start]
+            self._parent = grown
+        self._parent[start:start + n] = np.arange(start, start + n)
+        self._n = start + n
         self.active.extend([active] * n)
         self.kind.extend([kind] * n)
         return np.arange(start, start + n, dtype=np.int64)
@@ -79,25 +90,36 @@ class LabelStore:
 
     # -- union-find ---------------------------------------------------------------
     def find(self, x: int) -> int:
-        parent = self.parent
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
+        return int(self.find_many(np.asarray([x], dtype=np.int64))[0])
+
+    def find_many(self, xs: np.ndarray) -> np.ndarray:
+        """Representatives of ``xs`` (vectorized pointer jumping, with path compression)."""
+        parent = self._parent
+        r = parent[xs]
+        while True:
+            rr = parent[r]
+            if np.array_equal(rr, r):
+                break
+            r = rr
+        parent[xs] = r
+        return r
 
     def unify(self, a: np.ndarray, b: np.ndarray) -> None:
-        a = np.asarray(a).reshape(-1)
-        b = np.asarray(b).reshape(-1)
+        a = np.asarray(a, dtype=np.int64).reshape(-1)
+        b = np.asarray(b, dtype=np.int64).reshape(-1)
         if a.shape != b.shape:
             raise ValueError(f"cannot unify label arrays of sizes {a.size} and {b.size}")
         if a is b or np.array_equal(a, b):
             return
-        for x, y in zip(a.tolist(), b.tolist()):
-            rx, ry = self.find(x), self.find(y)
-            if rx != ry:
-                if rx < ry:
-                    rx, ry = ry, rx
-                self.parent[rx] = ry
+        parent = self._parent
+        while True:  # hook larger representatives under smaller ones until all pairs agree
+            ra, rb = self.find_many(a), self.find_many(b)
+            diff = ra != rb
+            if not diff.any():
+                return
+            hi = np.maximum(ra[diff], rb[diff])
+            lo = np.minimum(ra[diff], rb[diff])
+            parent[hi] = lo  # duplicates: one write wins, the loop hooks the rest
 
     # -- constraints --------------------------------------------------------------
     def pin(self, labels: np.ndarray, reason: str) -> None:
@@ -148,4 +170,4 @@ class LabelStore:
         self.counters.append(Counter(module, attr, np.asarray(labels).copy(), scale))
 
     def __len__(self) -> int:
-        return len(self.parent)
+        return self._n
