@@ -22,6 +22,7 @@ class MagnitudeCriterion(Criterion):
 
     def __init__(self, p: int = 2):
         self.p = p
+        self._cache: dict[tuple[int, int], torch.Tensor] = {}
 
     def score(self, model: nn.Module, group: Group) -> torch.Tensor:
         params = _params(model)
@@ -43,11 +44,20 @@ class MagnitudeCriterion(Criterion):
         return totals.pow(1.0 / self.p)
 
     def _per_index(self, p: torch.Tensor, dim: int) -> torch.Tensor:
-        other = [d for d in range(p.dim()) if d != dim]
-        w = p.detach().float()
-        if not other:
-            return w.abs().double().pow(self.p)
-        return torch.linalg.vector_norm(w, ord=self.p, dim=other).double().pow(self.p)
+        """``sum |w|^p`` over every dim but ``dim``; one pass per tensor, cached across groups."""
+        w = p.detach()
+        if dim > 1 or w.dim() == 1:
+            other = [d for d in range(w.dim()) if d != dim]
+            w = w.float().abs().pow(self.p)
+            return (w.sum(dim=other) if other else w).double()
+        key = (id(p), p._version)
+        m = self._cache.get(key)
+        if m is None:  # (d0, d1) matrix of per-(row, column) sums over the remaining dims
+            w = w.float()
+            w = w * w if self.p == 2 else w.abs().pow(self.p)
+            m = (w.sum(dim=tuple(range(2, w.dim()))) if w.dim() > 2 else w).double()
+            self._cache = {key: m} if len(self._cache) > 64 else {**self._cache, key: m}
+        return m.sum(dim=1 - dim)
 
 
 @register_criterion("l1")
