@@ -98,20 +98,12 @@ def _conv(tracer, name, x, w, b, groups, transposed, out):
     tracer.set_info(out, TensorInfo(labels, False))
 
 
-@op_rule("conv1d", "conv2d", "conv3d")
+@op_rule("conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d")
 def conv(tracer, name, args, kwargs, out):
     x, w = args[0], arg(args, kwargs, 1, "weight")
     b = arg(args, kwargs, 2, "bias")
-    groups = arg(args, kwargs, 6, "groups", 1)
-    _conv(tracer, name, x, w, b, groups, False, out)
-
-
-@op_rule("conv_transpose1d", "conv_transpose2d", "conv_transpose3d")
-def conv_transpose(tracer, name, args, kwargs, out):
-    x, w = args[0], arg(args, kwargs, 1, "weight")
-    b = arg(args, kwargs, 2, "bias")
-    groups = arg(args, kwargs, 6, "groups", 1)
-    _conv(tracer, name, x, w, b, groups, True, out)
+    groups = arg(args, kwargs, 6, "groups", 1)  # 7th argument of both conv and conv_transpose
+    _conv(tracer, name, x, w, b, groups, name.startswith("conv_transpose"), out)
 
 
 @op_rule("embedding", "embedding_bag")
