@@ -53,20 +53,27 @@ class MagnitudeCriterion(Criterion):
         return cached[2]
 
     def _per_index(self, p: torch.Tensor, dim: int) -> torch.Tensor:
-        """``sum |w|^p`` over every dim but ``dim``; one pass per tensor, cached across groups."""
-        w = p.detach()
-        if dim > 1 or w.dim() == 1:
-            other = [d for d in range(w.dim()) if d != dim]
-            w = w.float().abs().pow(self.p)
-            return (w.sum(dim=other) if other else w).double()
-        key = (id(p), p._version)
-        m = self._cache.get(key)
-        if m is None:  # (d0, d1) matrix of per-(row, column) sums over the remaining dims
-            w = w.float()
+        """``sum |w|^p`` over every dim but ``dim``, one pass per tensor, cached for the prune."""
+        key = (id(p), p._version, dim)
+        out = self._cache.get(key)
+        if out is not None:
+            return out
+        w = p.detach().float()
+        if w.dim() > 2 and dim < 2:  # reduce the (contiguous) kernel dims once, then rows or columns
+            mkey = (id(p), p._version, "m")
+            m = self._cache.get(mkey)
+            if m is None:
+                kernel = tuple(range(2, w.dim()))
+                m = self._cache[mkey] = torch.linalg.vector_norm(w, ord=self.p, dim=kernel).pow(self.p)
+            out = m.sum(dim=1 - dim)
+        elif w.dim() == 2 and dim == 0:
+            out = torch.linalg.vector_norm(w, ord=self.p, dim=1).pow(self.p)
+        else:
             w = w * w if self.p == 2 else w.abs().pow(self.p)
-            m = (w.sum(dim=tuple(range(2, w.dim()))) if w.dim() > 2 else w).double()
-            self._cache = {key: m} if len(self._cache) > 64 else {**self._cache, key: m}
-        return m.sum(dim=1 - dim)
+            other = [d for d in range(w.dim()) if d != dim]
+            out = w.sum(dim=other) if other else w
+        out = self._cache[key] = out.double()
+        return out
 
 
 @register_criterion("l1")
