@@ -94,9 +94,8 @@ def select_units(model: nn.Module, groups: list[Group], config: PruneConfig) -> 
         if n_rm <= 0:
             continue
         scores = criterion.score(model, g)
-        order = torch.argsort(scores, stable=True)[:n_rm].tolist()
-        for i in order:
-            chosen |= g.units[i]
+        order = torch.argsort(scores, stable=True)[:n_rm].numpy()
+        chosen.update(g.unit_roots(order))
         summaries.append({"group": g.id, "kind": g.kind, "root": f"{g.root[0]}:{g.root[1]}", "units": n,
                           "removed": n_rm, "exact": g.exact})
     return chosen, summaries

@@ -16,6 +16,7 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterable
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -95,9 +96,11 @@ def make_plan(graph, units: Iterable[int], groups: Iterable[Group] = ()) -> Plan
             raise PlanError(f"plan would remove every index of {name} dim {dim}")
         removed.setdefault(name, {})[dim] = idx
     values: dict[tuple[str, str], int] = {}
+    gone = np.zeros(len(res.root), dtype=bool)
+    gone[np.fromiter(closure, dtype=np.int64, count=len(closure))] = True
     for c in graph.store.counters:
         roots = res.root[c.labels]
-        kept = int(sum(1 for r in roots.tolist() if r not in closure))
+        kept = int((~gone[roots]).sum())
         if kept == len(roots):
             continue
         key = (c.module, c.attr)
@@ -194,10 +197,9 @@ def _apply_hard(model, plan, tensors, slots, check):
         for name, dims in plan.removed.items():
             t = tensors[name].detach()
             for dim, idx in sorted(dims.items()):
-                rm = set(idx)
-                keep = torch.tensor([i for i in range(t.shape[dim]) if i not in rm], dtype=torch.long,
-                                    device=t.device)
-                t = t.index_select(dim, keep)
+                keep = torch.ones(t.shape[dim], dtype=torch.bool)
+                keep[torch.tensor(idx, dtype=torch.long)] = False
+                t = t.index_select(dim, keep.nonzero().view(-1).to(t.device))
             new[name] = t.contiguous()
     undo: list[tuple[Any, str, Any, str]] = []  # (container, key, old, kind)
     touched: set[str] = set()

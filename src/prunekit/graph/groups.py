@@ -20,6 +20,25 @@ class InvalidRemoval(Exception):
     """The requested set of units cannot be removed on its own."""
 
 
+def _unit_spans(res: "Resolver", units) -> tuple[np.ndarray, np.ndarray]:
+    """For every class of every unit: the unit's position and the class's row span."""
+    sizes = [len(u) for u in units]
+    roots = np.fromiter((r for u in units for r in u), dtype=np.int64, count=sum(sizes))
+    unit_of = np.repeat(np.arange(len(units), dtype=np.int64), sizes)
+    spans = res.span[roots]
+    has = spans[:, 1] > spans[:, 0]
+    return unit_of[has], spans[has]
+
+
+def _span_rows(spans) -> tuple[np.ndarray, np.ndarray]:
+    """Row indices covered by ``[(start, end), ...]`` (concatenated) and each span's length."""
+    sp = np.asarray(spans, dtype=np.int64).reshape(-1, 2)
+    lengths = sp[:, 1] - sp[:, 0]
+    offsets = np.cumsum(lengths) - lengths
+    rows = np.arange(int(lengths.sum())) - np.repeat(offsets, lengths) + np.repeat(sp[:, 0], lengths)
+    return rows, lengths
+
+
 class Resolver:
     """Class-level view of a :class:`LabelStore` (after union-find) with the closure operator."""
 
@@ -47,38 +66,48 @@ class Resolver:
         order = np.lexsort((idx, key, r))
         self.m_root, self.m_key, self.m_idx = r[order], key[order], idx[order]
         uniq, first, counts = np.unique(self.m_root, return_index=True, return_counts=True)
-        self.ptr = dict(zip(uniq.tolist(), zip(first.tolist(), (first + counts).tolist())))
+        self.span = np.zeros((max(n, 1), 2), dtype=np.int64)  # root -> [start, end) rows; empty if none
+        self.span[uniq, 0], self.span[uniq, 1] = first, first + counts
         self._mk: list[int] | None = None
         self._mi: list[int] | None = None
         self.pinned: dict[int, str] = {}
         for lab, why in store.pinned.items():
             self.pinned.setdefault(int(self.root[lab]), why)
-        self.inexact = {int(self.root[lab]) for lab in store.inexact}
-        active = np.asarray(store.active, dtype=bool)
-        self.active_roots = set(np.unique(self.root[active]).tolist()) if n else set()
-        self.kind: dict[int, str] = {}
-        for lab in np.nonzero(active)[0].tolist():
-            self.kind.setdefault(int(self.root[lab]), store.kind[lab])
+        inexact = np.fromiter(store.inexact, dtype=np.int64, count=len(store.inexact))
+        self.inexact_roots = np.unique(self.root[inexact])
+        self.inexact = set(self.inexact_roots.tolist())
+        act = np.flatnonzero(store.active)
+        self.active_roots, first = np.unique(self.root[act], return_index=True)  # and each class's first label
+        self.kind_names = list(store.kind_names)
+        self.kind_code = np.full(max(n, 1), -1, dtype=np.int16)  # per class; -1: not a unit
+        self.kind_code[self.active_roots] = store.kind[act[first]]
         self._mask = np.zeros(max(n, 1), dtype=bool)
         self.products = []
         self.touch: dict[int, list[int]] = defaultdict(list)
-        self.element_roots: set[int] = set()
+        self.is_element = np.zeros(max(n, 1), dtype=bool)
         for p in store.products:
             el = self.root[p.elements]
             axes = [self.root[a] if a is not None else None for a in p.axes]
             idx = len(self.products)
             self.products.append((el, axes))
-            for r in np.unique(el).tolist():
+            el_roots = np.unique(el)
+            self.is_element[el_roots] = True
+            for r in el_roots.tolist():
                 self.touch[r].append(idx)
-            self.element_roots.update(np.unique(el).tolist())
             for a in axes:
                 if a is not None:
                     for r in np.unique(a).tolist():
                         self.touch[r].append(idx)
 
-    def free_roots(self) -> list[int]:
-        free = self.active_roots - self.element_roots - set(self.pinned)
-        return sorted(free)
+    def kind(self, root: int) -> str:
+        code = int(self.kind_code[root])
+        return self.kind_names[code] if code >= 0 else "channel"
+
+    def free_roots(self) -> np.ndarray:
+        """Classes that can start a unit: active, not inside a reshape product, not pinned."""
+        r = self.active_roots
+        pinned = np.fromiter(self.pinned, dtype=np.int64, count=len(self.pinned))
+        return r[~self.is_element[r] & ~np.isin(r, pinned)]
 
     def closure(self, roots: Iterable[int]) -> set[int]:
         """Everything that must go with ``roots``: follow products until nothing changes."""
@@ -99,6 +128,15 @@ class Resolver:
                 for pi in sorted(todo):
                     el, axes = self.products[pi]
                     direct = mask[el]
+                    if el.ndim == 2 and axes[0] is not None and axes[1] is not None:
+                        cand = self._step_2d(el, axes[0], axes[1], direct, mask)
+                        if cand.size:
+                            new_roots = np.unique(cand)
+                            mask[new_roots] = True
+                            for r in new_roots.tolist():
+                                removed.add(r)
+                                pending.update(self.touch.get(r, ()))
+                        continue
                     ax_rm = [mask[a] if a is not None else np.zeros(el.shape[k], bool) for k, a in enumerate(axes)]
                     implied = self._implied(ax_rm, el.shape)
                     cur = direct | implied
@@ -135,6 +173,28 @@ class Resolver:
             raise InvalidRemoval(self.pinned[next(iter(bad))])
         return removed
 
+    def _slices_vectorized(self, spans: list[tuple[int, int]]) -> dict[tuple[str, int], list[int]]:
+        rows, _ = _span_rows(spans)
+        k, i = self.m_key[rows], self.m_idx[rows]
+        pairs = np.unique(k * (int(self.m_idx.max(initial=0)) + 1) + i)  # sorted by (key, index), unique
+        k, i = np.divmod(pairs, int(self.m_idx.max(initial=0)) + 1)
+        bounds = np.flatnonzero(np.diff(k)) + 1
+        keys = self.keys
+        return {keys[int(kk[0])]: ii.tolist() for kk, ii in zip(np.split(k, bounds), np.split(i, bounds))}
+
+    @staticmethod
+    def _step_2d(el: np.ndarray, a0: np.ndarray, a1: np.ndarray, direct: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """The general step below, specialised to a 2-axis product (groups x width, heads x head_dim)."""
+        r0, r1 = mask[a0], mask[a1]
+        cur = direct | r0[:, None] | r1[None, :]
+        r0 = r0 | cur.all(axis=1)  # a whole row removed removes its axis label
+        r1 = r1 | cur.all(axis=0)
+        implied = r0[:, None] | r1[None, :]
+        if (direct & ~implied).any():
+            raise InvalidRemoval("removal breaks a reshape/group structure")
+        cand = np.concatenate([el[implied], a0[r0], a1[r1]])
+        return cand[~mask[cand]]
+
     @staticmethod
     def _implied(ax_rm, shape):
         out = np.zeros(shape, bool)
@@ -150,7 +210,10 @@ class Resolver:
         if self._mk is None:
             self._mk, self._mi = self.m_key.tolist(), self.m_idx.tolist()
         mk, mi, keys = self._mk, self._mi, self.keys
-        spans = [self.ptr[r] for r in roots if r in self.ptr]
+        sp = self.span[np.fromiter(roots, dtype=np.int64)]
+        spans = [tuple(x) for x in sp[sp[:, 1] > sp[:, 0]].tolist()]
+        if len(spans) > 32:  # many classes (a whole plan): select rows with numpy
+            return self._slices_vectorized(spans)
         if len(spans) == 1:  # one class: rows are already sorted by (key, index), indices unique
             out: dict[tuple[str, int], list[int]] = {}
             a, b = spans[0]
@@ -176,18 +239,31 @@ class Group:
     ``slices[i]`` maps ``(tensor name, dim)`` to the indices removed there.
     """
 
-    def __init__(self, id: int, kind: str, units: list[frozenset[int]], exact: bool, signature: tuple,
-                 resolver: Resolver):
+    def __init__(self, id: int, kind: str, units: list[frozenset[int]] | None, exact: bool, signature: tuple,
+                 resolver: Resolver, roots: np.ndarray | None = None):
         self.id = id
         self.kind = kind
-        self.units = units
+        self._units = units
         self.exact = exact
         self.signature = signature
         self._res = resolver
         self._slices: list[dict[tuple[str, int], list[int]]] | None = None
+        self._roots = roots  # the class of each unit, when every unit is one class
+
+    @property
+    def units(self) -> list[frozenset[int]]:
+        if self._units is None:
+            self._units = [frozenset((r,)) for r in self._roots.tolist()]
+        return self._units
+
+    def unit_roots(self, indices) -> list[int]:
+        """Every class removed with the units at ``indices``."""
+        if self._roots is not None:
+            return self._roots[np.asarray(indices, dtype=np.int64)].tolist()
+        return [r for i in indices for r in self.units[i]]
 
     def __len__(self) -> int:
-        return len(self.units)
+        return len(self._roots) if self._roots is not None else len(self._units)
 
     def __repr__(self) -> str:
         return f"Group(id={self.id}, kind={self.kind!r}, units={len(self)}, root={self.root}, exact={self.exact})"
@@ -201,27 +277,15 @@ class Group:
     def member_rows(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[tuple[str, int]]]:
         """Vectorized members: ``(unit index, tensor-dim key, index)`` arrays and the key names."""
         res = self._res
-        if all(len(u) == 1 for u in self.units):  # vectorized: one span of rows per unit
-            spans = np.array([res.ptr.get(next(iter(u)), (0, 0)) for u in self.units], dtype=np.int64).reshape(-1, 2)
-            lengths = spans[:, 1] - spans[:, 0]
-            total = int(lengths.sum())
-            offsets = np.cumsum(lengths) - lengths
-            rows = np.arange(total) - np.repeat(offsets, lengths) + np.repeat(spans[:, 0], lengths)
+        if self._roots is not None or all(len(u) == 1 for u in self.units):  # one span of rows per unit
+            if self._roots is None:
+                self._roots = np.fromiter((next(iter(u)) for u in self.units), dtype=np.int64, count=len(self.units))
+            rows, lengths = _span_rows(res.span[self._roots])
             unit_ids = np.repeat(np.arange(len(self.units)), lengths)
             return unit_ids, res.m_key[rows], res.m_idx[rows], res.keys
-        units, keys, idx = [], [], []
-        for i, u in enumerate(self.units):
-            for r in u:
-                span = res.ptr.get(r)
-                if span is not None:
-                    a, b = span
-                    units.append(np.full(b - a, i, dtype=np.int64))
-                    keys.append(res.m_key[a:b])
-                    idx.append(res.m_idx[a:b])
-        if not units:
-            z = np.zeros(0, dtype=np.int64)
-            return z, z, z, res.keys
-        return np.concatenate(units), np.concatenate(keys), np.concatenate(idx), res.keys
+        unit_of, spans = _unit_spans(res, self.units)
+        rows, lengths = _span_rows(spans)
+        return np.repeat(unit_of, lengths), res.m_key[rows], res.m_idx[rows], res.keys
 
     @property
     def root(self) -> tuple[str, int]:
@@ -240,16 +304,42 @@ class Group:
         return "\n".join(lines)
 
 
-def _simple_signatures(res: Resolver, roots: np.ndarray) -> dict[int, tuple[tuple, int]]:
-    """Signature ``((tensor, dim), count)...`` and first index of each single-class unit.
+@dataclass
+class _Signed:
+    """Units with their signature bucket and first index (parallel arrays) and each bucket's
+    signature ``((tensor, dim), count)...``."""
+    unit: np.ndarray
+    bucket: np.ndarray
+    first: np.ndarray
+    sigs: list[tuple]
 
-    Vectorized: each root's run of (key, count) pairs is hashed with numpy; the tuple is built
-    once per distinct hash (equal hashes are checked against the first root's pairs).
-    """
-    if roots.size == 0:
-        return {}
+
+def _simple_signatures(res: Resolver, roots: np.ndarray) -> _Signed:
+    """Signatures of single-class units (a class's rows are already sorted by key, index)."""
     rows = np.isin(res.m_root, roots)
-    r, k, ix = res.m_root[rows], res.m_key[rows], res.m_idx[rows]
+    return _signatures(res, res.m_root[rows], res.m_key[rows], res.m_idx[rows])
+
+
+def _unit_signatures(res: Resolver, units: list[list[int]]) -> _Signed:
+    """Signatures of multi-class units; ``unit`` holds positions in ``units``."""
+    unit_of, spans = _unit_spans(res, units)
+    rows, lengths = _span_rows(spans)
+    u = np.repeat(unit_of, lengths)
+    k, ix = res.m_key[rows], res.m_idx[rows]
+    order = np.lexsort((ix, k, u))
+    return _signatures(res, u[order], k[order], ix[order])
+
+
+def _signatures(res: Resolver, r: np.ndarray, k: np.ndarray, ix: np.ndarray) -> _Signed:
+    """Signature and first index of each unit ``r`` (rows sorted by unit, key, index).
+
+    Vectorized: each unit's run of (key, count) pairs is hashed with numpy and units are
+    bucketed by hash; every unit's pairs are checked against its bucket's first unit, and the
+    rare collision gets a bucket of its own. Signature tuples are built once per bucket.
+    """
+    if r.size == 0:
+        z = np.zeros(0, dtype=np.int64)
+        return _Signed(z, z, z, [])
     change = np.ones(r.size, dtype=bool)
     change[1:] = (r[1:] != r[:-1]) | (k[1:] != k[:-1])
     starts = np.flatnonzero(change)
@@ -265,29 +355,21 @@ def _simple_signatures(res: Resolver, roots: np.ndarray) -> dict[int, tuple[tupl
         v = (v ^ (pos.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15))) * np.uint64(0xBF58476D1CE4E5B9)
         h = np.add.reduceat(v, rstarts)
     keys = res.keys
-    # bucket roots by (hash, length); verify every root's pairs against its bucket's first root
     hv = np.stack([h.view(np.int64), npairs])
     _, first_of, inv = np.unique(hv, axis=1, return_index=True, return_inverse=True)
-    inv = inv.reshape(-1)
+    inv = inv.reshape(-1).copy()
     rep_start = rstarts[first_of[inv]]
     same = (pk == pk[np.repeat(rep_start, npairs) + pos]) & (counts == counts[np.repeat(rep_start, npairs) + pos])
     ok = np.logical_and.reduceat(same, rstarts)
-    sig_of_bucket: dict[int, tuple] = {}
-    out: dict[int, tuple[tuple, int]] = {}
 
     def build(a: int, n: int) -> tuple:
         return tuple((keys[kk], cc) for kk, cc in zip(pk[a:a + n].tolist(), counts[a:a + n].tolist()))
 
-    for root, b, n, a, good in zip(pr[rstarts].tolist(), inv.tolist(), npairs.tolist(), rstarts.tolist(),
-                                   ok.tolist()):
-        if good:
-            sig = sig_of_bucket.get(b)
-            if sig is None:
-                sig = sig_of_bucket[b] = build(a, n)
-        else:  # hash collision: use the true signature
-            sig = build(a, n)
-        out[root] = (sig, int(pfirst[a]))
-    return out
+    sigs = [build(int(rstarts[f]), int(npairs[f])) for f in first_of.tolist()]
+    for i in np.flatnonzero(~ok).tolist():  # hash collision: the true signature, its own bucket
+        inv[i] = len(sigs)
+        sigs.append(build(int(rstarts[i]), int(npairs[i])))
+    return _Signed(pr[rstarts], inv, pfirst[rstarts], sigs)
 
 
 def build_groups(graph, kinds: Iterable[str] | None = None) -> list[Group]:
@@ -295,33 +377,65 @@ def build_groups(graph, kinds: Iterable[str] | None = None) -> list[Group]:
     graph._resolver = res
     wanted = set(kinds) if kinds is not None else None
     order = {n: i for i, n in enumerate(graph.param_names + graph.buffer_names)}
-    buckets: dict[tuple, list] = defaultdict(list)
+    free = res.free_roots()
+    if wanted is not None:
+        codes = [i for i, k in enumerate(res.kind_names) if k in wanted]
+        free = free[np.isin(res.kind_code[free], codes)]
+    # (kind, signature) -> chunks of (first indices, units, unit classes when single)
+    buckets: dict[tuple, list[tuple[np.ndarray, list[frozenset[int]] | None, np.ndarray | None]]] = defaultdict(list)
+
+    def collect(signed: _Signed, kind_code: np.ndarray, unit_sets: list[frozenset[int]] | None) -> None:
+        key = signed.bucket * (len(res.kind_names) + 1) + kind_code
+        srt = np.lexsort((signed.first, key))
+        bounds = np.flatnonzero(np.diff(key[srt])) + 1
+        for chunk in np.split(srt, bounds):
+            if chunk.size:
+                i0 = int(chunk[0])
+                kind = res.kind_names[kind_code[i0]] if kind_code[i0] >= 0 else "channel"
+                buckets[(kind, signed.sigs[int(signed.bucket[i0])])].append(
+                    (signed.first[chunk], None if unit_sets is None else [unit_sets[j] for j in chunk.tolist()],
+                     signed.unit[chunk] if unit_sets is None else None))
+
+    touched = np.fromiter(res.touch, dtype=np.int64, count=len(res.touch))
+    in_touch = np.isin(free, touched)
+    simple = free[~in_touch]
+    if simple.size:
+        signed = _simple_signatures(res, simple)  # units come back sorted by class
+        collect(signed, res.kind_code[signed.unit].astype(np.int64), None)
     seen: set[frozenset[int]] = set()
-    free = [r for r in res.free_roots() if wanted is None or res.kind.get(r, "channel") in wanted]
-    simple = [r for r in free if r not in res.touch]
-    for r, (sig, first_idx) in _simple_signatures(res, np.asarray(simple, dtype=np.int64)).items():
-        buckets[(res.kind.get(r, "channel"), sig)].append((first_idx, frozenset((r,))))
-    for r in free:
-        if r not in res.touch:
-            continue
+    closures: list[tuple[int, frozenset[int]]] = []
+    for r in free[in_touch].tolist():
         try:
-            closure = res.closure([r])
+            key = frozenset(res.closure([r]))
         except InvalidRemoval:
             continue
-        key = frozenset(closure)
         if key in seen:  # the same unit reached from another root (e.g. a head in every layer)
             continue
         seen.add(key)
-        sl = res.slices(closure)
-        if not sl:
-            continue
-        sig = tuple((k, len(v)) for k, v in sl.items())
-        buckets[(res.kind.get(r, "channel"), sig)].append((next(iter(sl.values()))[0], key))
+        closures.append((r, key))
+    if closures:
+        signed = _unit_signatures(res, [list(c) for _, c in closures])  # units without slices drop out
+        pos = signed.unit.tolist()
+        codes = res.kind_code[np.array([closures[i][0] for i in pos], dtype=np.int64)].astype(np.int64)
+        collect(signed, codes, [closures[i][1] for i in pos])
     groups = []
-    for (kind, sig), items in buckets.items():
-        items.sort(key=lambda it: it[0])  # by index in the group's first tensor
-        exact = not any(res.inexact & c for _, c in items)
-        groups.append(Group(0, kind, [c for _, c in items], exact, sig, res))
+    for (kind, sig), chunks in buckets.items():
+        first = np.concatenate([c[0] for c in chunks])
+        single = all(c[2] is not None for c in chunks)
+        srt = np.argsort(first, kind="stable") if len(chunks) > 1 else None  # by index in the first tensor
+        if single:
+            roots = np.concatenate([c[2] for c in chunks])
+            roots = roots[srt] if srt is not None else roots
+            units = None
+            exact = not np.isin(roots, res.inexact_roots).any()
+        else:
+            units = []
+            for _, us, rs in chunks:
+                units.extend(us if us is not None else (frozenset((r,)) for r in rs.tolist()))
+            units = [units[i] for i in srt.tolist()] if srt is not None else units
+            roots = None
+            exact = not any(res.inexact & u for u in units)
+        groups.append(Group(0, kind, units, exact, sig, res, roots=roots))
     groups.sort(key=lambda g: (order.get(g.root[0], 1 << 30), g.root, g.kind))
     for i, g in enumerate(groups):
         g.id = i

@@ -44,8 +44,9 @@ class Counter:
 class LabelStore:
     _parent: np.ndarray = field(default_factory=lambda: np.zeros(1024, dtype=np.int64))
     _n: int = 0
-    active: list[bool] = field(default_factory=list)
-    kind: list[str] = field(default_factory=list)
+    _active: np.ndarray = field(default_factory=lambda: np.zeros(1024, dtype=bool))
+    _kind: np.ndarray = field(default_factory=lambda: np.zeros(1024, dtype=np.int16))  # codes into kind_names
+    kind_names: list[str] = field(default_factory=lambda: ["channel"])
     pinned: dict[int, str] = field(default_factory=dict)
     inexact: set[int] = field(default_factory=set)
     products: list[Product] = field(default_factory=list)
@@ -61,16 +62,34 @@ class LabelStore:
         """``parent[i] <= i`` (union by smaller label), so class representatives are minima."""
         return self._parent[:self._n]
 
+    @property
+    def active(self) -> np.ndarray:
+        """Labels that may start a unit (a parameter's output dim, a head axis ...)."""
+        return self._active[:self._n]
+
+    @property
+    def kind(self) -> np.ndarray:
+        """Kind code of every label (``kind_names[code]``: channel, group, head ...)."""
+        return self._kind[:self._n]
+
+    def _kind_code(self, kind: str) -> int:
+        if kind not in self.kind_names:
+            self.kind_names.append(kind)
+        return self.kind_names.index(kind)
+
     def new(self, n: int, kind: str, active: bool) -> np.ndarray:
         start = self._n
         if start + n > self._parent.size:
-            grown = np.zeros(max(2 * self._parent.size, start + n), dtype=np.int64)
-            grown[:start] = self._parent[:start]
-            self._parent = grown
+            size = max(2 * self._parent.size, start + n)
+            for attr in ("_parent", "_active", "_kind"):
+                old = getattr(self, attr)
+                grown = np.zeros(size, dtype=old.dtype)
+                grown[:start] = old[:start]
+                setattr(self, attr, grown)
         self._parent[start:start + n] = np.arange(start, start + n)
+        self._active[start:start + n] = active
+        self._kind[start:start + n] = self._kind_code(kind)
         self._n = start + n
-        self.active.extend([active] * n)
-        self.kind.extend([kind] * n)
         return np.arange(start, start + n, dtype=np.int64)
 
     def param_dim(self, name: str, dim: int, size: int, active: bool = False,
@@ -82,10 +101,9 @@ class LabelStore:
             labels = self.new(size, kind, active)  # contiguous: label start + i is index i of (name, dim)
             self.param_dims[key] = labels
         elif active:
-            for lab in labels.tolist():
-                if not self.active[lab]:
-                    self.active[lab] = True
-                    self.kind[lab] = kind
+            fresh = labels[~self._active[labels]]
+            self._active[fresh] = True
+            self._kind[fresh] = self._kind_code(kind)
         return labels
 
     # -- union-find ---------------------------------------------------------------
