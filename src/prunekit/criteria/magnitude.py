@@ -31,16 +31,17 @@ class MagnitudeCriterion(Criterion):
         if units.size == 0:
             return totals
         order = np.argsort(keys, kind="stable")
-        units, keys, idx = units[order], keys[order], idx[order]
+        units, keys, idx = torch.from_numpy(units[order]), keys[order], torch.from_numpy(idx[order])
         bounds = np.flatnonzero(np.diff(keys)) + 1
+        starts, ends = [0, *bounds.tolist()], [*bounds.tolist(), keys.size]
         with torch.no_grad():
-            for u, k, i in zip(np.split(units, bounds), np.split(keys, bounds), np.split(idx, bounds)):
-                name, dim = names[int(k[0])]
+            for a, b, k in zip(starts, ends, keys[starts].tolist()):
+                name, dim = names[k]
                 p = params.get(name)
                 if p is None:  # buffers (running statistics) carry no importance
                     continue
                 per_index = self._per_index(p, dim)
-                totals.index_add_(0, torch.from_numpy(u), per_index[torch.from_numpy(i)])
+                totals.index_add_(0, units[a:b], per_index[idx[a:b]])
         return totals.pow(1.0 / self.p)
 
     def _params_of(self, model: nn.Module) -> dict[str, torch.Tensor]:

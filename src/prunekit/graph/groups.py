@@ -176,7 +176,7 @@ class Resolver:
     def _slices_vectorized(self, spans: list[tuple[int, int]]) -> dict[tuple[str, int], list[int]]:
         rows, _ = _span_rows(spans)
         k, i = self.m_key[rows], self.m_idx[rows]
-        pairs = np.unique(k * (int(self.m_idx.max(initial=0)) + 1) + i)  # sorted by (key, index), unique
+        pairs = np.sort(k * (int(self.m_idx.max(initial=0)) + 1) + i)  # by (key, index); classes are disjoint
         k, i = np.divmod(pairs, int(self.m_idx.max(initial=0)) + 1)
         bounds = np.flatnonzero(np.diff(k)) + 1
         keys = self.keys
