@@ -22,6 +22,7 @@ from torch import nn
 
 from .errors import ApplyError, PlanError
 from .graph.groups import Group, Resolver
+from .graph.walk import Walk, walk
 from .layers import update_module
 
 PLAN_VERSION = 1
@@ -116,10 +117,10 @@ def make_plan(graph, units: Iterable[int], groups: Iterable[Group] = ()) -> Plan
 
 # -- applying -------------------------------------------------------------------------
 
-def _tensor_slots(model: nn.Module) -> dict[str, list[tuple[nn.Module, str, bool]]]:
+def _tensor_slots(walked: Walk) -> dict[str, list[tuple[nn.Module, str, bool]]]:
     """state_dict-style name -> every (module, key, is_param) slot holding that tensor (tied weights)."""
     by_id: dict[int, list[tuple[nn.Module, str, bool]]] = {}
-    for mod in model.modules():
+    for mod in walked.modules.values():
         for key, p in mod._parameters.items():
             if p is not None:
                 by_id.setdefault(id(p), []).append((mod, key, True))
@@ -127,16 +128,16 @@ def _tensor_slots(model: nn.Module) -> dict[str, list[tuple[nn.Module, str, bool
             if b is not None:
                 by_id.setdefault(id(b), []).append((mod, key, False))
     slots = {}
-    for name, p in model.named_parameters():
+    for name, p in walked.params.items():
         slots[name] = by_id[id(p)]
-    for name, b in model.named_buffers():
+    for name, b in walked.buffers.items():
         slots.setdefault(name, by_id[id(b)])
     return slots
 
 
-def _validate(model: nn.Module, plan: Plan, slots) -> dict[str, torch.Tensor]:
-    tensors = dict(model.named_parameters())
-    tensors.update({n: b for n, b in model.named_buffers() if n not in tensors})
+def _validate(model: nn.Module, plan: Plan, walked: Walk) -> dict[str, torch.Tensor]:
+    tensors = dict(walked.params)
+    tensors.update({n: b for n, b in walked.buffers.items() if n not in tensors})
     for name, dims in plan.removed.items():
         if name not in tensors:
             raise PlanError(f"plan names {name!r}, which {type(model).__name__} does not have")
@@ -148,7 +149,7 @@ def _validate(model: nn.Module, plan: Plan, slots) -> dict[str, torch.Tensor]:
                 raise PlanError(f"plan removes index out of range from {name} dim {dim} (size {t.shape[dim]})")
             if len(set(idx)) >= t.shape[dim]:
                 raise PlanError(f"plan removes every index of {name} dim {dim}")
-    modules = dict(model.named_modules())
+    modules = walked.modules
     for mod, attr, _ in plan.attrs:
         if mod not in modules or not hasattr(modules[mod], attr):
             raise PlanError(f"plan sets {mod}.{attr}, which {type(model).__name__} does not have")
@@ -165,11 +166,11 @@ def apply_plan(model: nn.Module, plan: Plan, mode: str = "hard",
     """
     if mode not in ("hard", "soft"):
         raise ValueError(f"mode must be 'hard' or 'soft', not {mode!r}")
-    slots = _tensor_slots(model)
-    tensors = _validate(model, plan, slots)
+    walked = walk(model)
+    tensors = _validate(model, plan, walked)
     if mode == "soft":
         return _apply_soft(model, plan, tensors, check)
-    return _apply_hard(model, plan, tensors, slots, check)
+    return _apply_hard(model, plan, tensors, _tensor_slots(walked), walked.modules, check)
 
 
 def _apply_soft(model, plan, tensors, check):
@@ -190,8 +191,7 @@ def _apply_soft(model, plan, tensors, check):
     return model
 
 
-def _apply_hard(model, plan, tensors, slots, check):
-    modules = dict(model.named_modules())
+def _apply_hard(model, plan, tensors, slots, modules, check):
     new: dict[str, torch.Tensor] = {}
     with torch.no_grad():
         for name, dims in plan.removed.items():

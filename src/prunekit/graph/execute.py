@@ -16,6 +16,8 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_map
 
+from .walk import Walk, walk
+
 # Ops whose output has the input's shape: on meta tensors we skip their (Python) meta kernels.
 SHAPE_PRESERVING = frozenset({
     "batch_norm", "instance_norm", "layer_norm", "group_norm", "rms_norm", "relu", "relu6", "hardtanh", "gelu",
@@ -50,12 +52,13 @@ def _to_meta(x: Any) -> Any:
     return x.to("meta") if isinstance(x, torch.Tensor) else x
 
 
-def meta_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+def meta_tensors(model: nn.Module, walked: Walk | None = None) -> dict[str, torch.Tensor]:
     """Meta stand-ins for every parameter and buffer (tied tensors share one stand-in)."""
+    walked = walked if walked is not None else walk(model)
     out: dict[str, torch.Tensor] = {}
-    for name, p in model.named_parameters():
+    for name, p in walked.params.items():
         out[name] = torch.empty_like(p, device="meta")
-    for name, b in model.named_buffers():
+    for name, b in walked.buffers.items():
         out.setdefault(name, torch.empty_like(b, device="meta"))
     return out
 

@@ -25,6 +25,7 @@ from torch.overrides import TorchFunctionMode
 
 from ..errors import UnsupportedOpError
 from .info import TensorInfo
+from .walk import Walk, walk
 from .labels import LabelStore
 from .registry import NEUTRAL_OPS, OP_RULES, op_name
 from . import rules  # noqa: F401  (registers the op rules)
@@ -78,20 +79,22 @@ class DependencyGraph:
 
 
 class Tracer(TorchFunctionMode):
-    def __init__(self, model: nn.Module, store: LabelStore, tensors: Mapping[str, torch.Tensor] | None = None):
+    def __init__(self, model: nn.Module, store: LabelStore, tensors: Mapping[str, torch.Tensor] | None = None,
+                 walked: Walk | None = None):
         super().__init__()
+        walked = walked if walked is not None else walk(model)
         self.store = store
         self.names: dict[int, str] = {}
         if tensors is not None:  # stand-ins (meta tensors) used instead of the model's own
             for n, t in tensors.items():
                 self.names.setdefault(id(t), n)
-        for n, p in model.named_parameters():
+        for n, p in walked.params.items():
             self.names.setdefault(id(p), n)
-        for n, b in model.named_buffers():
+        for n, b in walked.buffers.items():
             self.names.setdefault(id(b), n)
         self.infos: dict[int, TensorInfo] = {}
         self._alive: dict[int, torch.Tensor] = {}
-        self.modules: dict[str, nn.Module] = dict(model.named_modules())
+        self.modules: dict[str, nn.Module] = walked.modules
         self.module_stack: list[str] = [""]
         self.unsupported: list[Unsupported] = []
         self.size_sources: dict[int, list[np.ndarray]] = {}
@@ -201,9 +204,9 @@ class Tracer(TorchFunctionMode):
 _JOINT_AWARE = frozenset({"getitem", "select"})
 
 
-def _module_hooks(model: nn.Module, tracer: Tracer) -> list:
+def _module_hooks(tracer: Tracer) -> list:
     handles = []
-    for path, mod in model.named_modules():
+    for path, mod in tracer.modules.items():
         def pre(m, a, path=path):
             tracer.module_stack.append(path)
 
@@ -216,13 +219,13 @@ def _module_hooks(model: nn.Module, tracer: Tracer) -> list:
     return handles
 
 
-def _traced_run(model: nn.Module, inputs: tuple, kwargs: dict, meta: bool):
+def _traced_run(model: nn.Module, inputs: tuple, kwargs: dict, meta: bool, walked: Walk):
     from .execute import meta_forward, meta_tensors
 
     store = LabelStore()
-    tensors = meta_tensors(model) if meta else None
-    tracer = Tracer(model, store, tensors)
-    handles = _module_hooks(model, tracer)
+    tensors = meta_tensors(model, walked) if meta else None
+    tracer = Tracer(model, store, tensors, walked)
+    handles = _module_hooks(tracer)
     try:
         if meta:
             out = meta_forward(model, inputs, kwargs, tensors, mode=tracer)
@@ -254,18 +257,19 @@ def trace(model: nn.Module, example_inputs: Any = (), example_kwargs: Mapping[st
     example_kwargs = dict(example_kwargs or {})
     was_training = model.training
     model.eval()
+    walked = walk(model)
     try:
         try:  # shapes are all we need: run on the meta device (no compute)
-            tracer, out = _traced_run(model, example_inputs, example_kwargs, meta=True)
+            tracer, out = _traced_run(model, example_inputs, example_kwargs, meta=True, walked=walked)
         except Exception:  # data-dependent code or an op without a meta kernel: run for real
-            tracer, out = _traced_run(model, example_inputs, example_kwargs, meta=False)
+            tracer, out = _traced_run(model, example_inputs, example_kwargs, meta=False, walked=walked)
     finally:
         model.train(was_training)
     store = tracer.store
     for t in iter_tensors(out):
         tracer.pin_info(tracer.infos.get(id(t)), "model output")
     ignore_paths = set()
-    modules = dict(model.named_modules())
+    modules = walked.modules
     for item in ignore:
         if isinstance(item, nn.Module):
             ignore_paths.update(p for p, m in modules.items() if m is item)
@@ -280,13 +284,11 @@ def trace(model: nn.Module, example_inputs: Any = (), example_kwargs: Mapping[st
                 store.pin(labels, f"ignored module {owner}")
     if strict and tracer.unsupported:
         raise UnsupportedOpError("; ".join(str(u) for u in tracer.unsupported))
-    shapes = {n: tuple(p.shape) for n, p in model.named_parameters()}
-    shapes.update({n: tuple(b.shape) for n, b in model.named_buffers()})
     return DependencyGraph(
         store=store,
-        param_names=[n for n, _ in model.named_parameters()],
-        buffer_names=[n for n, _ in model.named_buffers()],
-        shapes=shapes,
+        param_names=list(walked.params),
+        buffer_names=list(walked.buffers),
+        shapes=walked.shapes(),
         unsupported=tracer.unsupported,
         output_shapes=[tuple(t.shape) for t in iter_tensors(out)],
     )

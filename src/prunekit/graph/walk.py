@@ -1,0 +1,44 @@
+"""One pass over a model's modules, parameters and buffers.
+
+``named_parameters()``, ``named_buffers()`` and ``named_modules()`` each walk the whole module
+tree; a prune needs all three several times, and on a model with a thousand modules every walk
+costs milliseconds. :func:`walk` collects them in one pass, with the same names and the same
+de-duplication (a shared module or tied tensor is listed once, under its first name).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class Walk:
+    modules: dict[str, nn.Module]
+    params: dict[str, nn.Parameter]
+    buffers: dict[str, torch.Tensor]
+
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        out = {n: tuple(p.shape) for n, p in self.params.items()}
+        out.update({n: tuple(b.shape) for n, b in self.buffers.items()})
+        return out
+
+
+def walk(model: nn.Module) -> Walk:
+    modules = dict(model.named_modules())
+    params: dict[str, nn.Parameter] = {}
+    buffers: dict[str, torch.Tensor] = {}
+    seen_p: set[int] = set()
+    seen_b: set[int] = set()
+    for path, mod in modules.items():
+        prefix = path + "." if path else ""
+        for key, p in mod._parameters.items():
+            if p is not None and id(p) not in seen_p:
+                seen_p.add(id(p))
+                params[prefix + key] = p
+        for key, b in mod._buffers.items():
+            if b is not None and id(b) not in seen_b:
+                seen_b.add(id(b))
+                buffers[prefix + key] = b
+    return Walk(modules, params, buffers)
