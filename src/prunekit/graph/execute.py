@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_map
+from torch.utils.flop_counter import flop_registry
 
 from .walk import Walk, walk
 
@@ -27,11 +28,17 @@ SHAPE_PRESERVING = frozenset({
 
 
 class ShapeOnly(TorchFunctionMode):
-    """On meta tensors, answer shape-preserving ops with an empty tensor of the input's shape."""
+    """On meta tensors, answer shape-preserving ops with an empty tensor of the input's shape,
+    and convolutions with one of the output's shape (after checking the channel counts, as
+    torch does), skipping their Python meta kernels."""
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         name = getattr(func, "__name__", "")
+        if name in _CONV_DIMS and args and isinstance(args[0], torch.Tensor) and args[0].is_meta:
+            out = _meta_conv(_CONV_DIMS[name], *args, **kwargs)
+            if out is not None:
+                return out
         if name in SHAPE_PRESERVING and args and isinstance(args[0], torch.Tensor) and args[0].is_meta:
             if name.endswith("_") or kwargs.get("inplace") or (name in ("relu", "relu6", "hardtanh", "silu",
                                                                         "hardswish", "leaky_relu", "elu", "selu",
@@ -40,6 +47,56 @@ class ShapeOnly(TorchFunctionMode):
                 return args[0]
             return torch.empty_like(args[0])
         return func(*args, **kwargs)
+
+
+_CONV_DIMS = {"conv1d": 1, "conv2d": 2, "conv3d": 3}
+
+
+def _tuple(v, n: int) -> tuple[int, ...]:
+    return tuple(v) if isinstance(v, (tuple, list)) else (v,) * n
+
+
+def _meta_conv(nd: int, x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    """``conv{nd}d`` on meta tensors by the output-size formula; ``None`` to let torch do it.
+
+    FLOPs are still counted with torch's own formula when a :class:`MacCounter` is active.
+    """
+    if x.dim() != nd + 2 or weight.dim() != nd + 2 or not weight.is_meta:
+        return None
+    if x.shape[1] != weight.shape[1] * groups or weight.shape[0] % groups:
+        raise RuntimeError(f"conv{nd}d: input with {x.shape[1]} channels does not fit weight "
+                           f"{tuple(weight.shape)} with groups={groups}")
+    if bias is not None and tuple(bias.shape) != (weight.shape[0],):
+        raise RuntimeError(f"conv{nd}d: bias of shape {tuple(bias.shape)} for {weight.shape[0]} output channels")
+    stride, dilation = _tuple(stride, nd), _tuple(dilation, nd)
+    spatial = x.shape[2:]
+    kernel = weight.shape[2:]
+    if padding == "same":
+        size = tuple(spatial)
+    else:
+        pad = (0,) * nd if padding == "valid" else _tuple(padding, nd)
+        size = tuple((i + 2 * p - d * (k - 1) - 1) // s + 1
+                     for i, p, d, k, s in zip(spatial, pad, dilation, kernel, stride))
+    if any(v <= 0 for v in size):
+        return None  # let torch raise its own error
+    out = torch.empty((x.shape[0], weight.shape[0], *size), device="meta", dtype=x.dtype)
+    for mode in _dispatch_modes():
+        if isinstance(mode, _counter_type()):
+            mode.flops += flop_registry[torch.ops.aten.convolution](
+                x, weight, bias, stride, padding, dilation, False, (0,) * nd, groups, out_val=out)
+    return out
+
+
+def _dispatch_modes() -> list:
+    from torch.utils._python_dispatch import _get_current_dispatch_mode_stack
+
+    return _get_current_dispatch_mode_stack()
+
+
+def _counter_type():
+    from ..measure.counting import MacCounter
+
+    return MacCounter
 
 
 def _inplace_arg(name: str, args: tuple) -> bool:
