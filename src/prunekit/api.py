@@ -2,9 +2,7 @@
 from __future__ import annotations
 
 import contextlib
-import fnmatch
 import gc
-import math
 import time
 import warnings
 from dataclasses import dataclass, field, replace
@@ -14,7 +12,7 @@ import torch
 from torch import nn
 
 from .config import PruneConfig
-from .criteria import get_criterion
+from .criteria import Criterion
 from .errors import ApplyError, PlanError
 from .graph.execute import meta_forward
 from .graph.groups import Group
@@ -22,6 +20,7 @@ from .graph.tracer import DependencyGraph, Unsupported, iter_tensors, trace
 from .measure import Counts, count
 from .measure.counting import MacCounter
 from .plan import Plan, apply_plan, make_plan
+from .selection import select_units
 
 
 @dataclass
@@ -66,41 +65,6 @@ def _as_tuple(x: Any) -> tuple:
     return tuple(x)
 
 
-def _ratio_for(group: Group, config: PruneConfig) -> float:
-    """Per-module (glob on the group's first module) or per-group (``"<tensor>:<dim>"``) ratio."""
-    root_mod = group.root[0].rsplit(".", 1)[0] if "." in group.root[0] else ""
-    root_key = f"{group.root[0]}:{group.root[1]}"
-    for pattern, r in config.ratios:
-        if fnmatch.fnmatchcase(root_mod, pattern) or fnmatch.fnmatchcase(root_key, pattern):
-            return r
-    return config.ratio
-
-
-def select_units(model: nn.Module, groups: list[Group], config: PruneConfig) -> tuple[set[int], list[dict]]:
-    """Lowest-scoring units of each group, by the config's ratio, cap and rounding."""
-    criterion = get_criterion(config.criterion)
-    chosen: set[int] = set()
-    summaries = []
-    for g in groups:
-        n = len(g)
-        if n < 2:
-            continue
-        r = _ratio_for(g, config)
-        n_rm = min(math.floor(n * r + 1e-9), math.floor(n * config.max_ratio + 1e-9), n - 1)
-        if config.round_to > 1 and g.kind == "channel" and n >= config.round_to:
-            kept = n - n_rm
-            kept = min(n, math.ceil(kept / config.round_to) * config.round_to)
-            n_rm = n - kept
-        if n_rm <= 0:
-            continue
-        scores = criterion.score(model, g)
-        order = torch.argsort(scores, stable=True)[:n_rm].numpy()
-        chosen.update(g.unit_roots(order))
-        summaries.append({"group": g.id, "kind": g.kind, "root": f"{g.root[0]}:{g.root[1]}", "units": n,
-                          "removed": n_rm, "exact": g.exact})
-    return chosen, summaries
-
-
 @contextlib.contextmanager
 def _gc_paused():
     """Pause Python's cyclic GC while pruning: tracing allocates many small objects, and full
@@ -132,14 +96,20 @@ def prune_(model: nn.Module, example_inputs: Any, config: PruneConfig | None = N
     The model's inputs and outputs keep their shapes. Ops prunekit cannot prune through
     keep the dims they touch (listed in ``result.unsupported``; ``strict=True`` raises).
     If anything fails, the model is left exactly as it was.
+
+    ``criterion`` may be a registry name or a :class:`~prunekit.criteria.Criterion` instance
+    (data-driven ones carry their data: ``TaylorCriterion(data=loader)``).
     """
+    criterion = overrides.pop("criterion", None)
+    if isinstance(criterion, str):
+        overrides["criterion"], criterion = criterion, None
     config = replace(config, **overrides) if config is not None else PruneConfig(**overrides)
     with _gc_paused():
-        return _prune(model, example_inputs, config, example_kwargs, mode)
+        return _prune(model, example_inputs, config, example_kwargs, mode, criterion)
 
 
 def _prune(model: nn.Module, example_inputs: Any, config: PruneConfig, example_kwargs: Mapping[str, Any] | None,
-           mode: str) -> PruneResult:
+           mode: str, criterion: Criterion | None) -> PruneResult:
     inputs = _as_tuple(example_inputs)
     kwargs = dict(example_kwargs or {})
     t0 = time.perf_counter()
@@ -171,7 +141,7 @@ def _prune(model: nn.Module, example_inputs: Any, config: PruneConfig, example_k
         measured["macs"] = counter.macs
 
     notes: list[str] = []
-    chosen, summaries = select_units(model, groups, config)
+    chosen, summaries = select_units(model, groups, config, criterion, graph)
     plan = make_plan(graph, chosen, summaries)
     try:
         apply_plan(model, plan, mode=mode, check=check)
@@ -181,7 +151,7 @@ def _prune(model: nn.Module, example_inputs: Any, config: PruneConfig, example_k
             raise
         notes.append(f"pruning attention heads failed ({exc}); heads were kept")
         keep_groups = [g for g in groups if g.kind not in ("head", "head_dim")]
-        chosen, summaries = select_units(model, keep_groups, config)
+        chosen, summaries = select_units(model, keep_groups, config, criterion, graph)
         plan = make_plan(graph, chosen, summaries)
         apply_plan(model, plan, mode=mode, check=check)
     after = Counts(sum(p.numel() for p in model.parameters()), measured["macs"])

@@ -26,6 +26,13 @@ class PruneConfig:
     ignore: tuple[str, ...] = field(default=(), metadata={"help": "module paths whose tensors keep their shape"})
     kinds: tuple[str, ...] = field(default=("channel", "group", "head"),
                                    metadata={"help": f"group kinds to prune, among {KINDS}"})
+    min_ratio: float = field(default=0.0, metadata={"help": "never remove less than this fraction of a group"})
+    scope: str = field(default="local", metadata={"help": "'local': every group to its ratio; 'global': one "
+                                                          "ranking over all groups"})
+    normalize: str = field(default="mean", metadata={"help": "per-group score normalization for global scope: "
+                                                             "mean, max, sum, l2 or none"})
+    threshold: float | None = field(default=None, metadata={"help": "remove units scoring below this "
+                                                                    "(normalized in global scope) instead of a ratio"})
     criterion: str = field(default="l2", metadata={"help": "importance criterion (registry name)"})
     strict: bool = field(default=False, metadata={"help": "raise on ops without a rule instead of keeping their dims"})
 
@@ -41,6 +48,12 @@ class PruneConfig:
                 raise ValueError(f"{name} must be in [0, 1), got {r}")
         if not 0.0 < self.max_ratio < 1.0:
             raise ValueError(f"max_ratio must be in (0, 1), got {self.max_ratio}")
+        if not 0.0 <= self.min_ratio <= self.max_ratio:
+            raise ValueError(f"min_ratio must be in [0, max_ratio], got {self.min_ratio}")
+        if self.scope not in ("local", "global"):
+            raise ValueError(f"scope must be 'local' or 'global', not {self.scope!r}")
+        if self.normalize not in ("mean", "max", "sum", "l2", "none"):
+            raise ValueError(f"normalize must be one of mean, max, sum, l2, none; not {self.normalize!r}")
         if self.round_to < 1:
             raise ValueError(f"round_to must be >= 1, got {self.round_to}")
         bad = [k for k in self.kinds if k not in KINDS]

@@ -1,8 +1,21 @@
-"""The criterion interface and its registry."""
+"""The criterion interface and its registry.
+
+A criterion answers one question: "score these" (higher = keep). It scores the units of a
+structural :class:`~prunekit.graph.groups.Group` (``score``) and, where it has a per-weight
+meaning, individual weights (``score_weights``). Criteria that need data (activations,
+gradients) are given it when constructed and read it in :meth:`Criterion.prepare`, which
+runs once per prune, before any scoring, with the graph the groups came from.
+
+Group scores aggregate over every parameter slice of a unit (all coupled tensors), so a
+channel's score counts the conv that makes it, its norm, and the layers that read it. Scores
+are comparable inside a group; :func:`normalize_scores` makes them comparable across groups
+for global pruning.
+"""
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Iterable
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -21,12 +34,81 @@ def register_criterion(name: str) -> Callable[[type["Criterion"]], type["Criteri
 
 
 class Criterion:
-    """Scores the units of a group; higher means more important (keep)."""
+    """Scores units of a group (and, where meaningful, single weights); higher = keep."""
 
     name = "base"
 
+    def prepare(self, model: nn.Module, graph=None) -> None:
+        """Called once per prune before scoring (collect statistics, gradients ...)."""
+
     def score(self, model: nn.Module, group: Group) -> torch.Tensor:  # (len(group),)
-        raise NotImplementedError
+        """Default: sum of :meth:`per_index` over every parameter slice of each unit."""
+        params = _param_map(self, model)
+        units, keys, idx, names = group.member_rows()
+        totals = torch.zeros(len(group), dtype=torch.float64)
+        if units.size == 0:
+            return totals
+        order = np.argsort(keys, kind="stable")
+        units, keys, idx = torch.from_numpy(units[order]), keys[order], torch.from_numpy(idx[order])
+        bounds = np.flatnonzero(np.diff(keys)) + 1
+        starts, ends = [0, *bounds.tolist()], [*bounds.tolist(), keys.size]
+        with torch.no_grad():
+            for a, b, k in zip(starts, ends, keys[starts].tolist()):
+                name, dim = names[k]
+                p = params.get(name)
+                if p is None:  # buffers (running statistics) carry no importance
+                    continue
+                per_index = self.per_index(name, p, dim)
+                if per_index is not None:
+                    totals.index_add_(0, units[a:b], per_index[idx[a:b]].double())
+        return self.finish(totals)
+
+    def per_index(self, name: str, p: torch.Tensor, dim: int) -> torch.Tensor | None:
+        """Importance of each index of ``p`` along ``dim`` (``None``: this tensor does not count)."""
+        w = self.score_weights_of(name, p)
+        other = [d for d in range(w.dim()) if d != dim]
+        return w.sum(dim=other) if other else w
+
+    def finish(self, totals: torch.Tensor) -> torch.Tensor:
+        return totals
+
+    def score_weights_of(self, name: str, p: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError(f"criterion {self.name!r} does not score single weights")
+
+    def score_weights(self, model: nn.Module, names: Iterable[str]) -> dict[str, torch.Tensor]:
+        """Per-weight scores (same shape as each parameter) for parameter pruning."""
+        params = _param_map(self, model)
+        with torch.no_grad():
+            return {n: self.score_weights_of(n, params[n]) for n in names}
+
+
+def _param_map(crit: Criterion, model: nn.Module) -> dict[str, torch.Tensor]:
+    """Name -> parameter, built once per model (groups of one prune share it)."""
+    cached = getattr(crit, "_param_cache", None)
+    first = next(model.parameters(), None)
+    if cached is None or cached[0] is not model or cached[1] is not first:  # rebuilt after pruning
+        cached = (model, first, dict(model.named_parameters()))
+        crit._param_cache = cached
+    return cached[2]
+
+
+def normalize_scores(scores: torch.Tensor, how: str = "mean") -> torch.Tensor:
+    """Make one group's (or layer's) scores comparable with another's for a global ranking.
+
+    ``"mean"`` divides by the group's mean score (a unit scoring 0.5 is half as important as
+    its group's average unit), ``"max"`` by its largest, ``"sum"`` by its total, ``"l2"`` by
+    its L2 norm (Molchanov et al. 2017), ``"none"`` keeps raw scores -- one global threshold
+    over raw values, as for Taylor importance.
+    """
+    s = scores.double()
+    if how == "none":
+        return s
+    denom = {"mean": lambda: s.mean(), "max": lambda: s.abs().max(), "sum": lambda: s.sum(),
+             "l2": lambda: s.norm()}.get(how)
+    if denom is None:
+        raise ValueError(f"unknown normalization {how!r}; choose mean, max, sum, l2 or none")
+    d = float(denom())
+    return s / d if d > 0 and np.isfinite(d) else s
 
 
 def get_criterion(name_or_obj: "str | Criterion") -> Criterion:

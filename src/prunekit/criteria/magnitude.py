@@ -1,7 +1,6 @@
-"""Magnitude (L1/L2 norm) and random criteria for groups."""
+"""Magnitude (L1/L2 norm) and random criteria."""
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -9,51 +8,32 @@ from ..graph.groups import Group
 from .base import Criterion, register_criterion
 
 
-def _params(model: nn.Module) -> dict[str, torch.Tensor]:
-    return dict(model.named_parameters())
-
-
 @register_criterion("l2")
 class MagnitudeCriterion(Criterion):
-    """Norm of all parameter slices of a unit: ``(sum_i |w_i|^p)^(1/p)`` over the whole closure.
+    """Norm of all parameter slices of a unit: ``(sum_i |w_i|^p)^(1/p)`` over the whole closure;
+    per weight, ``|w|^p``. Buffers (running statistics) are ignored.
 
-    Buffers (running statistics) are ignored. Scores are comparable inside a group.
+    >>> lin = nn.Linear(2, 2, bias=False)
+    >>> with torch.no_grad(): _ = lin.weight.copy_(torch.tensor([[3., 4.], [1., 0.]]))
+    >>> MagnitudeCriterion().score_weights(lin, ["weight"])["weight"].tolist()
+    [[9.0, 16.0], [1.0, 0.0]]
     """
 
     def __init__(self, p: int = 2):
         self.p = p
-        self._cache: dict[tuple[int, int], torch.Tensor] = {}
+        self._cache: dict[tuple, torch.Tensor] = {}
 
-    def score(self, model: nn.Module, group: Group) -> torch.Tensor:
-        params = self._params_of(model)
-        units, keys, idx, names = group.member_rows()
-        totals = torch.zeros(len(group), dtype=torch.float64)
-        if units.size == 0:
-            return totals
-        order = np.argsort(keys, kind="stable")
-        units, keys, idx = torch.from_numpy(units[order]), keys[order], torch.from_numpy(idx[order])
-        bounds = np.flatnonzero(np.diff(keys)) + 1
-        starts, ends = [0, *bounds.tolist()], [*bounds.tolist(), keys.size]
-        with torch.no_grad():
-            for a, b, k in zip(starts, ends, keys[starts].tolist()):
-                name, dim = names[k]
-                p = params.get(name)
-                if p is None:  # buffers (running statistics) carry no importance
-                    continue
-                per_index = self._per_index(p, dim)
-                totals.index_add_(0, units[a:b], per_index[idx[a:b]])
+    def prepare(self, model: nn.Module, graph=None) -> None:
+        self._cache.clear()  # keyed by tensor id: valid for one prune only
+
+    def score_weights_of(self, name: str, p: torch.Tensor) -> torch.Tensor:
+        w = p.detach().float()
+        return w * w if self.p == 2 else w.abs().pow(self.p)
+
+    def finish(self, totals: torch.Tensor) -> torch.Tensor:
         return totals.pow(1.0 / self.p)
 
-    def _params_of(self, model: nn.Module) -> dict[str, torch.Tensor]:
-        """Name -> parameter, built once per model (groups of one prune share it)."""
-        cached = getattr(self, "_param_map", None)
-        first = next(model.parameters(), None)
-        if cached is None or cached[0] is not model or cached[1] is not first:  # rebuilt after pruning
-            cached = (model, first, _params(model))
-            self._param_map = cached
-        return cached[2]
-
-    def _per_index(self, p: torch.Tensor, dim: int) -> torch.Tensor:
+    def per_index(self, name: str, p: torch.Tensor, dim: int) -> torch.Tensor:
         """``sum |w|^p`` over every dim but ``dim``, one pass per tensor, cached for the prune."""
         key = (id(p), p._version, dim)
         out = self._cache.get(key)
@@ -70,7 +50,7 @@ class MagnitudeCriterion(Criterion):
         elif w.dim() == 2 and dim == 0:
             out = torch.linalg.vector_norm(w, ord=self.p, dim=1).pow(self.p)
         else:
-            w = w * w if self.p == 2 else w.abs().pow(self.p)
+            w = self.score_weights_of(name, p)
             other = [d for d in range(w.dim()) if d != dim]
             out = w.sum(dim=other) if other else w
         out = self._cache[key] = out.double()
@@ -92,3 +72,6 @@ class RandomCriterion(Criterion):
 
     def score(self, model: nn.Module, group: Group) -> torch.Tensor:
         return torch.rand(len(group), generator=self.generator, dtype=torch.float64)
+
+    def score_weights_of(self, name: str, p: torch.Tensor) -> torch.Tensor:
+        return torch.rand(p.shape, generator=self.generator).to(p.device)

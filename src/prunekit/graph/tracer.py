@@ -71,11 +71,34 @@ class DependencyGraph:
     shapes: dict[str, tuple[int, ...]]
     unsupported: list[Unsupported] = field(default_factory=list)
     output_shapes: list[tuple[int, ...]] = field(default_factory=list)
+    sites: list["Site"] = field(default_factory=list)  # activation/norm/linear outputs, in call order
 
     def groups(self, kinds: Iterable[str] | None = None):
         from .groups import build_groups
 
         return build_groups(self, kinds)
+
+
+# Ops whose outputs are *sites* for activation statistics, and the kind of each site.
+SITE_KINDS: dict[str, str] = {
+    **{n: "activation" for n in ("relu", "relu_", "relu6", "relu6_", "hardtanh", "hardtanh_", "gelu", "silu",
+                                 "silu_", "hardswish", "hardswish_", "leaky_relu", "leaky_relu_", "elu", "elu_",
+                                 "selu", "selu_", "mish", "celu", "softplus", "prelu", "sigmoid", "tanh")},
+    **{n: "norm" for n in ("batch_norm", "layer_norm", "group_norm", "instance_norm", "rms_norm")},
+    **{n: "linear" for n in ("linear", "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d",
+                             "conv_transpose3d", "matmul", "addmm")},
+}
+
+
+@dataclass
+class Site:
+    """One call of a site op in trace order: its kind, op, module path, and the labels of its
+    output's prunable dims (``dim -> labels``; empty if none)."""
+
+    kind: str
+    op: str
+    module: str
+    labels: dict[int, np.ndarray]
 
 
 class Tracer(TorchFunctionMode):
@@ -98,6 +121,7 @@ class Tracer(TorchFunctionMode):
         self.module_stack: list[str] = [""]
         self.unsupported: list[Unsupported] = []
         self.size_sources: dict[int, list[np.ndarray]] = {}
+        self.sites: list[Site] = []
 
     def current_module(self) -> nn.Module | None:
         return self.modules.get(self.module_path)
@@ -165,28 +189,36 @@ class Tracer(TorchFunctionMode):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
         name = op_name(func)
+        self._handle(name, args, kwargs, out)
+        if name in SITE_KINDS:  # every call is a site, so calibration runs can count them in step
+            inf = self.info(out) if isinstance(out, torch.Tensor) else None
+            self.sites.append(Site(SITE_KINDS[name], name, self.module_path,
+                                   {} if inf is None else dict(inf.labels)))
+        return out
+
+    def _handle(self, name, args, kwargs, out) -> None:
         if name in ("size", "attr.shape") and args:
             self._record_sizes(args[0])
         if name in NEUTRAL_OPS:
-            return out
+            return
         outs = list(iter_tensors(out))
         if name == "iter":
             outs = [args[0]] if args else []
         if not outs:
-            return out
+            return
         ins = list(iter_tensors((args, kwargs)))
         infos = [self.info(t) for t in ins]
         if not any(i is not None and not i.empty for i in infos):
             for t in outs:
                 if not any(t is i for i in ins):
                     self.set_info(t, None)
-            return out
+            return
         rule = OP_RULES.get(name)
         if rule is None or name == "iter":
             self.unsupported_op(name, ins, "no rule for this op")
             for t in outs:
                 self.set_info(t, None)
-            return out
+            return
         if name not in _JOINT_AWARE:
             for t, inf in zip(ins, infos):
                 if inf is not None and inf.joint is not None:
@@ -198,7 +230,7 @@ class Tracer(TorchFunctionMode):
             self.unsupported_op(name, ins, f"{type(exc).__name__}: {exc}")
             for t in outs:
                 self.set_info(t, None)
-        return out
+        return
 
 
 _JOINT_AWARE = frozenset({"getitem", "select"})
@@ -291,4 +323,5 @@ def trace(model: nn.Module, example_inputs: Any = (), example_kwargs: Mapping[st
         shapes=walked.shapes(),
         unsupported=tracer.unsupported,
         output_shapes=[tuple(t.shape) for t in iter_tensors(out)],
+        sites=tracer.sites,
     )

@@ -1,0 +1,70 @@
+"""Progressive pruning by sub-network: split the network into stages (blocks), prune them one
+at a time -- least important first when an evaluation is given -- optionally recovering in
+between, and end with one coherent model.
+
+Each stage prunes only the groups that start inside it (``PruneConfig.ratios`` globs on the
+stage's module path), after a fresh trace of the current model, so later stages see the
+earlier ones already pruned and recovered.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, replace
+from typing import Any, Callable, Mapping, Sequence
+
+from torch import nn
+
+from .api import PruneResult, prune_
+from .config import PruneConfig
+from .criteria import Criterion
+
+
+@dataclass
+class StageResult:
+    stage: str
+    result: PruneResult
+    score: float | None  # evaluate(model) after this stage (and its recovery)
+
+
+def default_stages(model: nn.Module) -> list[str]:
+    """Top-level children that hold parameters (e.g. ``layer1`` ... ``layer4`` of a ResNet)."""
+    return [name for name, child in model.named_children() if any(True for _ in child.parameters())]
+
+
+def _stage_config(config: PruneConfig, stage: str) -> PruneConfig:
+    r = config.ratio
+    return replace(config, ratio=0.0, scope="local", ratios=((stage, r), (stage + ".*", r)) + tuple(config.ratios))
+
+
+def progressive_prune_(model: nn.Module, example_inputs: Any, config: PruneConfig | None = None, *,
+                       stages: Sequence[str] | None = None, evaluate: Callable[[nn.Module], float] | None = None,
+                       recover: Callable[[nn.Module, str], None] | None = None,
+                       criterion: Criterion | None = None, example_kwargs: Mapping[str, Any] | None = None,
+                       **overrides: Any) -> list[StageResult]:
+    """Prune ``model`` stage by stage to the config's ratio (per stage). Returns one row per stage.
+
+    With ``evaluate`` (higher = better), every stage is first tried alone on a copy and the
+    stages are pruned in order of least damage; otherwise in the given order. ``recover(model,
+    stage)`` runs after each stage (fine-tune, distill ...).
+    """
+    config = replace(config, **overrides) if config is not None else PruneConfig(**overrides)
+    stages = list(stages) if stages is not None else default_stages(model)
+    modules = dict(model.named_modules())
+    missing = [s for s in stages if s not in modules]
+    if missing:
+        raise KeyError(f"stages {missing} are not submodules of {type(model).__name__}")
+    kw = {"criterion": criterion} if criterion is not None else {}
+    if evaluate is not None:
+        damage = {}
+        for s in stages:
+            trial = copy.deepcopy(model)
+            prune_(trial, example_inputs, _stage_config(config, s), example_kwargs=example_kwargs, **kw)
+            damage[s] = -evaluate(trial)
+        stages = sorted(stages, key=lambda s: damage[s])
+    out = []
+    for s in stages:
+        result = prune_(model, example_inputs, _stage_config(config, s), example_kwargs=example_kwargs, **kw)
+        if recover is not None:
+            recover(model, s)
+        out.append(StageResult(s, result, evaluate(model) if evaluate is not None else None))
+    return out

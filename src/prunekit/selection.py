@@ -1,0 +1,112 @@
+"""Which units to remove: a criterion's scores, a scope (local or global), and a rule
+(a ratio, or an absolute threshold), within per-group minimum and maximum ratios.
+
+- **local**: each group loses its own ratio (per module / per group ratios allowed) of its
+  lowest-scoring units.
+- **global**: one ranking over all groups; scores are first normalized per group
+  (``config.normalize``: ``mean`` by default, ``none`` for raw scores such as Taylor, so that
+  one threshold is shared by all layers). The lowest units go until ``ratio`` of all units
+  are removed, never fewer than ``min_ratio`` nor more than ``max_ratio`` of any group.
+- **threshold**: remove every unit scoring below ``config.threshold`` (after normalization
+  in global scope), again within the per-group bounds.
+
+``round_to`` then rounds each channel group's kept count up to a multiple.
+"""
+from __future__ import annotations
+
+import fnmatch
+import math
+
+import numpy as np
+import torch
+from torch import nn
+
+from .config import PruneConfig
+from .criteria import Criterion, get_criterion, normalize_scores
+from .graph.groups import Group
+
+
+def ratio_for(group: Group, config: PruneConfig) -> float:
+    """Per-module (glob on the group's first module) or per-group (``"<tensor>:<dim>"``) ratio."""
+    root_mod = group.root[0].rsplit(".", 1)[0] if "." in group.root[0] else ""
+    root_key = f"{group.root[0]}:{group.root[1]}"
+    for pattern, r in config.ratios:
+        if fnmatch.fnmatchcase(root_mod, pattern) or fnmatch.fnmatchcase(root_key, pattern):
+            return r
+    return config.ratio
+
+
+def _bounds(n: int, config: PruneConfig) -> tuple[int, int]:
+    lo = min(math.ceil(n * config.min_ratio - 1e-9), n - 1)
+    hi = min(math.floor(n * config.max_ratio + 1e-9), n - 1)
+    return lo, max(hi, lo)
+
+
+def _rounded(g: Group, n_rm: int, config: PruneConfig) -> int:
+    n = len(g)
+    if config.round_to > 1 and g.kind == "channel" and n >= config.round_to and n_rm > 0:
+        kept = min(n, math.ceil((n - n_rm) / config.round_to) * config.round_to)
+        return n - kept
+    return n_rm
+
+
+def select_units(model: nn.Module, groups: list[Group], config: PruneConfig,
+                 criterion: Criterion | str | None = None, graph=None) -> tuple[set[int], list[dict]]:
+    """Lowest-scoring units by the config's scope, rule, bounds and rounding.
+
+    Returns the chosen unit roots (for :func:`~prunekit.plan.make_plan`) and one summary
+    row per pruned group.
+    """
+    crit = get_criterion(criterion if criterion is not None else config.criterion)
+    crit.prepare(model, graph)
+    eligible = [g for g in groups if len(g) >= 2]
+    scores = {g.id: crit.score(model, g).double() for g in eligible}
+    if config.scope == "global":
+        removal = _global_counts(eligible, scores, config)
+    else:
+        removal = {}
+        for g in eligible:
+            lo, hi = _bounds(len(g), config)
+            if config.threshold is not None:
+                want = int((scores[g.id] < config.threshold).sum())
+            else:
+                want = math.floor(len(g) * ratio_for(g, config) + 1e-9)
+            removal[g.id] = min(max(want, lo), hi)
+    chosen: set[int] = set()
+    summaries = []
+    for g in eligible:
+        n_rm = _rounded(g, removal.get(g.id, 0), config)
+        if n_rm <= 0:
+            continue
+        order = torch.argsort(scores[g.id], stable=True)[:n_rm].numpy()
+        chosen.update(g.unit_roots(order))
+        summaries.append({"group": g.id, "kind": g.kind, "root": f"{g.root[0]}:{g.root[1]}", "units": len(g),
+                          "removed": n_rm, "exact": g.exact})
+    return chosen, summaries
+
+
+def _global_counts(groups: list[Group], scores: dict[int, torch.Tensor], config: PruneConfig) -> dict[int, int]:
+    """Units to remove per group under one global ranking of normalized scores."""
+    if not groups:
+        return {}
+    norm = {g.id: normalize_scores(scores[g.id], config.normalize) for g in groups}
+    counts = {}
+    cand_scores, cand_group = [], []
+    for g in groups:
+        lo, hi = _bounds(len(g), config)
+        counts[g.id] = lo  # the minimum, taken from the group's own lowest units
+        s = torch.sort(norm[g.id]).values.numpy()
+        cand_scores.append(s[lo:hi])  # the units the global ranking may add
+        cand_group.append(np.full(hi - lo, g.id, dtype=np.int64))
+    cs, cg = np.concatenate(cand_scores), np.concatenate(cand_group)
+    order = np.argsort(cs, kind="stable")
+    if config.threshold is not None:
+        take = int((cs < config.threshold).sum())
+    else:
+        total = sum(len(g) for g in groups)
+        take = max(0, math.floor(total * config.ratio + 1e-9) - sum(counts.values()))
+    # within a group the candidates are sorted, so taking the k lowest overall takes each
+    # group's lowest ones first: per-group counts are enough
+    for gid, k in zip(*np.unique(cg[order[:take]], return_counts=True)):
+        counts[int(gid)] += int(k)
+    return counts

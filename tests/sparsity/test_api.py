@@ -1,0 +1,73 @@
+import pytest
+import torch
+from torch import nn
+
+from prunekit.schedules import Cubic
+from prunekit.sparsity import GradualPruner, SparsityConfig, mark_zeros_, masks_of, sparsify_
+
+
+def _model():
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 8))
+    with torch.no_grad():
+        m[2].weight.mul_(10)  # the second layer is larger in magnitude
+    return m
+
+
+def test_local_sparsity_is_per_tensor():
+    r = sparsify_(_model(), sparsity=0.5)
+    assert r.per_tensor == {"0.weight": 0.5, "2.weight": 0.5}
+
+
+def test_global_sparsity_takes_more_from_the_smaller_layer():
+    r = sparsify_(_model(), sparsity=0.5, scope="global")
+    assert r.overall == pytest.approx(0.5, abs=1e-3)
+    assert r.per_tensor["0.weight"] > 0.6 and r.per_tensor["2.weight"] < 0.2
+
+
+def test_nm_pattern_through_the_one_call():
+    m = _model()
+    sparsify_(m, pattern="2:4", finalize_now=True)
+    for lin in (m[0], m[2]):
+        assert ((lin.weight.reshape(lin.weight.shape[0], -1, 4) != 0).sum(-1) <= 2).all()
+
+
+def test_ignore_and_config_round_trip():
+    cfg = SparsityConfig(sparsity=0.8, scope="global", ignore=("2",), pattern="unstructured")
+    assert SparsityConfig.from_json(cfg.to_json()) == cfg
+    r = sparsify_(_model(), cfg)
+    assert set(r.masks) == {"0.weight"}
+    with pytest.raises(ValueError):
+        SparsityConfig(pattern="4:2")
+
+
+def test_mark_zeros_counts_existing_zeros():
+    m = _model()
+    with torch.no_grad():
+        m[0].weight[:4] = 0
+    r = mark_zeros_(m)
+    assert r.per_tensor["0.weight"] == pytest.approx(4 / 32)
+    assert r.per_tensor["2.weight"] == 0.0
+
+
+def test_gradual_pruner_follows_the_cubic_schedule_and_masks_only_grow():
+    m = _model()
+    sched = Cubic(0.0, 0.8, begin_step=0, end_step=10, frequency=2)
+    pruner = GradualPruner(m, sched)
+    opt = torch.optim.SGD(m.parameters(), lr=0.01)
+    seen, prev = [], None
+    for _ in range(12):
+        opt.zero_grad()
+        m(torch.randn(4, 16)).pow(2).mean().backward()
+        opt.step()
+        seen.append(pruner.step())
+        masks = masks_of(m)
+        if masks:
+            actual = sum(int((~v).sum()) for v in masks.values()) / sum(v.numel() for v in masks.values())
+            assert actual == pytest.approx(seen[-1], abs=0.01)
+            if prev is not None:
+                assert all((~prev[k] <= ~masks[k]).all() for k in masks)  # pruned stays pruned
+            prev = {k: v.clone() for k, v in masks.items()}
+    assert seen == [pytest.approx(sched.sparsity_at(t)) for t in range(1, 13)]
+    pruner.finalize()
+    assert not masks_of(m)

@@ -1,0 +1,36 @@
+import torch
+import torchvision
+
+from prunekit.progressive import default_stages, progressive_prune_
+
+
+def test_stages_are_pruned_one_at_a_time_into_one_model():
+    torch.manual_seed(0)
+    m = torchvision.models.resnet18(num_classes=10).eval()
+    x = torch.randn(1, 3, 64, 64)
+    before = {n: p.shape for n, p in m.named_parameters()}
+    seen = []
+    rows = progressive_prune_(m, x, stages=["layer1", "layer2", "layer3", "layer4"], ratio=0.5,
+                              recover=lambda model, stage: seen.append(stage))
+    assert [r.stage for r in rows] == seen == ["layer1", "layer2", "layer3", "layer4"]
+    assert all(r.result.after.params < r.result.before.params for r in rows)
+    for stage in ("layer1", "layer2", "layer3", "layer4"):  # every stage's inner convs shrank
+        assert m.get_parameter(f"{stage}.0.conv1.weight").shape[0] < before[f"{stage}.0.conv1.weight"][0]
+    assert m(x).shape == (1, 10)
+
+
+def test_evaluate_orders_stages_by_least_damage():
+    torch.manual_seed(0)
+    m = torchvision.models.resnet18(num_classes=10).eval()
+    x = torch.randn(1, 3, 64, 64)
+    # a made-up evaluation: fewer parameters in layer4 hurts most, in layer2 least
+    weight = {"layer1": 2.0, "layer2": 1.0, "layer3": 3.0, "layer4": 4.0}
+
+    def evaluate(model):
+        return -sum(w * (1 - sum(p.numel() for p in model.get_submodule(s).parameters()) / 1e7)
+                    for s, w in weight.items())
+
+    rows = progressive_prune_(m, x, stages=list(weight), ratio=0.3, evaluate=evaluate)
+    assert [r.stage for r in rows][0] in ("layer1", "layer2")
+    assert all(r.score is not None for r in rows)
+    assert default_stages(m)[:2] == ["conv1", "bn1"]

@@ -1,0 +1,64 @@
+"""Local vs global scope, thresholds and per-group bounds."""
+import pytest
+import torch
+from torch import nn
+
+import prunekit
+from prunekit import PruneConfig
+from prunekit.selection import select_units
+
+
+def _two_layer():
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(8, 10), nn.ReLU(), nn.Linear(10, 10), nn.ReLU(), nn.Linear(10, 2))
+    with torch.no_grad():
+        m[4].weight.mul_(100)  # the second hidden layer's units (read by m[4]) score far higher
+    return m
+
+
+def _removed(m, config):
+    graph = prunekit.trace(m, torch.zeros(1, 8))
+    groups = graph.groups()
+    _, rows = select_units(m, groups, config, graph=graph)
+    return {r["root"]: r["removed"] for r in rows}
+
+
+def test_local_takes_the_ratio_from_every_group():
+    assert _removed(_two_layer(), PruneConfig(ratio=0.5)) == {"0.weight:0": 5, "2.weight:0": 5}
+
+
+def test_global_raw_scores_share_one_threshold():
+    rm = _removed(_two_layer(), PruneConfig(ratio=0.4, scope="global", normalize="none"))
+    assert sum(rm.values()) == 8
+    assert rm.get("0.weight:0", 0) == 8  # the low-magnitude layer pays
+
+
+def test_global_respects_max_and_min_ratio():
+    rm = _removed(_two_layer(), PruneConfig(ratio=0.4, scope="global", normalize="none", max_ratio=0.6,
+                                            min_ratio=0.1))
+    assert rm["0.weight:0"] == 6 and rm["2.weight:0"] == 2
+
+
+def test_threshold_rule():
+    m = _two_layer()
+    rm = _removed(m, PruneConfig(threshold=1.0, scope="global", normalize="mean"))
+    assert 0 < sum(rm.values()) < 20
+    assert _removed(m, PruneConfig(threshold=1e9, max_ratio=0.3)) == {"0.weight:0": 3, "2.weight:0": 3}
+
+
+def test_prune_accepts_a_criterion_object_and_global_scope():
+    m = _two_layer()
+    data = [torch.randn(16, 8) for _ in range(2)]
+    r = prunekit.prune_(m, torch.zeros(1, 8), ratio=0.3, scope="global",
+                        criterion=prunekit.criteria.ActivationMeanCriterion(data=data))
+    assert r.after.params < r.before.params
+    assert m(torch.zeros(3, 8)).shape == (3, 2)
+
+
+def test_config_validation():
+    with pytest.raises(ValueError):
+        PruneConfig(scope="everywhere")
+    with pytest.raises(ValueError):
+        PruneConfig(min_ratio=0.95)
+    cfg = PruneConfig(scope="global", normalize="none", threshold=0.5, min_ratio=0.1)
+    assert PruneConfig.from_json(cfg.to_json()) == cfg
