@@ -34,3 +34,19 @@ def test_evaluate_orders_stages_by_least_damage():
     assert [r.stage for r in rows][0] in ("layer1", "layer2")
     assert all(r.score is not None for r in rows)
     assert default_stages(m)[:2] == ["conv1", "bn1"]
+
+
+def test_iterative_reaches_the_target_in_steps_with_recovery_between():
+    import torch.nn as nn
+
+    from prunekit.progressive import iterative_prune_
+
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 4))
+    calls = []
+    rows = iterative_prune_(m, torch.randn(1, 16), target=0.75, steps=2, recover=lambda model, k: calls.append(k),
+                            evaluate=lambda model: float(model[0].out_features))
+    assert calls == [1, 2]
+    assert [r.ratio for r in rows] == [0.5, 0.75]
+    assert [r.score for r in rows] == [32.0, 16.0]
+    assert m[0].out_features == 16 and m[2].out_features == 16

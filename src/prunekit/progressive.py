@@ -68,3 +68,39 @@ def progressive_prune_(model: nn.Module, example_inputs: Any, config: PruneConfi
             recover(model, s)
         out.append(StageResult(s, result, evaluate(model) if evaluate is not None else None))
     return out
+
+
+@dataclass
+class StepResult:
+    step: int
+    ratio: float  # fraction of the *original* units removed after this step (the schedule's target)
+    result: PruneResult
+    score: float | None
+
+
+def iterative_prune_(model: nn.Module, example_inputs: Any, target: float, steps: int, *,
+                     config: PruneConfig | None = None, spacing: str = "geometric",
+                     recover: Callable[[nn.Module, int], None] | None = None,
+                     evaluate: Callable[[nn.Module], float] | None = None, criterion: Criterion | None = None,
+                     example_kwargs: Mapping[str, Any] | None = None, **overrides: Any) -> list[StepResult]:
+    """Reach a channel ratio of ``target`` in ``steps`` prunes, re-tracing and re-scoring the
+    current (recovered) model before each one.
+
+    The schedule (:class:`~prunekit.schedules.Iterative`) gives the fraction of the original
+    units removed after step ``k``; each step removes ``1 - (1 - s_k) / (1 - s_{k-1})`` of what
+    is left, so per-group rounding aside the final model has ``1 - target`` of its units.
+    """
+    from .schedules import Iterative
+
+    schedule = Iterative(target, steps, spacing)
+    config = replace(config, **overrides) if config is not None else PruneConfig(**overrides)
+    kw = {"criterion": criterion} if criterion is not None else {}
+    out = []
+    for k in range(1, steps + 1):
+        prev, cur = schedule.sparsity_at(k - 1), schedule.sparsity_at(k)
+        step_ratio = 1.0 - (1.0 - cur) / (1.0 - prev)
+        result = prune_(model, example_inputs, replace(config, ratio=step_ratio), example_kwargs=example_kwargs, **kw)
+        if recover is not None:
+            recover(model, k)
+        out.append(StepResult(k, cur, result, evaluate(model) if evaluate is not None else None))
+    return out
