@@ -82,8 +82,8 @@ def _meta_conv(nd: int, x, weight, bias=None, stride=1, padding=0, dilation=1, g
     out = torch.empty((x.shape[0], weight.shape[0], *size), device="meta", dtype=x.dtype)
     for mode in _dispatch_modes():
         if isinstance(mode, _counter_type()):
-            mode.flops += flop_registry[torch.ops.aten.convolution](
-                x, weight, bias, stride, padding, dilation, False, (0,) * nd, groups, out_val=out)
+            mode.flops += flops_of(flop_registry[torch.ops.aten.convolution],
+                                   (x, weight, bias, stride, padding, dilation, False, (0,) * nd, groups), {}, out)
     return out
 
 
@@ -97,6 +97,12 @@ def _counter_type():
     from ..measure.counting import MacCounter
 
     return MacCounter
+
+
+def flops_of(rule, args, kwargs, out) -> int:
+    from ..measure.counting import flops_of as f
+
+    return f(rule, args, kwargs, out)
 
 
 def _inplace_arg(name: str, args: tuple) -> bool:

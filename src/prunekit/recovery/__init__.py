@@ -1,4 +1,8 @@
-"""Recovery after pruning (fine-tuning, distillation, freeze-and-retrain)."""
+"""Recovery after pruning: fine-tuning, knowledge distillation, freeze-and-retrain (also under torchrun)."""
+from .distill import ChannelAdapter, Distillation, kd_loss
+from .freeze import freeze, frozen_modules, train_mode, unfreeze
 from .head import extract_features, fit_linear_head, head_accuracy
+from .train import TrainConfig, TrainResult, train
 
-__all__ = ["extract_features", "fit_linear_head", "head_accuracy"]
+__all__ = ["ChannelAdapter", "Distillation", "TrainConfig", "TrainResult", "extract_features", "fit_linear_head",
+           "freeze", "frozen_modules", "head_accuracy", "kd_loss", "train", "train_mode", "unfreeze"]
