@@ -25,3 +25,18 @@ def test_demo_prints_before_after_table(capsys):
 def test_entry_point_installed():
     r = subprocess.run([sys.executable, "-m", "prunekit.cli", "demo", "--help"], capture_output=True, text=True)
     assert r.returncode == 0 and "--ratio" in r.stdout
+
+
+def test_workflow_demo_quick(tmp_path, capsys):
+    from prunekit.zoo import fashion_mnist
+
+    try:
+        fashion_mnist.find_root()
+    except FileNotFoundError:
+        import pytest
+
+        pytest.skip("dataset-fashion-mnist is not installed (make data)")
+    assert main(["demo", "--quick", "--out", str(tmp_path / "report")]) == 0
+    out = capsys.readouterr().out
+    assert "6/6 report written" in out and "accuracy" in out and "latency" in out
+    assert (tmp_path / "report" / "report.html").exists() and (tmp_path / "report" / "summary.json").exists()

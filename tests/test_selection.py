@@ -62,3 +62,16 @@ def test_config_validation():
         PruneConfig(min_ratio=0.95)
     cfg = PruneConfig(scope="global", normalize="none", threshold=0.5, min_ratio=0.1)
     assert PruneConfig.from_json(cfg.to_json()) == cfg
+
+
+def test_grouped_conv_loses_the_ratio_of_its_channels_not_more():
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(3, 32, 1), nn.ReLU(), nn.Conv2d(32, 32, 3, padding=1, groups=4), nn.ReLU(),
+                      nn.Conv2d(32, 8, 1), nn.Flatten(), nn.Linear(8 * 6 * 6, 2)).eval()
+    x = torch.randn(1, 3, 6, 6)
+    graph = prunekit.trace(m, x)
+    kinds = {g.kind for g in graph.groups()}
+    assert {"group", "channel"} <= kinds
+    prunekit.prune_(m, x, ratio=0.5)
+    # 32 channels in 4 groups of 8: keep ~half of them (3 of 4 groups x 6 of 8, or similar), not a quarter
+    assert 14 <= m[2].out_channels <= 18 and m[0].out_channels == m[2].in_channels

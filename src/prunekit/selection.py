@@ -10,7 +10,9 @@
 - **threshold**: remove every unit scoring below ``config.threshold`` (after normalization
   in global scope), again within the per-group bounds.
 
-``round_to`` then rounds each channel group's kept count up to a multiple.
+``round_to`` then rounds each channel group's kept count up to a multiple. Where a channel
+dimension is factored into groups x width (grouped convs, GroupNorm), the two factor groups
+share the ratio (each loses ``1 - sqrt(1 - r)``) so that ``r`` of the channels go, as asked.
 """
 from __future__ import annotations
 
@@ -65,12 +67,16 @@ def select_units(model: nn.Module, groups: list[Group], config: PruneConfig,
         removal = _global_counts(eligible, scores, config)
     else:
         removal = {}
+        factored = _factored(eligible)
         for g in eligible:
             lo, hi = _bounds(len(g), config)
             if config.threshold is not None:
                 want = int((scores[g.id] < config.threshold).sum())
             else:
-                want = math.floor(len(g) * ratio_for(g, config) + 1e-9)
+                r = ratio_for(g, config)
+                if g.id in factored:  # groups x width: both axes share the ratio, the product keeps 1 - r
+                    r = 1.0 - math.sqrt(1.0 - r)
+                want = math.floor(len(g) * r + 1e-9)
             removal[g.id] = min(max(want, lo), hi)
     chosen: set[int] = set()
     summaries = []
@@ -83,6 +89,25 @@ def select_units(model: nn.Module, groups: list[Group], config: PruneConfig,
         summaries.append({"group": g.id, "kind": g.kind, "root": f"{g.root[0]}:{g.root[1]}", "units": len(g),
                           "removed": n_rm, "exact": g.exact})
     return chosen, summaries
+
+
+def _factored(groups: list[Group]) -> set[int]:
+    """Ids of groups that are two factors of one channel dimension: a ``group``-kind group (whole
+    conv or GroupNorm groups) and the ``channel``-kind group (the same offset in every group) that
+    touch the same tensor dim. Pruning both at ``r`` would remove ``1 - (1 - r)^2`` of the channels."""
+    channel_dims: dict[tuple[str, int], list[int]] = {}
+    for g in groups:
+        if g.kind == "channel":
+            for key, _ in g.signature:
+                channel_dims.setdefault(key, []).append(g.id)
+    out: set[int] = set()
+    for g in groups:
+        if g.kind == "group":
+            partners = {pid for key, _ in g.signature for pid in channel_dims.get(key, ())}
+            if partners:
+                out.add(g.id)
+                out.update(partners)
+    return out
 
 
 def _global_counts(groups: list[Group], scores: dict[int, torch.Tensor], config: PruneConfig) -> dict[int, int]:

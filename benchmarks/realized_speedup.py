@@ -1,0 +1,68 @@
+"""Realized speed-up: does halving the MACs halve the CPU latency?
+
+ResNet-50 and MobileNetV2 (224x224) pruned to about half their MACs (uniform channel ratio,
+L2 magnitude; with and without rounding channel counts to multiples of 8), latency measured
+before and after at batch 1 and 16 on 2 threads (warm-up 5, median of 20 runs).
+efficiency = (latency speed-up) / (MACs reduction); 1.0 means the pruned model is exactly as
+much faster as it is cheaper. Target >= 0.9.
+
+Usage: python benchmarks/realized_speedup.py      Writes benchmarks/results/realized_speedup.{md,json}.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import platform
+from pathlib import Path
+
+import torch
+import torchvision
+
+import prunekit
+from prunekit.measure import measure_latency
+
+RESULTS = Path(__file__).resolve().parent / "results"
+MODELS = {"resnet50": 0.3, "mobilenet_v2": 0.3}  # channel ratio giving about half the MACs
+
+
+def main() -> None:
+    torch.set_num_threads(2)
+    rows = []
+    for name, ratio in MODELS.items():
+        torch.manual_seed(0)
+        base = torchvision.models.get_model(name).eval()
+        for round_to in (1, 8):
+            pruned = copy.deepcopy(base)
+            r = prunekit.prune_(pruned, torch.randn(1, 3, 224, 224), ratio=ratio, round_to=round_to)
+            for batch in (1, 16):
+                x = torch.randn(batch, 3, 224, 224)
+                reps = 20 if batch == 1 else 10
+                lb = measure_latency(base, x, threads=2, warmup=5, repeats=reps)
+                la = measure_latency(pruned, x, threads=2, warmup=5, repeats=reps)
+                speedup = lb.median_ms / la.median_ms
+                row = {"model": name, "ratio": ratio, "round_to": round_to, "batch": batch,
+                       "macs_ratio": r.macs_ratio, "latency_before_ms": lb.median_ms, "latency_after_ms": la.median_ms,
+                       "p10_p90_before": [lb.p10_ms, lb.p90_ms], "p10_p90_after": [la.p10_ms, la.p90_ms],
+                       "speedup": speedup, "efficiency": speedup * r.macs_ratio}
+                rows.append(row)
+                print(f"{name} round_to {round_to} batch {batch}: MACs x{r.macs_ratio:.3f}, "
+                      f"{lb.median_ms:.1f} -> {la.median_ms:.1f} ms, speed-up {speedup:.2f}, "
+                      f"efficiency {row['efficiency']:.2f}", flush=True)
+    RESULTS.mkdir(exist_ok=True)
+    meta = {"torch": torch.__version__, "threads": 2, "machine": platform.machine(), "processor": platform.processor()}
+    (RESULTS / "realized_speedup.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    lines = ["# Realized speed-up of pruned models on CPU", "",
+             f"torch {meta['torch']}, 2 threads, {meta['machine']}; latency = median of 20 (batch 1) or 10 "
+             "(batch 16) runs after 5 warm-up runs. efficiency = latency speed-up x MACs ratio (1.0 = ideal).", "",
+             "| model | round_to | batch | MACs ratio | latency before ms | after ms | speed-up | efficiency |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['round_to']} | {r['batch']} | {r['macs_ratio']:.3f} | "
+                     f"{r['latency_before_ms']:.1f} | {r['latency_after_ms']:.1f} | {r['speedup']:.2f} | "
+                     f"{r['efficiency']:.2f} |")
+    (RESULTS / "realized_speedup.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
