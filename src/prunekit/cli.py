@@ -21,7 +21,7 @@ def _demo(args: argparse.Namespace) -> int:
         else:
             from .zoo.demo import DemoConfig, run_demo
 
-            cfg = DemoConfig(out=args.out, ratio=args.ratio if args.ratio is not None else 0.3,
+            cfg = DemoConfig(out=args.out, ratio=args.ratio if args.ratio is not None else DemoConfig.ratio,
                              round_to=args.round_to)
             if args.quick:
                 cfg = DemoConfig(train=512, test=256, size=32, epochs=1, batch=64, out=args.out,
@@ -49,7 +49,7 @@ def _demo_args(p: argparse.ArgumentParser) -> None:
                    help="only prune this torchvision model (random init unless mobilenet_v2) and print the "
                         "before/after table, instead of the full workflow demo")
     p.add_argument("--ratio", type=float, default=None,
-                   help="fraction of channels to remove per group (workflow demo 0.3 = about half the MACs; "
+                   help="fraction of channels to remove per group (workflow demo 0.35 = about half the MACs; "
                         "--model 0.5)")
     p.add_argument("--round-to", type=int, default=8, help="keep channel counts a multiple of this (8)")
     p.add_argument("--out", default="prunekit-demo", help="folder for the HTML report (prunekit-demo)")

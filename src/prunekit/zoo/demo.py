@@ -34,7 +34,7 @@ class DemoConfig:
     train: int = 8000
     test: int = 2000
     size: int = 64
-    ratio: float = 0.3  # channels removed per group: about half the MACs for MobileNetV2
+    ratio: float = 0.35  # channels removed per group: about half the MACs (x0.50 at 64x64, round_to 8)
     round_to: int = 8
     epochs: int = 2
     batch: int = 64
@@ -69,7 +69,7 @@ def run_demo(cfg: DemoConfig = DemoConfig()) -> Comparison:
     t0 = time.time()
     torch.manual_seed(0)
     _say(t0, f"prunekit demo: MobileNetV2 -> Fashion-MNIST, prune ~half the MACs, recover, report "
-             f"(about 10 minutes on 2 CPU cores at the defaults)")
+             f"(about 3 minutes on 2 CPU cores at the defaults)")
     tr_x, tr_y = fm.load("train")
     te_x, te_y = fm.load("test")
     g = torch.Generator().manual_seed(0)
