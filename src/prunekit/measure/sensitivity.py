@@ -19,6 +19,7 @@ from ..config import PruneConfig
 from ..graph.tracer import trace
 from ..plan import apply_plan, make_plan
 from ..selection import select_units
+from ..progress import progress_bar
 from .counting import count
 
 
@@ -71,7 +72,7 @@ def sensitivity(model: nn.Module, example_inputs: Any, evaluate: Callable[[nn.Mo
     groups = [g for g in graph.groups(config.kinds) if len(g) >= min_units]
     base = count(model, inputs, example_kwargs)
     out = Sensitivity(evaluate(model), base.macs, base.params)
-    bar = _bar(len(groups) * len(ratios), progress)
+    bar = progress_bar(len(groups) * len(ratios), progress, "sensitivity")
     for g in groups:
         curve = GroupCurve(g.id, f"{g.root[0]}:{g.root[1]}", len(g), [], [], [], [])
         for r in ratios:
@@ -137,13 +138,3 @@ def ratios_for_budget(model: nn.Module, example_inputs: Any, sens: Sensitivity, 
         saved = getattr(c, what)
         estimate -= saved[i] - (saved[i - 1] if i else 0)
         level[k] = i + 1
-
-
-def _bar(total: int, enabled: bool):
-    if not enabled:
-        return None
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        return None
-    return tqdm(total=total, desc="sensitivity", leave=False)

@@ -18,6 +18,7 @@ from torch import distributed as dist
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, DistributedSampler
 
+from ..progress import progress_bar
 from .distill import Distillation
 from .freeze import train_mode
 
@@ -104,7 +105,7 @@ def train(model: nn.Module, loader: Iterable, config: TrainConfig = TrainConfig(
     total = config.max_steps or (per_epoch * config.epochs if per_epoch else None)
     losses: list[float] = []
     steps = 0
-    bar = _progress(total, config.progress and rank == 0)
+    bar = progress_bar(total, config.progress and rank == 0, "recovery")
     try:
         with train_mode(model):
             for epoch in range(config.epochs):
@@ -139,13 +140,3 @@ def train(model: nn.Module, loader: Iterable, config: TrainConfig = TrainConfig(
         if distill is not None:
             distill.detach()
     return TrainResult(steps, losses, world)
-
-
-def _progress(total: int | None, enabled: bool):
-    if not enabled:
-        return None
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        return None
-    return tqdm(total=total, desc="recovery", leave=False)
