@@ -32,27 +32,10 @@ from prunekit.criteria import (APoZCriterion, ActivationMaxCriterion, Activation
 from prunekit.recovery import extract_features, fit_linear_head, head_accuracy
 from prunekit.sparsity import prunable_weights, save_sparse, sparsify_
 from prunekit.zoo import demo_model
+from prunekit.zoo.demo import Transfer
 from prunekit.zoo import fashion_mnist as fm
 
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-class Net(nn.Module):
-    """MobileNetV2 features -> global pool -> linear head (10 classes)."""
-
-    def __init__(self, features: nn.Module, head: nn.Linear):
-        super().__init__()
-        self.features = features
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.classifier = head
-
-    @property
-    def backbone(self) -> nn.Module:
-        """Everything but the head (shares its modules with the net)."""
-        return nn.Sequential(self.features, self.pool, nn.Flatten())  # (B, 3, H, W) -> (B, 1280)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.pool(self.features(x)).flatten(1))
 
 
 def batches(images, size, bs=250):
@@ -60,7 +43,7 @@ def batches(images, size, bs=250):
         yield fm.to_rgb_batch(images[i:i + bs], size)
 
 
-def evaluate(net: Net, data) -> dict:
+def evaluate(net: Transfer, data) -> dict:
     """Retrain the head on the (pruned) backbone's features; accuracy before and after."""
     (tr_x, tr_y), (te_x, te_y), size = data
     f_tr = extract_features(net.backbone, batches(tr_x, size))
@@ -107,7 +90,7 @@ def main() -> None:
 
     mobilenet, _ = demo_model("mobilenet_v2")
     weights = getattr(mobilenet, "_prunekit_weights", "random init (offline weights not installed)")
-    base = Net(mobilenet.features, nn.Linear(1280, 10)).eval()
+    base = Transfer(mobilenet.features).eval()  # the demo's network: features, pool, new 10-class head
     ref = evaluate(base, data)  # trains the head of the unpruned network
     base_counts = prunekit.count(base, x)
     rows = [{"kind": "none", "criterion": "unpruned", "target": 0.0, "acc": ref["acc"], "acc_as_is": ref["acc"],

@@ -17,7 +17,7 @@ from .errors import ApplyError, PlanError
 from .graph.execute import meta_forward
 from .graph.groups import Group
 from .graph.tracer import DependencyGraph, Unsupported, iter_tensors, trace
-from .measure import Counts, count
+from .measure import Counts
 from .measure.counting import MacCounter
 from .plan import Plan, apply_plan, make_plan
 from .selection import select_units

@@ -60,9 +60,19 @@ def select_units(model: nn.Module, groups: list[Group], config: PruneConfig,
     row per pruned group.
     """
     crit = get_criterion(criterion if criterion is not None else config.criterion)
-    crit.prepare(model, graph)
     eligible = [g for g in groups if len(g) >= 2]
-    scores = {g.id: crit.score(model, g).double() for g in eligible}
+    scores: dict[int, torch.Tensor] = {}
+
+    def score(g: Group) -> torch.Tensor:  # scored on demand: a local ratio of 0 needs no scores or data
+        if not scores:
+            crit.prepare(model, graph)
+        if g.id not in scores:
+            scores[g.id] = crit.score(model, g).double()
+        return scores[g.id]
+
+    if config.scope == "global" or config.threshold is not None:
+        for g in eligible:
+            score(g)
     if config.scope == "global":
         removal = _global_counts(eligible, scores, config)
     else:
@@ -84,7 +94,7 @@ def select_units(model: nn.Module, groups: list[Group], config: PruneConfig,
         n_rm = _rounded(g, removal.get(g.id, 0), config)
         if n_rm <= 0:
             continue
-        order = torch.argsort(scores[g.id], stable=True)[:n_rm].numpy()
+        order = torch.argsort(score(g), stable=True)[:n_rm].numpy()
         chosen.update(g.unit_roots(order))
         summaries.append({"group": g.id, "kind": g.kind, "root": f"{g.root[0]}:{g.root[1]}", "units": len(g),
                           "removed": n_rm, "exact": g.exact})

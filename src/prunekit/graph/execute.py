@@ -15,8 +15,10 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_map
+from torch.utils._python_dispatch import _get_current_dispatch_mode_stack
 from torch.utils.flop_counter import flop_registry
 
+from ..measure.counting import MacCounter, flops_of
 from .walk import Walk, walk
 
 # Ops whose output has the input's shape: on meta tensors we skip their (Python) meta kernels.
@@ -80,29 +82,11 @@ def _meta_conv(nd: int, x, weight, bias=None, stride=1, padding=0, dilation=1, g
     if any(v <= 0 for v in size):
         return None  # let torch raise its own error
     out = torch.empty((x.shape[0], weight.shape[0], *size), device="meta", dtype=x.dtype)
-    for mode in _dispatch_modes():
-        if isinstance(mode, _counter_type()):
+    for mode in _get_current_dispatch_mode_stack():
+        if isinstance(mode, MacCounter):
             mode.flops += flops_of(flop_registry[torch.ops.aten.convolution],
                                    (x, weight, bias, stride, padding, dilation, False, (0,) * nd, groups), {}, out)
     return out
-
-
-def _dispatch_modes() -> list:
-    from torch.utils._python_dispatch import _get_current_dispatch_mode_stack
-
-    return _get_current_dispatch_mode_stack()
-
-
-def _counter_type():
-    from ..measure.counting import MacCounter
-
-    return MacCounter
-
-
-def flops_of(rule, args, kwargs, out) -> int:
-    from ..measure.counting import flops_of as f
-
-    return f(rule, args, kwargs, out)
 
 
 def _inplace_arg(name: str, args: tuple) -> bool:

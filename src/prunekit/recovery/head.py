@@ -7,7 +7,7 @@ is deterministic for given features.
 """
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from typing import Iterable
 
 import torch
 from torch import nn

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from ..api import prune_
 from ..criteria import APoZCriterion
 from ..measure import Comparison, measure
-from ..recovery import Distillation, TrainConfig, extract_features, fit_linear_head, head_accuracy, train
+from ..recovery import Distillation, TrainConfig, extract_features, fit_linear_head, train
 from ..report import layer_widths, write_report
 from . import demo_model
 from . import fashion_mnist as fm
@@ -68,8 +68,8 @@ def _say(t0: float, msg: str) -> None:
 def run_demo(cfg: DemoConfig = DemoConfig()) -> Comparison:
     t0 = time.time()
     torch.manual_seed(0)
-    _say(t0, f"prunekit demo: MobileNetV2 -> Fashion-MNIST, prune ~half the MACs, recover, report "
-             f"(about 3 minutes on 2 CPU cores at the defaults)")
+    _say(t0, "prunekit demo: MobileNetV2 -> Fashion-MNIST, prune ~half the MACs, recover, report "
+             "(about 3 minutes on 2 CPU cores at the defaults)")
     tr_x, tr_y = fm.load("train")
     te_x, te_y = fm.load("test")
     g = torch.Generator().manual_seed(0)
