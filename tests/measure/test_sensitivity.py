@@ -5,6 +5,10 @@ import torch
 from torch import nn
 
 import prunekit
+from prunekit import PruneConfig
+from prunekit.measure import file_size
+from prunekit.measure.budget import budget_search
+from prunekit.measure.latency import LatencyConfig, paired_latency
 from prunekit.measure.sensitivity import ratios_for_budget, sensitivity
 
 
@@ -51,3 +55,93 @@ def test_budget_ratios_meet_the_budget(budget):
     assert len({ratio for _, ratio in cfg.ratios}) >= 1
     with pytest.raises(ValueError):
         ratios_for_budget(m, x, s)
+
+
+def test_curves_record_the_exact_file_bytes_each_step_saves():
+    m = _net()
+    x = torch.randn(1, 3, 12, 12)
+    s = sensitivity(m, x, _fidelity(m), ratios=(0.25, 0.5), progress=False)
+    assert s.base_file_bytes == file_size(m)
+    for c in s.curves:
+        for r, saved in zip(c.ratios, c.file_bytes):
+            pruned = copy.deepcopy(m)
+            prunekit.prune_(pruned, x, PruneConfig(ratio=0.0, ratios=((c.key, r),)))
+            assert saved == file_size(m) - file_size(pruned)
+    assert s.latency_config is None and all(c.latency_ms == [] for c in s.curves)
+
+
+@pytest.mark.parametrize("budget", [0.8, 0.45])
+def test_file_size_budget_is_met_as_file_size_measures_it(budget):
+    m = _net()
+    x = torch.randn(1, 3, 12, 12)
+    s = sensitivity(m, x, _fidelity(m), ratios=(0.25, 0.5, 0.75), progress=False)
+    result = budget_search(m, x, s, file_size=budget)
+    pruned = copy.deepcopy(m)
+    prunekit.prune_(pruned, x, result.config)
+    assert result.met and result.metric == "file_size" and result.verifications >= 1
+    assert file_size(pruned) <= budget * file_size(m)
+    assert result.achieved == file_size(pruned) / file_size(m)
+    assert ratios_for_budget(m, x, s, file_size=budget) == result.config
+    assert file_size(pruned) > (budget - 0.3) * file_size(m)  # it spends the budget, not everything
+
+
+def test_unreachable_budget_says_so():
+    m = _net()
+    x = torch.randn(1, 3, 12, 12)
+    s = sensitivity(m, x, _fidelity(m), ratios=(0.25,), progress=False)
+    result = budget_search(m, x, s, params=0.05)
+    assert not result.met and result.achieved > 0.05
+    assert sorted(r for _, r in result.config.ratios) == [0.25, 0.25, 0.25]  # every curve exhausted
+    with pytest.warns(UserWarning, match="params budget 0.050 not met"):
+        ratios_for_budget(m, x, s, params=0.05)
+
+
+def _one_big_layer():
+    """Latency dominated by one (64, 256) x (256, 2048) matmul pair; a small 32-unit group beside it."""
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(256, 2048), nn.ReLU(), nn.Linear(2048, 32), nn.ReLU(), nn.Linear(32, 10)).eval()
+
+
+def test_latency_budget_is_verified_by_measuring():
+    m = _one_big_layer()
+    x = torch.randn(64, 256)
+    lat = LatencyConfig(threads=1, warmup=2, repeats=10, rounds=3)
+    s = sensitivity(m, x, _fidelity_linear(m), ratios=(0.25, 0.5, 0.75), latency=lat, progress=False)
+    assert s.latency_config == lat and s.latency_batch == 64 and s.base_latency_ms > 0
+    big, small = s.curves
+    assert (big.key, small.key) == ("0.weight:0", "2.weight:0")
+    assert big.latency_ms[-1] > max(small.latency_ms)  # 3/4 of the big layer saves more than any small step
+    result = budget_search(m, x, s, latency=0.7)
+    assert result.met and result.metric == "latency" and result.achieved <= 0.7
+    assert dict(result.config.ratios).get("0.weight:0", 0) >= 0.25  # the time is spent where the time is
+    pruned = copy.deepcopy(m)
+    prunekit.prune_(pruned, x, result.config)
+    # an independent re-measurement, looser than the target: timing on a shared machine is noisy
+    assert paired_latency(m, pruned, x, config=lat).ratio < 0.9
+
+
+def test_budget_arguments_are_checked():
+    m = _one_big_layer()
+    x = torch.randn(4, 256)
+    s = sensitivity(m, x, lambda _: 0.0, ratios=(0.5,), progress=False)
+    with pytest.raises(ValueError, match="exactly one"):
+        ratios_for_budget(m, x, s, macs=0.5, file_size=0.5)
+    with pytest.raises(ValueError, match=r"in \(0, 1\]"):
+        ratios_for_budget(m, x, s, file_size=1.5)
+    with pytest.raises(ValueError, match="latency=True"):
+        ratios_for_budget(m, x, s, latency=0.5)
+    s = sensitivity(m, x, lambda _: 0.0, ratios=(0.5,), progress=False,
+                    latency=LatencyConfig(warmup=0, repeats=1, rounds=1))
+    with pytest.raises(ValueError, match="batch 4"):
+        ratios_for_budget(m, torch.randn(8, 256), s, latency=0.5)
+
+
+def _fidelity_linear(reference):
+    x = torch.randn(64, 256, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ref = reference(x)
+
+    def evaluate(m):
+        with torch.no_grad():
+            return -float((m(x) - ref).pow(2).mean())
+    return evaluate

@@ -1,15 +1,15 @@
-"""Sensitivity analysis and automatic per-group ratios for a budget.
+"""Sensitivity analysis: accuracy versus ratio for every group, and what each step saves.
 
 :func:`sensitivity` prunes each group alone at several ratios (on copies) and evaluates the
-result: accuracy (or any score, higher = better) versus ratio per group, with the MACs and
-parameters each step saves. :func:`ratios_for_budget` then spends a MACs or parameter budget
-where it hurts least: greedily, the next ratio step with the smallest score loss per unit
-saved, until the budget is met -- checked by really pruning a copy and counting.
+result: accuracy (or any score, higher = better) versus ratio per group, with the MACs,
+parameters and saved-file bytes each step saves (exact), and optionally the latency it saves
+(measured, paired against the unpruned model). :func:`~prunekit.measure.budget.ratios_for_budget`
+(re-exported here) spends a budget where these curves say it hurts least.
 """
 from __future__ import annotations
 
 import copy
-import math
+import statistics
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
@@ -20,18 +20,26 @@ from ..graph.tracer import trace
 from ..plan import apply_plan, make_plan
 from ..selection import select_units
 from ..progress import progress_bar
+from .budget import BudgetResult, budget_search, ratios_for_budget  # re-exported: their first home was here
 from .counting import count
+from .latency import LatencyConfig, measure_latency, paired_latency
+from .size import file_size
 
 
 @dataclass
 class GroupCurve:
+    """One group pruned alone at increasing ratios; every list is per ratio, savings are against
+    the unpruned model (not the previous step)."""
+
     group: int
     key: str  # "<tensor>:<dim>" of the group's first tensor (usable in PruneConfig.ratios)
     units: int
     ratios: list[float]
     scores: list[float]
-    macs: list[int]
-    params: list[int]
+    macs: list[int]  # MACs saved
+    params: list[int]  # parameters saved
+    file_bytes: list[int] = field(default_factory=list)  # safetensors bytes saved (exact, as file_size reports)
+    latency_ms: list[float] = field(default_factory=list)  # median paired latency saved (measured; empty if not)
 
 
 @dataclass
@@ -40,10 +48,16 @@ class Sensitivity:
     base_macs: int
     base_params: int
     curves: list[GroupCurve] = field(default_factory=list)
+    base_file_bytes: int = 0
+    base_latency_ms: float | None = None  # median of the unpruned model's rounds (when latency was measured)
+    latency_config: LatencyConfig | None = None  # how latency was measured (None: it was not)
+    latency_batch: int | None = None  # batch size of the latency runs
 
     def to_dict(self) -> dict:
         return {"base_score": self.base_score, "base_macs": self.base_macs, "base_params": self.base_params,
-                "curves": [vars(c) for c in self.curves]}
+                "base_file_bytes": self.base_file_bytes, "base_latency_ms": self.base_latency_ms,
+                "latency_config": self.latency_config.to_dict() if self.latency_config else None,
+                "latency_batch": self.latency_batch, "curves": [vars(c) for c in self.curves]}
 
 
 def _prune_copy(model, graph, groups, ratio_of: Mapping[int, float], config: PruneConfig):
@@ -64,14 +78,24 @@ def _prune_copy(model, graph, groups, ratio_of: Mapping[int, float], config: Pru
 def sensitivity(model: nn.Module, example_inputs: Any, evaluate: Callable[[nn.Module], float], *,
                 ratios: Sequence[float] = (0.2, 0.4, 0.6, 0.8), config: PruneConfig | None = None,
                 min_units: int = 8, example_kwargs: Mapping[str, Any] | None = None,
-                progress: bool = True) -> Sensitivity:
-    """Score of ``model`` with each group (of at least ``min_units`` units) pruned alone at each ratio."""
+                latency: bool | LatencyConfig = False, progress: bool = True) -> Sensitivity:
+    """Score of ``model`` with each group (of at least ``min_units`` units) pruned alone at each ratio,
+    and what each step saves: MACs and parameters (counted), file bytes (saved for real).
+
+    ``latency=True`` (or a :class:`LatencyConfig`) also measures the latency each step saves on this
+    machine: the pruned copy and the unpruned model in alternating rounds on ``example_inputs``
+    (so batch size matters), saving = median over rounds of the difference. It is measured, hence
+    noisy; steps whose saving is below the noise may come out as zero or negative.
+    """
     config = config or PruneConfig()
+    lat_cfg = LatencyConfig() if latency is True else (latency or None)
     inputs = example_inputs if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
     graph = trace(model, inputs, example_kwargs, ignore=config.ignore)
     groups = [g for g in graph.groups(config.kinds) if len(g) >= min_units]
     base = count(model, inputs, example_kwargs)
-    out = Sensitivity(evaluate(model), base.macs, base.params)
+    base_bytes = file_size(model)
+    out = Sensitivity(evaluate(model), base.macs, base.params, base_file_bytes=base_bytes, latency_config=lat_cfg)
+    base_rounds: list[float] = []
     bar = progress_bar(len(groups) * len(ratios), progress, "sensitivity")
     for g in groups:
         curve = GroupCurve(g.id, f"{g.root[0]}:{g.root[1]}", len(g), [], [], [], [])
@@ -82,59 +106,22 @@ def sensitivity(model: nn.Module, example_inputs: Any, evaluate: Callable[[nn.Mo
             curve.scores.append(evaluate(m))
             curve.macs.append(base.macs - c.macs)
             curve.params.append(base.params - c.params)
+            curve.file_bytes.append(base_bytes - file_size(m))
+            if lat_cfg is not None:
+                paired = paired_latency(model, m, inputs, example_kwargs, config=lat_cfg)
+                curve.latency_ms.append(paired.saving_ms)
+                base_rounds += paired.base_ms
+                out.latency_batch = paired.batch_size
             if bar is not None:
                 bar.update(1)
         out.curves.append(curve)
     if bar is not None:
         bar.close()
+    if lat_cfg is not None and not base_rounds:  # no group to prune: still state the base latency
+        base_rounds = [measure_latency(model, inputs, example_kwargs, threads=lat_cfg.threads, warmup=lat_cfg.warmup,
+                                       repeats=lat_cfg.repeats).median_ms]
+    if base_rounds:
+        out.base_latency_ms = statistics.median(base_rounds)
     return out
 
-
-def ratios_for_budget(model: nn.Module, example_inputs: Any, sens: Sensitivity, *, macs: float | None = None,
-                      params: float | None = None, config: PruneConfig | None = None,
-                      example_kwargs: Mapping[str, Any] | None = None) -> PruneConfig:
-    """A :class:`PruneConfig` with per-group ratios that meets ``macs`` (or ``params``) as a
-    fraction of the unpruned model, spending the budget where the sensitivity curves say it
-    costs least. The result is verified by pruning a copy; the greedy search continues until the
-    real count meets the budget (or every curve is exhausted)."""
-    if (macs is None) == (params is None):
-        raise ValueError("give exactly one of macs= or params= (a fraction of the unpruned model)")
-    config = config or PruneConfig()
-    what = "macs" if macs is not None else "params"
-    target = (macs if macs is not None else params) * (sens.base_macs if what == "macs" else sens.base_params)
-    inputs = example_inputs if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
-    level = {c.key: 0 for c in sens.curves}  # index into each curve's ratios; 0 = unpruned
-    curves = {c.key: c for c in sens.curves}
-
-    def step_cost(c: GroupCurve, i: int) -> float:
-        prev_score = sens.base_score if i == 0 else c.scores[i - 1]
-        saved = getattr(c, what)
-        gain = saved[i] - (saved[i - 1] if i else 0)
-        return (prev_score - c.scores[i]) / gain if gain > 0 else math.inf
-
-    def current() -> PruneConfig:
-        ratios = tuple((k, curves[k].ratios[i - 1]) for k, i in level.items() if i > 0)
-        return PruneConfig(**{**config.to_dict(), "ratio": 0.0, "ratios": ratios,
-                              "max_ratio": max([config.max_ratio, *(r for _, r in ratios)])})
-
-    estimate = sens.base_macs if what == "macs" else sens.base_params
-    while True:
-        options = [(step_cost(curves[k], i), k) for k, i in level.items() if i < len(curves[k].ratios)]
-        options = [o for o in options if o[0] < math.inf]
-        if estimate <= target:  # the additive estimate says done: check for real
-            cfg = current()
-            m = copy.deepcopy(model)
-            from ..api import prune_
-
-            r = prune_(m, inputs, cfg, example_kwargs=example_kwargs)
-            real = r.after.macs if what == "macs" else r.after.params
-            if real <= target or not options:
-                return cfg
-            estimate = real
-        if not options:
-            return current()
-        _, k = min(options)
-        c, i = curves[k], level[k]
-        saved = getattr(c, what)
-        estimate -= saved[i] - (saved[i - 1] if i else 0)
-        level[k] = i + 1
+__all__ = ["BudgetResult", "GroupCurve", "Sensitivity", "budget_search", "ratios_for_budget", "sensitivity"]
