@@ -114,9 +114,8 @@ def _prune(model: nn.Module, example_inputs: Any, config: PruneConfig, example_k
     kwargs = dict(example_kwargs or {})
     t0 = time.perf_counter()
     was = model.training
-    flops = MacCounter()
-    with flops:  # one forward both traces and counts MACs
-        graph: DependencyGraph = trace(model, inputs, kwargs, ignore=config.ignore, strict=config.strict)
+    flops = MacCounter()  # one forward both traces and counts MACs
+    graph: DependencyGraph = trace(model, inputs, kwargs, ignore=config.ignore, strict=config.strict, counter=flops)
     before = Counts(sum(p.numel() for p in model.parameters()), flops.macs)
     ref_shapes = graph.output_shapes
     groups = graph.groups(config.kinds)
@@ -128,8 +127,7 @@ def _prune(model: nn.Module, example_inputs: Any, config: PruneConfig, example_k
         counter = MacCounter()
         try:
             try:
-                with counter:
-                    shapes = _output_shapes(meta_forward(m, inputs, kwargs))
+                shapes = _output_shapes(meta_forward(m, inputs, kwargs, counter=counter))
             except Exception:  # noqa: BLE001 - needs real values: run for real
                 counter = MacCounter()
                 with torch.no_grad(), counter:

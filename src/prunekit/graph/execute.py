@@ -9,8 +9,6 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-import contextlib
-
 import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
@@ -29,26 +27,69 @@ SHAPE_PRESERVING = frozenset({
 })
 
 
+# Ops that never reach a matmul, convolution or attention kernel: with a function-level
+# counter they run without the FLOP-counting dispatch mode (whose per-op cost dominates a meta
+# forward). Anything not listed here is counted by torch's own formulas, so a missing name only
+# costs speed, never a wrong count.
+MAC_FREE = SHAPE_PRESERVING | frozenset({
+    "add", "add_", "__add__", "__iadd__", "__radd__", "sub", "sub_", "__sub__", "__isub__", "__rsub__", "rsub",
+    "mul", "mul_", "__mul__", "__imul__", "__rmul__", "div", "div_", "__truediv__", "__itruediv__",
+    "__rtruediv__", "__floordiv__", "__mod__", "neg", "__neg__", "pow", "__pow__", "__rpow__", "sqrt", "rsqrt",
+    "exp", "log", "abs", "clamp", "clamp_", "clip", "softmax", "log_softmax", "__get__", "size", "dim", "numel",
+    "__len__", "__iter__", "__getitem__", "__setitem__", "__contains__", "__eq__", "__ne__", "__and__", "__or__",
+    "eq", "ne", "gt", "lt", "ge", "le", "where", "masked_fill", "masked_fill_", "view", "reshape", "flatten",
+    "unflatten", "permute", "transpose", "t", "contiguous", "squeeze", "unsqueeze", "expand", "expand_as",
+    "repeat", "narrow", "select", "cat", "concat", "concatenate", "stack", "split", "chunk", "unbind", "roll",
+    "flip", "pad", "interpolate", "upsample", "pixel_shuffle", "pixel_unshuffle", "channel_shuffle",
+    "native_channel_shuffle", "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d",
+    "adaptive_max_pool1d", "adaptive_max_pool2d", "adaptive_max_pool3d", "avg_pool1d", "avg_pool2d",
+    "avg_pool3d", "max_pool1d", "max_pool2d", "max_pool3d", "max_pool1d_with_indices",
+    "max_pool2d_with_indices", "max_pool3d_with_indices", "mean", "sum", "amax", "amin", "max", "min",
+    "argmax", "std", "var", "cumsum", "embedding", "to", "type", "float", "half", "double", "clone", "detach",
+    "zeros_like", "ones_like", "empty_like", "full_like", "new_zeros", "new_ones", "new_empty", "new_full",
+    "erf", "cos", "sin", "tanh_", "softplus", "glu", "logsumexp", "stochastic_depth", "dropout1d",
+    "dropout2d", "dropout3d", "alpha_dropout", "feature_alpha_dropout", "is_floating_point", "is_complex",
+    "get_device", "__bool__", "__int__", "__float__", "__index__", "requires_grad_", "fill_", "zero_",
+    "copy_", "masked_select", "index_select", "gather", "scatter", "arange", "zeros", "ones", "full",
+})
+
+
 class ShapeOnly(TorchFunctionMode):
     """On meta tensors, answer shape-preserving ops with an empty tensor of the input's shape,
     and convolutions with one of the output's shape (after checking the channel counts, as
-    torch does), skipping their Python meta kernels."""
+    torch does), skipping their Python meta kernels.
+
+    With a ``counter``, MACs are counted per call: convolutions by torch's formula on the
+    shapes, :data:`MAC_FREE` ops not at all, every other op under the counter's dispatch mode
+    (so whatever it decomposes into is counted by torch's FLOP formulas).
+    """
+
+    def __init__(self, counter: MacCounter | None = None) -> None:
+        super().__init__()
+        self.counter = counter
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
+        return self.call(func, args, kwargs or {})
+
+    def call(self, func, args: tuple, kwargs: dict) -> Any:
+        """Run one torch function call the shape-only way (the tracer calls this for every op)."""
         name = getattr(func, "__name__", "")
-        if name in _CONV_DIMS and args and isinstance(args[0], torch.Tensor) and args[0].is_meta:
-            out = _meta_conv(_CONV_DIMS[name], *args, **kwargs)
+        meta_first = bool(args) and isinstance(args[0], torch.Tensor) and args[0].is_meta
+        if meta_first and name in _CONV_DIMS:
+            out = _meta_conv(_CONV_DIMS[name], *args, **kwargs, _counter=self.counter)
             if out is not None:
                 return out
-        if name in SHAPE_PRESERVING and args and isinstance(args[0], torch.Tensor) and args[0].is_meta:
+        if meta_first and name in SHAPE_PRESERVING:
             if name.endswith("_") or kwargs.get("inplace") or (name in ("relu", "relu6", "hardtanh", "silu",
                                                                         "hardswish", "leaky_relu", "elu", "selu",
                                                                         "mish", "hardsigmoid", "dropout")
                                                                and _inplace_arg(name, args)):
                 return args[0]
             return torch.empty_like(args[0])
-        return func(*args, **kwargs)
+        if self.counter is None or name in MAC_FREE:
+            return func(*args, **kwargs)
+        with self.counter:
+            return func(*args, **kwargs)
 
 
 _CONV_DIMS = {"conv1d": 1, "conv2d": 2, "conv3d": 3}
@@ -58,10 +99,12 @@ def _tuple(v, n: int) -> tuple[int, ...]:
     return tuple(v) if isinstance(v, (tuple, list)) else (v,) * n
 
 
-def _meta_conv(nd: int, x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+def _meta_conv(nd: int, x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
+               _counter: MacCounter | None = None):
     """``conv{nd}d`` on meta tensors by the output-size formula; ``None`` to let torch do it.
 
-    FLOPs are still counted with torch's own formula when a :class:`MacCounter` is active.
+    FLOPs are still counted with torch's own formula, into ``_counter`` or the active
+    :class:`MacCounter` dispatch mode.
     """
     if x.dim() != nd + 2 or weight.dim() != nd + 2 or not weight.is_meta:
         return None
@@ -82,10 +125,11 @@ def _meta_conv(nd: int, x, weight, bias=None, stride=1, padding=0, dilation=1, g
     if any(v <= 0 for v in size):
         return None  # let torch raise its own error
     out = torch.empty((x.shape[0], weight.shape[0], *size), device="meta", dtype=x.dtype)
-    for mode in _get_current_dispatch_mode_stack():
-        if isinstance(mode, MacCounter):
-            mode.flops += flops_of(flop_registry[torch.ops.aten.convolution],
-                                   (x, weight, bias, stride, padding, dilation, False, (0,) * nd, groups), {}, out)
+    counters = [_counter] if _counter is not None else \
+        [m for m in _get_current_dispatch_mode_stack() if isinstance(m, MacCounter)]
+    for c in counters:
+        c.flops += flops_of(flop_registry[torch.ops.aten.convolution],
+                            (x, weight, bias, stride, padding, dilation, False, (0,) * nd, groups), {}, out)
     return out
 
 
@@ -111,13 +155,19 @@ def meta_tensors(model: nn.Module, walked: Walk | None = None) -> dict[str, torc
 
 
 def meta_forward(model: nn.Module, inputs: tuple, kwargs: Mapping[str, Any],
-                 tensors: dict[str, torch.Tensor] | None = None, mode: TorchFunctionMode | None = None) -> Any:
+                 tensors: dict[str, torch.Tensor] | None = None, mode: TorchFunctionMode | None = None,
+                 counter: MacCounter | None = None) -> Any:
     """``model(*inputs, **kwargs)`` on the meta device; ``tensors`` maps names to the stand-ins used.
 
-    ``mode`` (e.g. the tracer) sees every op before the meta shortcuts do.
+    ``mode`` (e.g. the tracer) sees every op first and must run it through its ``execute``
+    attribute, which is set here to the shape-only executor: one Python mode per op instead of
+    two stacked ones. With ``counter`` the forward's MACs are added to it (see :class:`ShapeOnly`).
     """
     tensors = meta_tensors(model) if tensors is None else tensors
     args = tree_map(_to_meta, tuple(inputs))
     kw = tree_map(_to_meta, dict(kwargs))
-    with torch.no_grad(), ShapeOnly(), (mode if mode is not None else contextlib.nullcontext()):
+    shape = ShapeOnly(counter)
+    if mode is not None:
+        mode.execute = shape.call
+    with torch.no_grad(), (mode if mode is not None else shape):
         return torch.func.functional_call(model, tensors, args, kw, tie_weights=True, strict=False)

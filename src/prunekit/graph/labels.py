@@ -130,6 +130,10 @@ class LabelStore:
         if a is b or np.array_equal(a, b):
             return
         parent = self._parent
+        ra = self.find_many(a)
+        if b.size and (parent[b] == b).all() and b.min() > ra.max() and np.unique(b).size == b.size:
+            parent[b] = ra  # fresh singleton labels (a parameter dim met for the first time): hook directly
+            return
         while True:  # hook larger representatives under smaller ones until all pairs agree
             ra, rb = self.find_many(a), self.find_many(b)
             diff = ra != rb

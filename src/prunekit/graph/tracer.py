@@ -14,9 +14,10 @@ autograd nodes that lose attributes. Forward hooks only track the module path fo
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -24,6 +25,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from ..errors import UnsupportedOpError
+from ..measure.counting import MacCounter
 from .info import TensorInfo
 from .walk import Walk, walk
 from .labels import LabelStore
@@ -122,6 +124,7 @@ class Tracer(TorchFunctionMode):
         self.unsupported: list[Unsupported] = []
         self.size_sources: dict[int, list[np.ndarray]] = {}
         self.sites: list[Site] = []
+        self.execute: Callable[[Any, tuple, dict], Any] = _call  # meta_forward swaps in the shape-only executor
 
     def current_module(self) -> nn.Module | None:
         return self.modules.get(self.module_path)
@@ -187,7 +190,7 @@ class Tracer(TorchFunctionMode):
     # -- dispatch -----------------------------------------------------------------
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        out = func(*args, **kwargs)
+        out = self.execute(func, args, kwargs)
         name = op_name(func)
         self._handle(name, args, kwargs, out)
         if name in SITE_KINDS:  # every call is a site, so calibration runs can count them in step
@@ -236,6 +239,10 @@ class Tracer(TorchFunctionMode):
 _JOINT_AWARE = frozenset({"getitem", "select"})
 
 
+def _call(func, args: tuple, kwargs: dict) -> Any:
+    return func(*args, **kwargs)
+
+
 def _module_hooks(tracer: Tracer) -> list:
     handles = []
     for path, mod in tracer.modules.items():
@@ -251,7 +258,8 @@ def _module_hooks(tracer: Tracer) -> list:
     return handles
 
 
-def _traced_run(model: nn.Module, inputs: tuple, kwargs: dict, meta: bool, walked: Walk):
+def _traced_run(model: nn.Module, inputs: tuple, kwargs: dict, meta: bool, walked: Walk,
+                counter: MacCounter | None):
     from .execute import meta_forward, meta_tensors
 
     store = LabelStore()
@@ -260,9 +268,9 @@ def _traced_run(model: nn.Module, inputs: tuple, kwargs: dict, meta: bool, walke
     handles = _module_hooks(tracer)
     try:
         if meta:
-            out = meta_forward(model, inputs, kwargs, tensors, mode=tracer)
+            out = meta_forward(model, inputs, kwargs, tensors, mode=tracer, counter=counter)
         else:
-            with torch.no_grad(), tracer:
+            with torch.no_grad(), (counter if counter is not None else contextlib.nullcontext()), tracer:
                 out = model(*inputs, **kwargs)
     finally:
         for h in handles:
@@ -271,13 +279,15 @@ def _traced_run(model: nn.Module, inputs: tuple, kwargs: dict, meta: bool, walke
 
 
 def trace(model: nn.Module, example_inputs: Any = (), example_kwargs: Mapping[str, Any] | None = None,
-          ignore: Iterable[str | nn.Module] = (), strict: bool = False) -> DependencyGraph:
+          ignore: Iterable[str | nn.Module] = (), strict: bool = False,
+          counter: MacCounter | None = None) -> DependencyGraph:
     """Run ``model`` once on the example inputs and return its dependency graph.
 
     ``ignore`` lists modules (or their dotted paths) whose parameters must keep their shape.
     Model inputs and outputs are never pruned. With ``strict=True`` an op without a rule
     raises :class:`UnsupportedOpError` naming the op and module path; otherwise the dims it
-    touches are simply kept and listed in ``graph.unsupported``.
+    touches are simply kept and listed in ``graph.unsupported``. With ``counter`` the traced
+    forward's MACs are counted too (one forward for both).
 
     >>> import torchvision
     >>> g = trace(torchvision.models.resnet18(), torch.randn(1, 3, 64, 64))
@@ -292,9 +302,11 @@ def trace(model: nn.Module, example_inputs: Any = (), example_kwargs: Mapping[st
     walked = walk(model)
     try:
         try:  # shapes are all we need: run on the meta device (no compute)
-            tracer, out = _traced_run(model, example_inputs, example_kwargs, meta=True, walked=walked)
+            tracer, out = _traced_run(model, example_inputs, example_kwargs, True, walked, counter)
         except Exception:  # data-dependent code or an op without a meta kernel: run for real
-            tracer, out = _traced_run(model, example_inputs, example_kwargs, meta=False, walked=walked)
+            if counter is not None:
+                counter.flops = 0  # forget the partial meta count
+            tracer, out = _traced_run(model, example_inputs, example_kwargs, False, walked, counter)
     finally:
         model.train(was_training)
     store = tracer.store

@@ -30,8 +30,10 @@ def couple(tracer, entries: Sequence[tuple[Any, TensorInfo | None, int]], what: 
     if not labeled:
         return None
     base = labeled[0]
-    for other in labeled[1:]:
-        store.unify(base, other)
+    if len(labeled) == 2:
+        store.unify(base, labeled[1])
+    elif len(labeled) > 2:  # one union pass for all of them (e.g. a norm's weight, bias and stats)
+        store.unify(np.tile(base, len(labeled) - 1), np.concatenate(labeled[1:]))
     for t, inf, k in entries:
         if (inf is None or k not in inf.labels) and isinstance(t, torch.Tensor) and t.shape[k] > 1:
             store.pin(base, f"{what} with an unprunable tensor in {tracer.module_path or '<top>'}")
