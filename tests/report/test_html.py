@@ -24,3 +24,21 @@ def test_report_writes_html_pngs_and_json(tmp_path):
     summary = json.loads((tmp_path / "r" / "summary.json").read_text())
     assert summary["comparison"]["after"]["params"] == 32 * 16 + 16 + 16 * 4 + 4
     assert summary["widths"]["before"] == {"0": 64, "2": 4} and summary["widths"]["after"] == {"0": 16, "2": 4}
+
+
+def test_report_includes_the_per_layer_table_when_measured(tmp_path):
+    big = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 4))
+    small = nn.Sequential(nn.Linear(32, 16), nn.ReLU(), nn.Linear(16, 4))
+    x = torch.randn(8, 32)
+    cmp = Comparison(measure(big, x, repeats=3, warmup=1, per_layer=True),
+                     measure(small, x, repeats=3, warmup=1, per_layer=True))
+    text = write_report(tmp_path / "r", "per layer", comparison=cmp).read_text()
+    assert "<h2>Per layer</h2>" in text
+    assert "<td>64x32 -&gt; 16x32</td>" in text and "<td>4x64 -&gt; 4x16</td>" in text
+    assert "<td>2,112 -&gt; 528</td>" in text  # params of layer 0
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    layers = {r["path"]: r for r in summary["comparison"]["layers"]}
+    assert layers["0"]["after"]["shape"] == [16, 32] and layers["2"]["before"]["macs"] == 8 * 64 * 4
+    plain = write_report(tmp_path / "p", "whole model", comparison=Comparison(
+        measure(big, x, latency=False), measure(small, x, latency=False))).read_text()
+    assert "Per layer" not in plain

@@ -3,6 +3,12 @@
 ``MacCounter`` is a lean ``TorchDispatchMode`` over ``torch.utils.flop_counter.flop_registry``
 (the same per-op formulas ``FlopCounterMode`` uses, without its per-module bookkeeping), so
 it is cheap enough to run on every prune; MACs = FLOPs / 2.
+
+Two CPU inference kernels have no formula in torch's registry, so ``FlopCounterMode`` counts
+nothing for them: ``_scaled_dot_product_flash_attention_for_cpu`` (SDPA on CPU) and
+``_native_multi_head_attention`` (``nn.MultiheadAttention``'s eval fast path). ``MacCounter``
+counts them with the registry's own attention formula (and the projections' matmuls), so an
+eval forward counts what the same model counts with the fast path off.
 """
 from __future__ import annotations
 
@@ -12,7 +18,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils.flop_counter import flop_registry, shape_wrapper
+from torch.utils.flop_counter import flop_registry, sdpa_flop_count, shape_wrapper
 
 
 @dataclass(frozen=True)
@@ -40,6 +46,32 @@ def flops_of(rule, args: tuple, kwargs: dict, out: Any) -> int:
     return rule(*args, **kwargs, out_val=out)
 
 
+def _native_mha_flops(query, key, value, embed_dim: int, num_head: int, *args, out_val=None, **kwargs) -> int:
+    """``aten._native_multi_head_attention``: q/k/v in-projections, attention, out-projection."""
+    b, tq, e = query.shape  # (B, Tq, E); the fast path only runs batched
+    tk = key.shape[1]
+    d = embed_dim // num_head
+    projections = 2 * b * (tq + 2 * tk) * e * embed_dim + 2 * b * tq * embed_dim * embed_dim
+    return projections + sdpa_flop_count((b, num_head, tq, d), (b, num_head, tk, d), (b, num_head, tk, d))
+
+
+def _cpu_sdpa_flops(query, key, value, *args, out_val=None, **kwargs) -> int:
+    """``aten._scaled_dot_product_flash_attention_for_cpu``: the registry's formula for the GPU kernels."""
+    return sdpa_flop_count(query.shape, key.shape, value.shape)
+
+
+_MISSING_RULES = {  # ops whose FLOPs torch's registry does not know (looked up after it)
+    name: rule for name, rule in (("_native_multi_head_attention", _native_mha_flops),
+                                  ("_scaled_dot_product_flash_attention_for_cpu", _cpu_sdpa_flops))
+}
+
+
+def flop_rule(func) -> Any:
+    """The FLOP formula for an ATen op: torch's registry first, then the CPU kernels it lacks."""
+    packet = func._overloadpacket
+    return flop_registry.get(packet) or _MISSING_RULES.get(packet.__name__)
+
+
 class MacCounter(TorchDispatchMode):
     """Counts FLOPs of every ATen op that torch's flop counter knows (matmuls, convs, attention)."""
 
@@ -54,7 +86,7 @@ class MacCounter(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
-        rule = flop_registry.get(func._overloadpacket)
+        rule = flop_rule(func)
         if rule is not None:
             self.flops += flops_of(rule, args, kwargs, out)
         return out

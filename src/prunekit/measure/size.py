@@ -21,6 +21,12 @@ def _unique_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
+def state_bytes(model: nn.Module) -> dict[str, int]:
+    """Bytes each state_dict entry takes in the saved safetensors file (tied tensors once, under their
+    first key). Their sum plus the header (8 bytes + its JSON) is :func:`file_size`."""
+    return {k: v.numel() * v.element_size() for k, v in _unique_state(model).items()}
+
+
 def file_size(model: nn.Module, sparse: bool = False) -> int:
     """Bytes of the model's weights saved as safetensors (``sparse=True``: prunekit's compressed format)."""
     with tempfile.TemporaryDirectory() as d:

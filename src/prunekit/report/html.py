@@ -1,6 +1,7 @@
-"""One HTML page per run: the before/after table, PNG plots (sensitivity curves, layer widths
-before/after, accuracy vs MACs across prune-recover cycles, latency before/after), and the
-JSON summary beside it (``summary.json``). Plots use matplotlib's Agg backend (no display)."""
+"""One HTML page per run: the before/after table (and the per-layer one when the measurements
+have it), PNG plots (sensitivity curves, layer widths before/after, accuracy vs MACs across
+prune-recover cycles, latency before/after), and the JSON summary beside it (``summary.json``).
+Plots use matplotlib's Agg backend (no display)."""
 from __future__ import annotations
 
 import html
@@ -93,6 +94,15 @@ def _latency_plot(cmp: Comparison, folder: Path) -> str:
     return _save(fig, folder, "latency.png")
 
 
+def _layer_table(cmp: Comparison) -> str:
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in cmp.layer_header())
+    rows = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in cmp.layer_rows())
+    return ("<h2>Per layer</h2><p>Matched by module path; cells read before -&gt; after (one value when "
+            "unchanged, <i>gone</i> when the layer was removed). MACs and latency are each layer's own "
+            "(children excluded).</p>"
+            f"<table border=1 cellpadding=3 style='font-size: small'><tr>{head}</tr>{rows}</table>")
+
+
 def write_report(folder: str | os.PathLike, title: str, *, comparison: Comparison | None = None,
                  sensitivity: Sensitivity | None = None, widths: tuple[dict, dict] | None = None,
                  cycles: Sequence[dict] | None = None, notes: Sequence[str] = (),
@@ -110,6 +120,8 @@ def write_report(folder: str | os.PathLike, title: str, *, comparison: Compariso
         summary["comparison"] = json.loads(comparison.to_json())
         if comparison.before.latency and comparison.after.latency:
             parts.append(f'<img src="{_latency_plot(comparison, folder)}">')
+        if comparison.layer_rows():
+            parts.append(_layer_table(comparison))
     if widths is not None:
         parts.append(f'<h2>Layer widths</h2><img src="{_widths_plot(*widths, folder)}">')
         summary["widths"] = {"before": widths[0], "after": widths[1]}

