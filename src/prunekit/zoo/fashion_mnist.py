@@ -10,13 +10,14 @@ import os
 from pathlib import Path
 
 import numpy as np
-import torch
-from torch.nn import functional as F
 
+from .images import to_rgb_batch
+
+__all__ = ["CLASSES", "ROOTS", "find_root", "load", "to_rgb_batch"]
+
+NAME = "Fashion-MNIST"
 ROOTS = ("/usr/share/datasets/fashion-mnist",)
 CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
-_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
-_STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
 
 
 def find_root() -> Path:
@@ -43,9 +44,3 @@ def load(split: str = "train") -> tuple[np.ndarray, np.ndarray]:
     labels = _read_idx(root / f"{prefix}-labels-idx1-ubyte.gz").astype(np.int64)
     return images, labels
 
-
-def to_rgb_batch(images: np.ndarray, size: int = 64) -> torch.Tensor:
-    """uint8 ``(B, 28, 28)`` -> float ``(B, 3, size, size)``, ImageNet-normalized."""
-    x = torch.from_numpy(np.ascontiguousarray(images)).float().div_(255).unsqueeze(1)  # (B, 1, 28, 28)
-    x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)  # (B, 1, size, size)
-    return (x.expand(-1, 3, -1, -1) - _MEAN) / _STD  # (B, 3, size, size)
