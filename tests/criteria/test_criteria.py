@@ -114,3 +114,15 @@ def test_normalize_scores():
     assert normalize_scores(s, "none").tolist() == [1.0, 2.0, 3.0]
     with pytest.raises(ValueError):
         normalize_scores(s, "median")
+
+
+@pytest.mark.parametrize("shape,dims", [((3, 4, 2, 2), (1, 2, 3)), ((3, 4, 2, 2), (0, 2, 3)), ((5, 7), (0,)),
+                                        ((5, 7), (1,)), ((2, 3, 4), (0, 1))])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("p", [1, 2])
+def test_norm_pow_paths_agree_with_the_definition(shape, dims, dtype, p):
+    from prunekit.criteria.magnitude import _norm_pow
+
+    w = torch.randn(shape, dtype=dtype)
+    ref = w.double().abs().pow(p).sum(dims)
+    assert torch.allclose(_norm_pow(w, p, dims).double(), ref, rtol=1e-3)

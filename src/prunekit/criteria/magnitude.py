@@ -1,6 +1,7 @@
 """Magnitude (L1/L2 norm) and random criteria."""
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -39,22 +40,39 @@ class MagnitudeCriterion(Criterion):
         out = self._cache.get(key)
         if out is not None:
             return out
-        w = p.detach().float()
+        w = p.detach()
         if w.dim() > 2 and dim < 2:  # reduce the (contiguous) kernel dims once, then rows or columns
             mkey = (id(p), p._version, "m")
             m = self._cache.get(mkey)
             if m is None:
                 kernel = tuple(range(2, w.dim()))
-                m = self._cache[mkey] = torch.linalg.vector_norm(w, ord=self.p, dim=kernel).pow(self.p)
+                m = self._cache[mkey] = _norm_pow(w, self.p, kernel)
             out = m.sum(dim=1 - dim)
-        elif w.dim() == 2 and dim == 0:
-            out = torch.linalg.vector_norm(w, ord=self.p, dim=1).pow(self.p)
-        else:
-            w = self.score_weights_of(name, p)
-            other = [d for d in range(w.dim()) if d != dim]
-            out = w.sum(dim=other) if other else w
+        else:  # one fused reduction: no |w|^p temporary (a VGG classifier weight is 400 MB)
+            other = tuple(d for d in range(w.dim()) if d != dim)
+            out = _norm_pow(w, self.p, other) if other else w.float().abs().pow(self.p)
         out = self._cache[key] = out.double()
         return out
+
+
+def _norm_pow(w: torch.Tensor, p: int, dims: tuple[int, ...]) -> torch.Tensor:
+    """``sum |w|^p`` over ``dims``, in float32 or wider, without materializing ``|w|^p`` where it
+    can: torch's fused norm when ``dims`` are the trailing (contiguous) dims; numpy's einsum for a
+    CPU tensor reduced over leading dims, where torch's strided reduction is 5-20x slower (a VGG
+    classifier's 4096x25088 weight: 0.07 s instead of 0.4-1.6 s on one core)."""
+    trailing = dims == tuple(range(w.dim() - len(dims), w.dim()))
+    if trailing:
+        dtype = torch.float32 if w.dtype in (torch.float16, torch.bfloat16, torch.float32) else None
+        return torch.linalg.vector_norm(w, ord=p, dim=dims, dtype=dtype).pow(p)
+    if w.device.type == "cpu" and w.dtype in (torch.float32, torch.float64) and w.is_contiguous() \
+            and not w.requires_grad:
+        a = w.numpy()
+        letters = "abcdefghijklmnop"[:a.ndim]
+        keep = "".join(c for i, c in enumerate(letters) if i not in dims)
+        if p == 2:
+            return torch.from_numpy(np.einsum(f"{letters},{letters}->{keep}", a, a))
+        return torch.from_numpy(np.abs(a).sum(axis=dims) if p == 1 else (np.abs(a) ** p).sum(axis=dims))
+    return w.float().abs().pow(p).sum(dim=dims)
 
 
 @register_criterion("l1")

@@ -83,6 +83,7 @@ class Resolver:
         self.kind_code[self.active_roots] = store.kind[act[first]]
         self._mask = np.zeros(max(n, 1), dtype=bool)
         self.products = []
+        self.distinct: list[bool] = []
         self.touch: dict[int, list[int]] = defaultdict(list)
         self.is_element = np.zeros(max(n, 1), dtype=bool)
         for p in store.products:
@@ -90,6 +91,7 @@ class Resolver:
             axes = [self.root[a] if a is not None else None for a in p.axes]
             idx = len(self.products)
             self.products.append((el, axes))
+            self.distinct.append(np.unique(el).size == el.size)  # no class twice among its elements
             el_roots = np.unique(el)
             self.is_element[el_roots] = True
             for r in el_roots.tolist():
@@ -138,6 +140,8 @@ class Resolver:
                         for r in new_roots.tolist():
                             removed.add(r)
                             pending.update(self.touch.get(r, ()))
+                        if self.distinct[pi]:  # its step saw the current mask and reached its fixpoint
+                            pending.discard(pi)
         finally:
             mask[list(removed)] = False
         bad = removed & self.pinned.keys()
