@@ -17,6 +17,7 @@ from .errors import ApplyError, PlanError
 from .graph.execute import meta_forward
 from .graph.groups import Group
 from .graph.tracer import DependencyGraph, Unsupported, iter_tensors, trace
+from .graph.walk import eval_mode
 from .measure import Counts
 from .measure.counting import MacCounter
 from .plan import Plan, apply_plan, make_plan
@@ -113,7 +114,7 @@ def _prune(model: nn.Module, example_inputs: Any, config: PruneConfig, example_k
     inputs = _as_tuple(example_inputs)
     kwargs = dict(example_kwargs or {})
     t0 = time.perf_counter()
-    was = model.training
+    modules = list(model.modules())  # the same objects after a hard apply (only tensors are replaced)
     flops = MacCounter()  # one forward both traces and counts MACs
     graph: DependencyGraph = trace(model, inputs, kwargs, ignore=config.ignore, strict=config.strict, counter=flops)
     before = Counts(sum(p.numel() for p in model.parameters()), flops.macs)
@@ -123,17 +124,14 @@ def _prune(model: nn.Module, example_inputs: Any, config: PruneConfig, example_k
 
     def check(m: nn.Module) -> None:
         """Verify the pruned model runs with unchanged output shapes (and count its MACs)."""
-        m.eval()
         counter = MacCounter()
-        try:
+        with eval_mode(modules):
             try:
                 shapes = _output_shapes(meta_forward(m, inputs, kwargs, counter=counter))
             except Exception:  # noqa: BLE001 - needs real values: run for real
                 counter = MacCounter()
                 with torch.no_grad(), counter:
                     shapes = _output_shapes(m(*inputs, **kwargs))
-        finally:
-            m.train(was)
         if shapes != ref_shapes:
             raise PlanError(f"output shapes changed from {ref_shapes} to {shapes}")
         measured["macs"] = counter.macs

@@ -112,3 +112,16 @@ def test_data_dependent_control_flow_falls_back_to_a_real_run():
     result = prunekit.prune_(model, torch.randn(3, 4), ratio=0.5)
     assert model.a.out_features == 8
     assert result.after.macs == 3 * (4 * 8 + 8 * 2)
+
+
+def test_trace_and_prune_keep_each_modules_own_train_mode():
+    import prunekit
+
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 4, 3))
+    model.eval()
+    model[1].train()  # a mix: the root in eval, one submodule in train
+    x = torch.randn(1, 3, 12, 12)
+    trace(model, x)
+    assert [m.training for m in model] == [False, True, False, False]
+    prunekit.prune_(model, x, ratio=0.5)
+    assert [m.training for m in model] == [False, True, False, False]

@@ -131,7 +131,7 @@ class LabelStore:
             return
         parent = self._parent
         ra = self.find_many(a)
-        if b.size and (parent[b] == b).all() and b.min() > ra.max() and np.unique(b).size == b.size:
+        if b.size and b[0] > ra.max() and (b[1:] > b[:-1]).all() and (parent[b] == b).all():
             parent[b] = ra  # fresh singleton labels (a parameter dim met for the first time): hook directly
             return
         while True:  # hook larger representatives under smaller ones until all pairs agree

@@ -27,7 +27,7 @@ from torch.overrides import TorchFunctionMode
 from ..errors import UnsupportedOpError
 from ..measure.counting import MacCounter
 from .info import TensorInfo
-from .walk import Walk, walk
+from .walk import Walk, eval_mode, walk
 from .labels import LabelStore
 from .registry import NEUTRAL_OPS, OP_RULES, op_name
 from . import rules  # noqa: F401  (registers the op rules)
@@ -35,19 +35,38 @@ from . import rules  # noqa: F401  (registers the op rules)
 
 def iter_tensors(obj: Any, depth: int = 0) -> Iterator[torch.Tensor]:
     """Every tensor inside nested tuples, lists, dicts and dataclasses (e.g. HF ModelOutput)."""
-    if depth > 6:
-        return
+    return iter(tensors_in(obj, depth))
+
+
+_ATOMS = (int, float, bool, str, type(None), torch.dtype, torch.device, slice, type(Ellipsis))
+
+
+def tensors_in(obj: Any, depth: int = 0, out: list | None = None) -> list[torch.Tensor]:
+    """:func:`iter_tensors` as a list (the tracer calls it for every op's inputs and outputs)."""
+    out = [] if out is None else out
+    if depth > 6 or type(obj) in _ATOMS:
+        return out
     if isinstance(obj, torch.Tensor):
-        yield obj
-    elif isinstance(obj, (list, tuple)):
+        out.append(obj)
+    elif type(obj) in (tuple, list):
         for o in obj:
-            yield from iter_tensors(o, depth + 1)
+            if isinstance(o, torch.Tensor):
+                out.append(o)
+            elif type(o) not in _ATOMS:
+                tensors_in(o, depth + 1, out)
+    elif isinstance(obj, dict):
+        for o in obj.values():
+            tensors_in(o, depth + 1, out)
+    elif isinstance(obj, (list, tuple)):  # subclasses (named tuples, torch.Size ...)
+        for o in obj:
+            tensors_in(o, depth + 1, out)
     elif isinstance(obj, Mapping):
         for o in obj.values():
-            yield from iter_tensors(o, depth + 1)
+            tensors_in(o, depth + 1, out)
     elif dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         for f in dataclasses.fields(obj):
-            yield from iter_tensors(getattr(obj, f.name, None), depth + 1)
+            tensors_in(getattr(obj, f.name, None), depth + 1, out)
+    return out
 
 
 @dataclass
@@ -204,12 +223,14 @@ class Tracer(TorchFunctionMode):
             self._record_sizes(args[0])
         if name in NEUTRAL_OPS:
             return
-        outs = list(iter_tensors(out))
+        outs = tensors_in(out)
         if name == "iter":
             outs = [args[0]] if args else []
         if not outs:
             return
-        ins = list(iter_tensors((args, kwargs)))
+        ins = tensors_in(args)
+        if kwargs:
+            tensors_in(kwargs, 1, ins)
         infos = [self.info(t) for t in ins]
         if not any(i is not None and not i.empty for i in infos):
             for t in outs:
@@ -297,18 +318,14 @@ def trace(model: nn.Module, example_inputs: Any = (), example_kwargs: Mapping[st
     if isinstance(example_inputs, torch.Tensor) or not isinstance(example_inputs, (tuple, list)):
         example_inputs = (example_inputs,)
     example_kwargs = dict(example_kwargs or {})
-    was_training = model.training
-    model.eval()
     walked = walk(model)
-    try:
+    with eval_mode(walked.modules.values()):
         try:  # shapes are all we need: run on the meta device (no compute)
             tracer, out = _traced_run(model, example_inputs, example_kwargs, True, walked, counter)
         except Exception:  # data-dependent code or an op without a meta kernel: run for real
             if counter is not None:
                 counter.flops = 0  # forget the partial meta count
             tracer, out = _traced_run(model, example_inputs, example_kwargs, False, walked, counter)
-    finally:
-        model.train(was_training)
     store = tracer.store
     for t in iter_tensors(out):
         tracer.pin_info(tracer.infos.get(id(t)), "model output")

@@ -7,7 +7,9 @@ de-duplication (a shared module or tied tensor is listed once, under its first n
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
+from typing import Iterable, Iterator
 
 import torch
 from torch import nn
@@ -42,3 +44,17 @@ def walk(model: nn.Module) -> Walk:
                 seen_b.add(id(b))
                 buffers[prefix + key] = b
     return Walk(modules, params, buffers)
+
+
+@contextlib.contextmanager
+def eval_mode(modules: Iterable[nn.Module]) -> Iterator[None]:
+    """Every module in eval mode for the block, then each back to its own mode (a model whose
+    root is in eval but a submodule in train keeps that mix; ``model.train(was)`` would not)."""
+    flipped = [m for m in modules if m.training]
+    for m in flipped:
+        m.training = False
+    try:
+        yield
+    finally:
+        for m in flipped:
+            m.training = True
