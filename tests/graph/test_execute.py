@@ -79,3 +79,23 @@ def test_function_level_counting_matches_torch_flop_counter():
     with legacy:
         meta_forward(model, (x,), {})
     assert legacy.macs == counter.macs
+
+
+@pytest.mark.parametrize("shape", [(5, 8), (2, 7, 8), (2, 3, 4, 8)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_meta_linear_matches_real(shape, bias):
+    lin = nn.Linear(8, 6, bias=bias)
+    x = torch.randn(shape)
+    counter = MacCounter()
+    out = meta_forward(lin, (x,), {}, counter=counter)
+    with torch.no_grad(), FlopCounterMode(display=False) as real:
+        ref = lin(x)
+    assert out.is_meta and out.shape == ref.shape
+    assert counter.macs == real.get_total_flops() // 2 > 0
+
+
+def test_meta_linear_rejects_inconsistent_features():
+    lin = nn.Linear(8, 4)
+    lin.weight = nn.Parameter(torch.randn(4, 6))  # pruned weight, input not pruned
+    with pytest.raises(RuntimeError, match="features"):
+        meta_forward(lin, (torch.randn(2, 8),), {})

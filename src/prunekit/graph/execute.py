@@ -79,6 +79,10 @@ class ShapeOnly(TorchFunctionMode):
             out = _meta_conv(_CONV_DIMS[name], *args, **kwargs, _counter=self.counter)
             if out is not None:
                 return out
+        if meta_first and name == "linear":
+            out = _meta_linear(*args, **kwargs, _counter=self.counter)
+            if out is not None:
+                return out
         if meta_first and name in SHAPE_PRESERVING:
             if name.endswith("_") or kwargs.get("inplace") or (name in ("relu", "relu6", "hardtanh", "silu",
                                                                         "hardswish", "leaky_relu", "elu", "selu",
@@ -130,6 +134,24 @@ def _meta_conv(nd: int, x, weight, bias=None, stride=1, padding=0, dilation=1, g
     for c in counters:
         c.flops += flops_of(flop_registry[torch.ops.aten.convolution],
                             (x, weight, bias, stride, padding, dilation, False, (0,) * nd, groups), {}, out)
+    return out
+
+
+def _meta_linear(x, weight, bias=None, *, _counter: MacCounter | None = None):
+    """``linear`` on meta tensors by shape; FLOPs as torch counts the ``mm``/``addmm`` it lowers to
+    (``2 * rows * in * out``; the bias add is not counted). ``None`` to let torch do it."""
+    if not isinstance(weight, torch.Tensor) or weight.dim() != 2 or not weight.is_meta or x.dim() < 1:
+        return None
+    n_out, n_in = weight.shape
+    if x.shape[-1] != n_in:
+        raise RuntimeError(f"linear: input with {x.shape[-1]} features does not fit weight {tuple(weight.shape)}")
+    if bias is not None and tuple(bias.shape) not in ((n_out,), ()):
+        raise RuntimeError(f"linear: bias of shape {tuple(bias.shape)} for {n_out} outputs")
+    out = torch.empty((*x.shape[:-1], n_out), device="meta", dtype=x.dtype)
+    counters = [_counter] if _counter is not None else \
+        [m for m in _get_current_dispatch_mode_stack() if isinstance(m, MacCounter)]
+    for c in counters:
+        c.flops += 2 * x.numel() * n_out
     return out
 
 
