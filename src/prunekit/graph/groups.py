@@ -283,7 +283,7 @@ class Group:
             if self._roots is None:
                 self._roots = np.fromiter((next(iter(u)) for u in self.units), dtype=np.int64, count=len(self.units))
             rows, lengths = _span_rows(res.span[self._roots])
-            unit_ids = np.repeat(np.arange(len(self.units)), lengths)
+            unit_ids = np.repeat(np.arange(len(self)), lengths)
             return unit_ids, res.m_key[rows], res.m_idx[rows], res.keys
         unit_of, spans = _unit_spans(res, self.units)
         rows, lengths = _span_rows(spans)
