@@ -197,9 +197,9 @@ def _apply_hard(model, plan, tensors, slots, modules, check):
         for name, dims in plan.removed.items():
             t = tensors[name].detach()
             for dim, idx in sorted(dims.items()):
-                keep = torch.ones(t.shape[dim], dtype=torch.bool)
-                keep[torch.tensor(idx, dtype=torch.long)] = False
-                t = t.index_select(dim, keep.nonzero().view(-1).to(t.device))
+                keep = np.ones(t.shape[dim], dtype=bool)
+                keep[idx] = False
+                t = t.index_select(dim, torch.from_numpy(np.flatnonzero(keep)).to(t.device))
             new[name] = t.contiguous()
     undo: list[tuple[Any, str, Any, str]] = []  # (container, key, old, kind)
     touched: set[str] = set()
