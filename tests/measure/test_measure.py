@@ -55,3 +55,16 @@ def test_comparison_table_and_json():
     text = cmp.table()
     assert "params" in text and "MACs" in text and "latency" in text and "file MB" in text and "-0.0200" in text
     assert '"params": 2080' in cmp.to_json()
+
+
+def test_peak_memory_holds_back_the_profilers_status_lines_only(capfd):
+    import os
+
+    from prunekit.measure.memory import _quiet_profiler_stderr, peak_memory
+
+    peak_memory(nn.Sequential(nn.Linear(8, 8)), torch.randn(2, 8))
+    with _quiet_profiler_stderr():
+        os.write(2, b"USDT:2026 x SyncActivityProfilerHandler.cpp:39] profiler_start\nreal problem\n")
+    err = capfd.readouterr().err
+    assert "USDT" not in err and "profiler_start" not in err
+    assert "real problem" in err
