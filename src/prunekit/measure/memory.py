@@ -21,13 +21,13 @@ _PROFILER_NOISE = re.compile(r"USDT:|SyncActivityProfilerHandler|gpuGetDeviceCou
 def _quiet_profiler_stderr() -> Iterator[None]:
     """Hold back the profiler's own status lines, which kineto writes to file descriptor 2
     (no Python setting silences them); any other line written meanwhile is passed on."""
+    fd = 2  # kineto writes to the process's standard error, whatever ``sys.stderr`` is now
     try:
-        fd = sys.stderr.fileno()
-    except (AttributeError, OSError, ValueError):  # stderr replaced by an object without a descriptor
+        saved = os.dup(fd)
+    except OSError:  # no standard error at all
         yield
         return
     sys.stderr.flush()
-    saved = os.dup(fd)
     with tempfile.TemporaryFile() as tmp:
         os.dup2(tmp.fileno(), fd)
         try:
