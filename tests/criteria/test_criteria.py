@@ -126,3 +126,15 @@ def test_norm_pow_paths_agree_with_the_definition(shape, dims, dtype, p):
     w = torch.randn(shape, dtype=dtype)
     ref = w.double().abs().pow(p).sum(dims)
     assert torch.allclose(_norm_pow(w, p, dims).double(), ref, rtol=1e-3)
+
+
+@pytest.mark.parametrize("shape", [(6, 4, 1, 1), (6, 4, 3, 3), (6, 4), (6, 4, 3)])
+@pytest.mark.parametrize("dim", [0, 1])
+@pytest.mark.parametrize("p", [1, 2])
+def test_magnitude_per_index_is_the_sum_of_abs_pow_over_other_dims(shape, dim, p):
+    from prunekit.criteria.magnitude import MagnitudeCriterion
+
+    w = torch.randn(shape)
+    other = tuple(d for d in range(w.dim()) if d != dim)
+    got = MagnitudeCriterion(p=p).per_index("w", w, dim)
+    assert torch.allclose(got, w.double().abs().pow(p).sum(other), rtol=1e-5)

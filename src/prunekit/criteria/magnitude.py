@@ -1,6 +1,8 @@
 """Magnitude (L1/L2 norm) and random criteria."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 from torch import nn
@@ -41,6 +43,8 @@ class MagnitudeCriterion(Criterion):
         if out is not None:
             return out
         w = p.detach()
+        if w.dim() > 2 and dim < 2 and math.prod(w.shape[2:]) == 1:  # a 1x1 conv is a matrix
+            w = w.reshape(w.shape[0], w.shape[1])
         if w.dim() > 2 and dim < 2:  # reduce the (contiguous) kernel dims once, then rows or columns
             mkey = (id(p), p._version, "m")
             m = self._cache.get(mkey)
