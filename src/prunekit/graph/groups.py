@@ -58,16 +58,19 @@ class Resolver:
         arrays = list(store.param_dims.values())
         if arrays:
             lab = np.concatenate(arrays)
-            key = np.repeat(np.arange(len(arrays)), [a.size for a in arrays])
-            idx = np.concatenate([np.arange(a.size) for a in arrays])
+            sizes = np.fromiter((a.size for a in arrays), dtype=np.int64, count=len(arrays))
+            key = np.repeat(np.arange(len(arrays)), sizes)
+            idx = np.arange(lab.size) - np.repeat(np.cumsum(sizes) - sizes, sizes)
         else:
             lab = key = idx = np.zeros(0, dtype=np.int64)
         r = self.root[lab]
-        order = np.lexsort((idx, key, r))
+        order = np.argsort(r, kind="stable")  # rows already run in (key, index) order: a stable sort keeps it
         self.m_root, self.m_key, self.m_idx = r[order], key[order], idx[order]
-        uniq, first, counts = np.unique(self.m_root, return_index=True, return_counts=True)
         self.span = np.zeros((max(n, 1), 2), dtype=np.int64)  # root -> [start, end) rows; empty if none
-        self.span[uniq, 0], self.span[uniq, 1] = first, first + counts
+        if r.size:
+            first = np.flatnonzero(np.r_[True, self.m_root[1:] != self.m_root[:-1]])
+            uniq = self.m_root[first]
+            self.span[uniq, 0], self.span[uniq, 1] = first, np.r_[first[1:], r.size]
         self._mk: list[int] | None = None
         self._mi: list[int] | None = None
         self.pinned: dict[int, str] = {}
