@@ -99,3 +99,51 @@ def test_meta_linear_rejects_inconsistent_features():
     lin.weight = nn.Parameter(torch.randn(4, 6))  # pruned weight, input not pruned
     with pytest.raises(RuntimeError, match="features"):
         meta_forward(lin, (torch.randn(2, 8),), {})
+
+
+def _meta(*shape, dtype=torch.float32):
+    return torch.empty(shape, device="meta", dtype=dtype)
+
+
+BINARY_CASES = [
+    (torch.add, (_meta(2, 3, 4), _meta(2, 3, 4))),
+    (torch.mul, (_meta(1, 8, 5, 5), _meta(1, 8, 1, 1))),
+    (torch.Tensor.__rsub__, (_meta(3, 1), 2.0)),
+    (torch.Tensor.__truediv__, (_meta(4), 3)),
+    (torch.Tensor.__mul__, (_meta(2, 2, dtype=torch.bfloat16), 0.5)),
+    (torch.add, (_meta(2, 3, dtype=torch.float16), _meta(3, dtype=torch.float32))),
+    (torch.Tensor.__truediv__, (_meta(4, dtype=torch.int64), 2)),  # int true division: torch's own rules
+    (torch.Tensor.__add__, (_meta(4, dtype=torch.int64), 2)),
+    (torch.Tensor.add_, (_meta(2, 3), _meta(3))),
+    (torch.Tensor.__imul__, (_meta(2, 3), 2.0)),
+]
+
+
+@pytest.mark.parametrize("func,args", BINARY_CASES)
+def test_shape_only_binary_ops_match_torch(func, args):
+    from prunekit.graph.execute import ShapeOnly
+
+    ref = func(*[a.clone() if isinstance(a, torch.Tensor) else a for a in args])
+    out = ShapeOnly().call(func, args, {})
+    assert out.shape == ref.shape and out.dtype == ref.dtype and out.is_meta
+    if func.__name__ in ("add_", "__imul__"):  # in place: the target itself
+        assert out is args[0]
+
+
+def test_shape_only_binary_broadcast_error_is_torchs():
+    from prunekit.graph.execute import ShapeOnly
+
+    with pytest.raises(RuntimeError):
+        ShapeOnly().call(torch.add, (_meta(2, 3), _meta(4)), {})
+    with pytest.raises(RuntimeError):  # in-place cannot grow its target
+        ShapeOnly().call(torch.Tensor.add_, (_meta(1, 3), _meta(2, 3)), {})
+
+
+@pytest.mark.parametrize("size", [1, (3, 2), (None, 2)])
+def test_shape_only_adaptive_pool_matches_torch(size):
+    from prunekit.graph.execute import ShapeOnly
+
+    x = _meta(2, 4, 7, 6)
+    ref = torch.nn.functional.adaptive_avg_pool2d(x, size)
+    out = ShapeOnly().call(torch.nn.functional.adaptive_avg_pool2d, (x, size), {})
+    assert out.shape == ref.shape and out.dtype == ref.dtype

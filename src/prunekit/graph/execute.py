@@ -83,6 +83,14 @@ class ShapeOnly(TorchFunctionMode):
             out = _meta_linear(*args, **kwargs, _counter=self.counter)
             if out is not None:
                 return out
+        if name in _BINARY and len(args) == 2 and not kwargs:
+            out = _meta_binary(name, args[0], args[1])
+            if out is not None:
+                return out
+        if meta_first and name in _ADAPTIVE_POOL:
+            out = _meta_adaptive_pool(_ADAPTIVE_POOL[name], *args, **kwargs)
+            if out is not None:
+                return out
         if meta_first and name in SHAPE_PRESERVING:
             if name.endswith("_") or kwargs.get("inplace") or (name in ("relu", "relu6", "hardtanh", "silu",
                                                                         "hardswish", "leaky_relu", "elu", "selu",
@@ -97,6 +105,42 @@ class ShapeOnly(TorchFunctionMode):
 
 
 _CONV_DIMS = {"conv1d": 1, "conv2d": 2, "conv3d": 3}
+
+# Binary elementwise ops answered by broadcasting (torch's meta kernels for them run Python
+# reference code: ~0.3-1 ms per call, a large share of a meta forward). In-place ones end in "_".
+_BINARY = frozenset({"add", "__add__", "__radd__", "sub", "__sub__", "__rsub__", "rsub", "mul", "__mul__",
+                     "__rmul__", "div", "__truediv__", "__rtruediv__", "add_", "__iadd__", "sub_", "__isub__",
+                     "mul_", "__imul__", "div_", "__itruediv__"})
+_INPLACE = frozenset({"add_", "__iadd__", "sub_", "__isub__", "mul_", "__imul__", "div_", "__itruediv__"})
+_ADAPTIVE_POOL = {"adaptive_avg_pool1d": 1, "adaptive_avg_pool2d": 2, "adaptive_avg_pool3d": 3}
+
+
+def _meta_binary(name: str, a, b):
+    """``a <op> b`` on meta tensors (or a meta tensor and a Python number) by broadcasting and
+    torch's type promotion; ``None`` to let torch do it (other devices, non-float results, errors)."""
+    tensors = [t for t in (a, b) if isinstance(t, torch.Tensor)]
+    numbers = [v for v in (a, b) if isinstance(v, (int, float))]
+    if not tensors or len(tensors) + len(numbers) != 2 or any(not t.is_meta for t in tensors):
+        return None
+    try:
+        shape = torch.broadcast_shapes(*(t.shape for t in tensors))
+        dtype = torch.result_type(a, b)
+    except RuntimeError:
+        return None
+    if not dtype.is_floating_point:  # integer true division and friends: torch's own rules
+        return None
+    if name in _INPLACE:
+        return a if isinstance(a, torch.Tensor) and tuple(a.shape) == tuple(shape) and a.dtype == dtype else None
+    return torch.empty(shape, device="meta", dtype=dtype)
+
+
+def _meta_adaptive_pool(nd: int, x, output_size):
+    """``adaptive_avg_pool{nd}d`` on a meta tensor: the last ``nd`` dims become ``output_size``."""
+    size = tuple(output_size) if isinstance(output_size, (tuple, list)) else (output_size,) * nd
+    if x.dim() not in (nd + 1, nd + 2) or len(size) != nd:
+        return None
+    size = tuple(x.shape[-nd + k] if v is None else int(v) for k, v in enumerate(size))
+    return torch.empty((*x.shape[:-nd], *size), device="meta", dtype=x.dtype)
 
 
 def _tuple(v, n: int) -> tuple[int, ...]:
