@@ -147,3 +147,15 @@ def test_shape_only_adaptive_pool_matches_torch(size):
     ref = torch.nn.functional.adaptive_avg_pool2d(x, size)
     out = ShapeOnly().call(torch.nn.functional.adaptive_avg_pool2d, (x, size), {})
     assert out.shape == ref.shape and out.dtype == ref.dtype
+
+
+@pytest.mark.parametrize("tensors,dim", [([_meta(2, 3, 4), _meta(2, 5, 4)], 1), ([_meta(2, 3), _meta(2, 3)], -1),
+                                         ([_meta(1, 8, 4, 4)] * 3, 1), ([_meta(3, 2), _meta(3, 2, dtype=torch.float16)], 0)])
+def test_shape_only_cat_matches_torch(tensors, dim):
+    from prunekit.graph.execute import ShapeOnly
+
+    ref = torch.cat(tensors, dim)
+    out = ShapeOnly().call(torch.cat, (tensors, dim), {})
+    assert out.shape == ref.shape and out.dtype == ref.dtype
+    with pytest.raises(RuntimeError):
+        ShapeOnly().call(torch.cat, ([_meta(2, 3), _meta(3, 3)], 1), {})

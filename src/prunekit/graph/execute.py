@@ -87,6 +87,10 @@ class ShapeOnly(TorchFunctionMode):
             out = _meta_binary(name, args[0], args[1])
             if out is not None:
                 return out
+        if name in ("cat", "concat", "concatenate") and args and isinstance(args[0], (list, tuple)):
+            out = _meta_cat(*args, **kwargs)
+            if out is not None:
+                return out
         if meta_first and name in _ADAPTIVE_POOL:
             out = _meta_adaptive_pool(_ADAPTIVE_POOL[name], *args, **kwargs)
             if out is not None:
@@ -140,6 +144,24 @@ def _meta_binary(name: str, a, b):
     if name in _INPLACE:
         return a if isinstance(a, torch.Tensor) and tuple(a.shape) == tuple(shape) and a.dtype == dtype else None
     return torch.empty(shape, device="meta", dtype=dtype)
+
+
+def _meta_cat(tensors, dim: int = 0, *, out=None):
+    """``torch.cat`` of same-dtype meta tensors of equal rank by shape; ``None`` to let torch do it."""
+    if out is not None or not tensors or not all(isinstance(t, torch.Tensor) and t.is_meta for t in tensors):
+        return None
+    first = tensors[0]
+    nd = first.dim()
+    if nd == 0 or not isinstance(dim, int) or not -nd <= dim < nd:
+        return None
+    d = dim % nd
+    rest = [s for k, s in enumerate(first.shape) if k != d]
+    for t in tensors[1:]:
+        if t.dim() != nd or t.dtype != first.dtype or [s for k, s in enumerate(t.shape) if k != d] != rest:
+            return None  # torch raises (or promotes) itself
+    shape = list(first.shape)
+    shape[d] = sum(t.shape[d] for t in tensors)
+    return torch.empty(shape, device="meta", dtype=first.dtype)
 
 
 def _meta_adaptive_pool(nd: int, x, output_size):
