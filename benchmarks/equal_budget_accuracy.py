@@ -1,0 +1,447 @@
+"""Accuracy at equal budget: prunekit vs Torch-Pruning on the demo network, same MACs, same recovery.
+
+The demo's network (MobileNetV2 features with torchvision's ImageNet weights, average pool, a
+new 10-class head fit on the frozen features) on Fashion-MNIST at 64x64 is pruned to 1/2 and
+1/3 of its MACs by:
+
+- ``tp_l2_uniform``: Torch-Pruning's ``MagnitudePruner`` (L2 ``MagnitudeImportance``, classifier
+  ignored, one ratio for every layer), its ratio found by bisection on the MACs;
+- ``pk_l2_uniform``: ``prunekit.prune_`` with L2 magnitude, one ratio (bisection): the
+  like-for-like baseline;
+- ``pk_<best>_uniform``: the same with the criterion that scored best on the validation split
+  (each candidate pruned to the budget, warm-started as below, accuracy on the validation split);
+- ``pk_<best>_budget``: per-group ratios from ``prunekit.measure.sensitivity`` (on the
+  validation split) and ``ratios_for_budget``, with the same best criterion.
+
+MACs are counted the same way for every method (``prunekit.count`` on one 1x3x64x64 input).
+Channels are kept in multiples of ``--round-to`` (1 by default: with 8, a uniform ratio's MACs
+jump past both budgets, so no uniform method could meet them within 1%).
+Every network then gets the identical recovery: a warm start -- BatchNorm statistics
+re-estimated and the linear head refit (L-BFGS on the frozen features) on the first
+``--refit`` training images -- then ``--epochs`` of distillation from the unpruned (head-only)
+network on the same training images in the same order, same optimizer (AdamW, cosine), same
+learning rate, temperature 4, alpha 0.7 (the demo's recipe). ``--no-warm-start`` skips the
+warm start (the demo as it is). In development runs (4,000 images, 1 epoch, validation split)
+the warm start was worth about 2 points after recovery; refitting the head without the
+BatchNorm statistics hurt (the head is fit to ImageNet-statistics features that the first
+training steps replace with Fashion-MNIST statistics). The unpruned network gets the same
+recovery (warm start, then distillation from its own head-only copy): the fair reference for
+"within 1 point of the unpruned".
+
+Splits (seed 0): ``--train`` images for the head fit and recovery, ``--val`` more training
+images held out for every data-driven decision (calibration, criterion choice, sensitivity),
+``--test`` test images only for the reported accuracies.
+
+    python benchmarks/equal_budget_accuracy.py --threads 1   # the full run: 40 min on 2 shared cores
+    python benchmarks/equal_budget_accuracy.py --quick    # small subsets, 1 epoch: a few minutes
+
+Writes benchmarks/results/equal_budget_accuracy.{md,json} (``--quick``: ``..._quick``).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import platform
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torch.utils.data import DataLoader, TensorDataset
+
+import prunekit
+from prunekit.config import PruneConfig
+from prunekit.criteria import (APoZCriterion, ActivationMeanCriterion, ActivationVarCriterion, BNScaleCriterion,
+                               Criterion, TaylorCriterion, get_criterion, register_criterion)
+from prunekit.graph.groups import Group
+from prunekit.measure.sensitivity import ratios_for_budget, sensitivity
+from prunekit.recovery import Distillation, TrainConfig, extract_features, fit_linear_head, train
+from prunekit.zoo import demo_model
+from prunekit.zoo import fashion_mnist as fm
+from prunekit.zoo.demo import Transfer
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t0 = time.time()
+
+    def say(self, msg: str) -> None:
+        print(f"[{time.time() - self.t0:7.1f}s] {msg}", flush=True)
+
+
+def batches(x: torch.Tensor, bs: int = 250):
+    return (x[i:i + bs] for i in range(0, len(x), bs))
+
+
+def accuracy(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    net.eval()
+    with torch.no_grad():
+        return float(sum(int((net(xb).argmax(1) == yb).sum()) for xb, yb in zip(batches(x), batches(y))) / len(y))
+
+
+def neg_nll(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    """Minus the mean cross-entropy (higher = better): a smoother sensitivity score than accuracy."""
+    net.eval()
+    with torch.no_grad():
+        return -float(sum(F.cross_entropy(net(xb), yb, reduction="sum") for xb, yb in
+                          zip(batches(x), batches(y))) / len(y))
+
+
+def warm_copy(net: Transfer, x: torch.Tensor, y: torch.Tensor) -> Transfer:
+    """A copy of ``net`` with BatchNorm statistics re-estimated on ``x`` (train-mode forwards,
+    cumulative average) and its linear head refit on the frozen features."""
+    net = copy.deepcopy(net)
+    norms = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the batches
+    net.train()
+    with torch.no_grad():
+        for xb in batches(x, 64):
+            net(xb)
+    for m, mom in zip(norms, momenta):
+        m.momentum = mom
+    net.eval()
+    fit_linear_head(net.classifier, extract_features(net.backbone, batches(x)), y)
+    return net
+
+
+class FixedScores(Criterion):
+    """A criterion's scores of the unpruned network, looked up by group root (``tensor:dim``).
+
+    ``sensitivity`` and ``ratios_for_budget`` take the criterion by registry name and build it
+    without data or graph, which data-driven criteria (APoZ, Taylor) need; both only ever score
+    the unpruned network, so scores computed once on it are exactly what they would compute."""
+
+    table: dict[str, torch.Tensor] = {}
+
+    def score(self, model: nn.Module, group: Group) -> torch.Tensor:
+        return self.table[f"{group.root[0]}:{group.root[1]}"]
+
+
+def fixed_scores(model: nn.Module, x: torch.Tensor, crit: Criterion) -> dict[str, torch.Tensor]:
+    graph = prunekit.trace(model, (x,))
+    groups = graph.groups(PruneConfig().kinds)
+    crit.prepare(model, graph)
+    return {f"{g.root[0]}:{g.root[1]}": crit.score(model, g).double() for g in groups}
+
+
+def bisect(macs_at, target: int, hi: float = 0.9, iters: int = 14, tol: float = 0.005) -> tuple[float, int, list]:
+    """The uniform ratio whose MACs come closest to ``target`` without exceeding it by more than 1%."""
+    lo, tried = 0.0, []
+    for _ in range(iters):
+        mid = (lo + hi) / 2
+        m = macs_at(mid)
+        tried.append((mid, m))
+        if m > target:
+            lo = mid
+        else:
+            hi = mid
+        if abs(m / target - 1) < tol:
+            break
+    ok = [t for t in tried if t[1] <= target * 1.01] or tried
+    r, m = min(ok, key=lambda t: abs(t[1] - target))
+    return r, m, tried
+
+
+def tp_prune(model: Transfer, x: torch.Tensor, ratio: float, round_to: int) -> None:
+    import torch_pruning as tp
+
+    pruner = tp.pruner.MagnitudePruner(model, x, importance=tp.importance.MagnitudeImportance(p=2),
+                                       pruning_ratio=ratio, ignored_layers=[model.classifier],
+                                       round_to=round_to if round_to > 1 else None)
+    pruner.step()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--train", type=int, default=10000, help="training images: head fit and recovery")
+    ap.add_argument("--val", type=int, default=1024, help="held-out training images: calibration, choices")
+    ap.add_argument("--test", type=int, default=2000)
+    ap.add_argument("--refit", type=int, default=1000,
+                    help="training images for the warm start (BatchNorm statistics, head refit)")
+    ap.add_argument("--no-warm-start", dest="warm_start", action="store_false",
+                    help="recover from the pruned network as it is (the warm start is still measured)")
+    ap.add_argument("--calib", type=int, default=512, help="validation images for the data-driven criteria")
+    ap.add_argument("--sens-images", type=int, default=256, help="validation images per sensitivity evaluation")
+    ap.add_argument("--sens-ratios", type=float, nargs="*", default=[0.15, 0.3, 0.45, 0.6, 0.75])
+    ap.add_argument("--sens-score", choices=("nll", "acc"), default="nll")
+    ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--budgets", type=float, nargs="*", default=[2.0, 3.0], help="MACs reduction factors")
+    ap.add_argument("--criteria", nargs="*", default=["l2", "apoz", "taylor", "act_mean", "act_var"])
+    ap.add_argument("--round-to", type=int, default=1,
+                    help="keep channels in multiples of this (every method); 8 makes uniform ratios jump past the "
+                         "budgets (e.g. x0.380 -> x0.288 at ratio 0.5), so budgets are not met within 1%%")
+    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--temperature", type=float, default=4.0)
+    ap.add_argument("--alpha", type=float, default=0.7)
+    ap.add_argument("--threads", type=int, default=2,
+                    help="torch threads; 1 is far faster (x10 and more) when other jobs share the cores")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--quick", action="store_true", help="small subsets, 1 epoch, few sensitivity ratios")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    if args.quick:
+        args.train, args.val, args.test, args.refit, args.calib, args.sens_images = 768, 256, 500, 256, 128, 128
+        args.sens_ratios, args.epochs, args.criteria = [0.3, 0.6], 1, ["l2", "apoz"]
+    args.out = args.out or ("equal_budget_accuracy_quick" if args.quick else "equal_budget_accuracy")
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    clock = Clock()
+
+    # ---- data: train / validation (held out from train) / test, one seeded permutation each
+    tr_x, tr_y = fm.load("train")
+    te_x, te_y = fm.load("test")
+    g = torch.Generator().manual_seed(args.seed)
+    perm = torch.randperm(len(tr_x), generator=g).numpy()
+    train_idx, val_idx = perm[:args.train], perm[args.train:args.train + args.val]
+    test_idx = torch.randperm(len(te_x), generator=g).numpy()[:args.test]
+    x_train, y_train = fm.to_rgb_batch(tr_x[train_idx], args.size), torch.from_numpy(tr_y[train_idx])
+    x_val, y_val = fm.to_rgb_batch(tr_x[val_idx], args.size), torch.from_numpy(tr_y[val_idx])
+    x_test, y_test = fm.to_rgb_batch(te_x[test_idx], args.size), torch.from_numpy(te_y[test_idx])
+    x_refit, y_refit = x_train[:args.refit], y_train[:args.refit]
+    calib = [(x_val[i:i + 64], y_val[i:i + 64]) for i in range(0, min(args.calib, len(x_val)), 64)]
+    x_sens, y_sens = x_val[:args.sens_images], y_val[:args.sens_images]
+    x = x_test[:1]  # (1, 3, size, size): tracing and MAC counting for every method
+
+    # ---- the demo's network: ImageNet features, new head fit on the frozen features
+    mobilenet, _ = demo_model("mobilenet_v2")
+    weights = getattr(mobilenet, "_prunekit_weights", "random init (offline weights not installed)")
+    base = Transfer(mobilenet.features).eval()
+    t0 = time.perf_counter()
+    fit_linear_head(base.classifier, extract_features(base.backbone, batches(x_train)), y_train)
+    head_s = time.perf_counter() - t0
+    base_counts = prunekit.count(base, x)
+    clock.say(f"data {len(x_train)} train / {len(x_val)} val / {len(x_test)} test at {args.size}x{args.size}; "
+              f"head fit in {head_s:.0f}s; {base_counts.macs:,} MACs, {base_counts.params:,} params")
+
+    def recover(net: nn.Module) -> tuple[float, float]:
+        """The one recovery every network gets: same data order, optimizer, lr, teacher."""
+        torch.manual_seed(args.seed)
+        loader = DataLoader(TensorDataset(x_train, y_train), batch_size=args.batch, shuffle=True,
+                            generator=torch.Generator().manual_seed(args.seed))
+        teacher = copy.deepcopy(base).eval()  # the unpruned network everything was pruned from
+        t = time.perf_counter()
+        train(net, loader, TrainConfig(epochs=args.epochs, lr=args.lr, progress=False),
+              distill=Distillation(teacher, temperature=args.temperature, alpha=args.alpha))
+        return time.perf_counter() - t, accuracy(net, x_test, y_test)
+
+    rows: list[dict] = []
+    head_acc = accuracy(base, x_test, y_test)
+    rows.append({"budget": 1.0, "method": "unpruned_head_only", "criterion": "-", "acc_pruned": head_acc,
+                 "acc_refit": head_acc, "acc": head_acc, "macs_ratio": 1.0, "params_ratio": 1.0,
+                 "search_s": 0.0, "prune_s": 0.0, "recovery_s": 0.0})
+    ft = warm_copy(base, x_refit, y_refit)
+    warm_acc = accuracy(ft, x_test, y_test)
+    rec_s, ft_acc = recover(ft if args.warm_start else copy.deepcopy(base))
+    rows.append({"budget": 1.0, "method": "unpruned_finetuned", "criterion": "-", "acc_pruned": head_acc,
+                 "acc_refit": warm_acc, "acc": ft_acc, "macs_ratio": 1.0, "params_ratio": 1.0,
+                 "search_s": 0.0, "prune_s": 0.0, "recovery_s": rec_s})
+    clock.say(f"unpruned: head only {head_acc:.4f}; warm start {warm_acc:.4f}; fine-tuned with the recovery budget "
+              f"{ft_acc:.4f} ({rec_s:.0f}s)")
+    del ft
+
+    def make_criterion(name: str) -> Criterion:
+        return {"apoz": lambda: APoZCriterion(data=calib), "taylor": lambda: TaylorCriterion(data=calib),
+                "act_mean": lambda: ActivationMeanCriterion(data=calib),
+                "act_var": lambda: ActivationVarCriterion(data=calib),
+                "bn_scale": BNScaleCriterion}.get(name, lambda: get_criterion(name))()
+
+    def pk_macs(ratio: float) -> int:
+        return prunekit.prune_(copy.deepcopy(base), x, ratio=ratio, round_to=args.round_to).after.macs
+
+    def tp_macs(ratio: float) -> int:
+        m = copy.deepcopy(base)
+        tp_prune(m, x, ratio, args.round_to)
+        return prunekit.count(m, x).macs
+
+    # ---- per budget: the uniform ratios (bisection) and every candidate criterion on validation
+    per_budget: dict[float, dict] = {}
+    for b in args.budgets:
+        target = int(base_counts.macs / b)
+        t = time.perf_counter()
+        pk_ratio, pk_m, pk_tried = bisect(pk_macs, target)
+        pk_search = time.perf_counter() - t
+        t = time.perf_counter()
+        tp_ratio, tp_m, tp_tried = bisect(tp_macs, target)
+        tp_search = time.perf_counter() - t
+        clock.say(f"budget 1/{b:g} ({target:,} MACs): prunekit uniform ratio {pk_ratio:.4f} -> x"
+                  f"{pk_m / base_counts.macs:.4f} ({len(pk_tried)} tries, {pk_search:.0f}s); Torch-Pruning ratio "
+                  f"{tp_ratio:.4f} -> x{tp_m / base_counts.macs:.4f} ({len(tp_tried)} tries, {tp_search:.0f}s)")
+        cand = {}
+        for name in args.criteria:
+            net = copy.deepcopy(base)
+            t = time.perf_counter()
+            r = prunekit.prune_(net, x, ratio=pk_ratio, round_to=args.round_to, criterion=make_criterion(name))
+            prune_s = time.perf_counter() - t
+            cand[name] = {"net": net, "prune_s": prune_s, "macs_ratio": r.macs_ratio, "params_ratio": r.params_ratio,
+                          "val_refit": accuracy(warm_copy(net, x_refit, y_refit), x_val, y_val)}
+            clock.say(f"  criterion {name:8s}: validation accuracy after the warm start {cand[name]['val_refit']:.4f}")
+        per_budget[b] = {"target": target, "pk_ratio": pk_ratio, "pk_search": pk_search, "pk_tried": pk_tried,
+                         "tp_ratio": tp_ratio, "tp_search": tp_search, "tp_tried": tp_tried, "cand": cand}
+
+    # one criterion for the prunekit recipe: best mean validation accuracy over the budgets
+    mean_val = {n: sum(per_budget[b]["cand"][n]["val_refit"] for b in args.budgets) / len(args.budgets)
+                for n in args.criteria}
+    best = max(args.criteria, key=lambda n: mean_val[n])
+    clock.say(f"best criterion on validation: {best} ({mean_val[best]:.4f} mean over the budgets)")
+
+    # ---- sensitivity of every group (validation split), with the best criterion choosing units
+    t = time.perf_counter()
+    FixedScores.table = fixed_scores(base, x, make_criterion(best))
+    register_criterion("_bench_fixed_scores")(FixedScores)
+    sens_cfg = PruneConfig(round_to=args.round_to, criterion="_bench_fixed_scores")
+    score = (lambda m: neg_nll(m, x_sens, y_sens)) if args.sens_score == "nll" else \
+        (lambda m: accuracy(m, x_sens, y_sens))
+    sens = sensitivity(base, x, score, ratios=args.sens_ratios, config=sens_cfg, progress=False)
+    sens_s = time.perf_counter() - t
+    clock.say(f"sensitivity: {len(sens.curves)} groups x {len(args.sens_ratios)} ratios in {sens_s:.0f}s")
+
+    # ---- prune, warm start, recover: every method the same
+    budget_cfgs = {}
+    for b in args.budgets:
+        pb = per_budget[b]
+        cand = pb["cand"]
+        methods = []
+        net = copy.deepcopy(base)
+        t = time.perf_counter()
+        tp_prune(net, x, pb["tp_ratio"], args.round_to)
+        tp_s = time.perf_counter() - t
+        c = prunekit.count(net, x)
+        methods.append(("tp_l2_uniform", "l2 (Torch-Pruning)", net, {
+            "ratio": pb["tp_ratio"], "search_s": pb["tp_search"], "prune_s": tp_s,
+            "macs_ratio": c.macs / base_counts.macs, "params_ratio": c.params / base_counts.params}))
+        for name in dict.fromkeys(["l2", best]):
+            cd = cand[name]
+            methods.append((f"pk_{name}_uniform", name, cd["net"], {
+                "ratio": pb["pk_ratio"], "search_s": pb["pk_search"], "prune_s": cd["prune_s"],
+                "macs_ratio": cd["macs_ratio"], "params_ratio": cd["params_ratio"]}))
+        t = time.perf_counter()
+        cfg = ratios_for_budget(base, x, sens, macs=1 / b, config=sens_cfg)
+        rb_s = time.perf_counter() - t
+        budget_cfgs[b] = replace(cfg, criterion=best)  # as recorded: the scores were the best criterion's
+        net = copy.deepcopy(base)
+        t = time.perf_counter()
+        r = prunekit.prune_(net, x, cfg, criterion=make_criterion(best))
+        prune_s = time.perf_counter() - t
+        methods.append((f"pk_{best}_budget", best, net, {
+            "ratio": "per group", "search_s": sens_s + rb_s, "prune_s": prune_s,
+            "macs_ratio": r.macs_ratio, "params_ratio": r.params_ratio, "ratios": [list(kv) for kv in cfg.ratios]}))
+        for method, crit, net, info in methods:
+            info["acc_pruned"] = accuracy(net, x_test, y_test)
+            refit = warm_copy(net, x_refit, y_refit)
+            acc_refit = accuracy(refit, x_test, y_test)
+            rec_s, acc = recover(refit if args.warm_start else net)
+            rows.append({"budget": b, "method": method, "criterion": crit, **info, "acc_refit": acc_refit,
+                         "acc": acc, "recovery_s": rec_s})
+            clock.say(f"1/{b:g} {method:22s} MACs x{info['macs_ratio']:.4f} params x{info['params_ratio']:.3f}: "
+                      f"pruned {info['acc_pruned']:.4f}, warm start {acc_refit:.4f}, recovered {acc:.4f} "
+                      f"({rec_s:.0f}s)")
+        for cd in cand.values():
+            cd.pop("net", None)
+        del methods, net, refit
+
+    meta = {"weights": weights, "image_size": args.size, "train": args.train, "val": args.val, "test": args.test,
+            "refit": args.refit, "warm_start": args.warm_start, "calib": args.calib, "sens_images": args.sens_images,
+            "sens_ratios": args.sens_ratios, "sens_score": args.sens_score, "epochs": args.epochs,
+            "batch": args.batch, "lr": args.lr, "temperature": args.temperature, "alpha": args.alpha,
+            "round_to": args.round_to, "seed": args.seed, "quick": args.quick, "threads": args.threads,
+            "torch": torch.__version__, "torch_pruning": _tp_version(), "machine": platform.machine(),
+            "base_macs": base_counts.macs, "base_params": base_counts.params, "head_fit_s": head_s,
+            "best_criterion": best, "minutes": (time.time() - clock.t0) / 60}
+    criteria = [{"budget": b, "criterion": n, "val_refit": cd["val_refit"], "prune_s": cd["prune_s"]}
+                for b in args.budgets for n, cd in per_budget[b]["cand"].items()]
+    searches = {str(b): {"target_macs": pb["target"], "pk_tried": pb["pk_tried"], "tp_tried": pb["tp_tried"]}
+                for b, pb in per_budget.items()}
+    summary = _summary(rows, args.budgets, best)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{args.out}.json").write_text(json.dumps(
+        {"meta": meta, "rows": rows, "summary": summary, "criteria_validation": criteria, "bisection": searches,
+         "budget_configs": {str(b): c.to_dict() for b, c in budget_cfgs.items()},
+         "sensitivity": sens.to_dict()}, indent=1))
+    md = _markdown(meta, rows, criteria, summary)
+    (RESULTS / f"{args.out}.md").write_text(md)
+    print(md)
+
+
+def _tp_version() -> str:
+    import torch_pruning as tp
+
+    return getattr(tp, "__version__", "?")
+
+
+def _summary(rows: list[dict], budgets: list[float], best: str) -> list[str]:
+    ft = next(r for r in rows if r["method"] == "unpruned_finetuned")["acc"]
+    head = next(r for r in rows if r["method"] == "unpruned_head_only")["acc"]
+    out = []
+    for b in budgets:
+        rs = {r["method"]: r for r in rows if r["budget"] == b}
+        tp_acc = rs["tp_l2_uniform"]["acc"]
+        pk = {m: r for m, r in rs.items() if m.startswith("pk_")}
+        top = max(pk, key=lambda m: pk[m]["acc"])
+        acc = pk[top]["acc"]
+        uni, bud = rs[f"pk_{best}_uniform"], rs[f"pk_{best}_budget"]
+        out.append(
+            f"1/{b:g} MACs: best prunekit recipe `{top}` {acc:.4f} vs Torch-Pruning {tp_acc:.4f} "
+            f"({100 * (acc - tp_acc):+.2f} points; {'at least as accurate' if acc >= tp_acc else 'LESS accurate'}); "
+            f"vs unpruned fine-tuned {ft:.4f}: {100 * (acc - ft):+.2f} points"
+            f"{' (within 1 point)' if acc >= ft - 0.01 else ' (NOT within 1 point)'}; "
+            f"vs unpruned head-only {head:.4f}: {100 * (acc - head):+.2f} points. "
+            f"Budget ratios vs uniform ({best}): {bud['acc']:.4f} vs {uni['acc']:.4f} "
+            f"({100 * (bud['acc'] - uni['acc']):+.2f} points; "
+            f"MACs x{bud['macs_ratio']:.4f} vs x{uni['macs_ratio']:.4f})")
+    return out
+
+
+def _markdown(meta: dict, rows: list[dict], criteria: list[dict], summary: list[str]) -> str:
+    out = ["# Accuracy at equal budget: MobileNetV2 -> Fashion-MNIST, prunekit vs Torch-Pruning", "",
+           f"Network: the demo's (MobileNetV2 features, {meta['weights']}; avg-pool; new 10-class head fit with "
+           f"L-BFGS on the frozen features), {meta['image_size']}x{meta['image_size']} inputs, "
+           f"{meta['base_macs']:,} MACs, {meta['base_params']:,} params. Splits (seed {meta['seed']}): "
+           f"{meta['train']} training images (head fit, recovery), {meta['val']} held-out training images "
+           f"(calibration {meta['calib']}, criterion choice, sensitivity on {meta['sens_images']}), "
+           f"{meta['test']} test images (the accuracies below, nothing else).", "",
+           "Identical recovery for every row (the unpruned network's fine-tuning too): "
+           + (f"a warm start (BatchNorm statistics re-estimated and the head refit on {meta['refit']} "
+              "training images), then " if meta["warm_start"] else "")
+           + f"{meta['epochs']} epoch(s) over the {meta['train']} training images, batch {meta['batch']}, same order, "
+           f"AdamW lr {meta['lr']} cosine, distillation from the unpruned head-only network (T={meta['temperature']}, "
+           f"alpha={meta['alpha']}). Channels kept in multiples of "
+           f"{meta['round_to']} for every method; MACs counted with `prunekit.count` on 1x3x{meta['image_size']}x"
+           f"{meta['image_size']} for every method. 'acc pruned' is right after pruning (head not refit), 'acc warm' "
+           f"after the warm start, before training. Search s: bisection on the ratio (uniform), sensitivity (shared by "
+           f"the budgets) + ratios_for_budget (budget). Best criterion by validation accuracy after the warm start: "
+           f"**{meta['best_criterion']}**. Sensitivity: ratios {meta['sens_ratios']}, score "
+           f"{'minus the cross-entropy' if meta['sens_score'] == 'nll' else 'accuracy'}. torch {meta['torch']}, "
+           f"Torch-Pruning {meta['torch_pruning']}, {meta['threads']} torch thread(s), {meta['minutes']:.1f} min"
+           f"{' (--quick: development sizes, not the result)' if meta['quick'] else ''}.", "",
+           "| budget | method | ratio | MACs ratio | params ratio | acc pruned | acc warm | acc recovered | "
+           "search s | prune s | recovery s |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        ratio = r.get("ratio", "-")
+        ratio = f"{ratio:.4f}" if isinstance(ratio, float) else ratio
+        out.append(f"| {'-' if r['budget'] == 1 else '1/' + format(r['budget'], 'g')} | {r['method']} | {ratio} | "
+                   f"{r['macs_ratio']:.4f} | {r['params_ratio']:.3f} | {r['acc_pruned']:.4f} | {r['acc_refit']:.4f} | "
+                   f"**{r['acc']:.4f}** | {r['search_s']:.0f} | {r['prune_s']:.1f} | {r['recovery_s']:.0f} |")
+    n, p = meta["test"], rows[1]["acc"]
+    out += ["", f"One test accuracy near {p:.2f} on {n} images has a standard error of about "
+                f"{100 * (p * (1 - p) / n) ** 0.5:.1f} points; differences between rows (same images) are "
+                "somewhat tighter, but a difference under 1 point is within noise."]
+    out += ["", "## Summary", ""] + [f"- {s}" for s in summary]
+    out += ["", "## Criterion choice (validation split, uniform ratio, warm start only, no fine-tuning)", "",
+            "| budget | criterion | val accuracy after the warm start | prune s |", "|---|---|---|---|"]
+    for c in criteria:
+        out.append(f"| 1/{c['budget']:g} | {c['criterion']} | {c['val_refit']:.4f} | {c['prune_s']:.1f} |")
+    return "\n".join(out) + "\n"
+
+
+if __name__ == "__main__":
+    main()
