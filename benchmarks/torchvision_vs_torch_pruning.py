@@ -187,6 +187,10 @@ def write(rows, args) -> None:
             ratio = statistics.median(by[(tools[0], m)]["prune_s"] / by[(tools[1], m)]["prune_s"] for m in both)
             lines.append(f"- median per-model prune-time ratio {tools[0]}/{tools[1]} over the {len(both)} models "
                          f"both pass: {ratio:.2f}")
+            med = [statistics.median(by[(t, m)]["prune_s"] for m in both) for t in tools]
+            faster = sum(by[(tools[0], m)]["prune_s"] < by[(tools[1], m)]["prune_s"] for m in both)
+            lines.append(f"- over those {len(both)}: median prune time {tools[0]} {med[0]:.2f}s, {tools[1]} "
+                         f"{med[1]:.2f}s (ratio of medians {med[0] / med[1]:.2f}); {tools[0]} faster on {faster}")
     text = "\n".join(lines) + "\n"
     (RESULTS / f"{args.out}.md").write_text(text)
     (RESULTS / f"{args.out}.json").write_text(json.dumps(rows, indent=1))
