@@ -145,3 +145,27 @@ def _fidelity_linear(reference):
         with torch.no_grad():
             return -float((m(x) - ref).pow(2).mean())
     return evaluate
+
+
+def test_data_criteria_work_in_sensitivity_and_budget_search_and_calibrate_once():
+    from prunekit.criteria import APoZCriterion
+
+    class Counting(APoZCriterion):
+        prepared = 0
+
+        def prepare(self, model, graph=None):
+            Counting.prepared += 1
+            super().prepare(model, graph)
+
+    m = _net()
+    x = torch.randn(1, 3, 12, 12)
+    calib = [torch.randn(8, 3, 12, 12, generator=torch.Generator().manual_seed(k)) for k in range(2)]
+    crit = Counting(data=calib)
+    s = sensitivity(m, x, _fidelity(m), ratios=(0.25, 0.5, 0.75), progress=False, criterion=crit)
+    assert Counting.prepared == 1  # one calibration for every group and ratio
+    assert len(s.curves) == 3
+    result = budget_search(m, x, s, macs=0.6, criterion=crit)
+    assert result.met and result.achieved <= 0.6
+    pruned = copy.deepcopy(m)
+    r = prunekit.prune_(pruned, x, result.config, criterion=APoZCriterion(data=calib))
+    assert r.after.macs / r.before.macs == pytest.approx(result.achieved)  # the same units, chosen afresh

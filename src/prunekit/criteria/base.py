@@ -82,6 +82,42 @@ class Criterion:
             return {n: self.score_weights_of(n, params[n]) for n in names}
 
 
+class CachedScores(Criterion):
+    """Another criterion's group scores, computed once per group and reused: for analyses that
+    prune many copies of one unpruned model (sensitivity curves, budget searches), so a data
+    criterion calibrates once instead of once per copy.
+
+    Groups are keyed by kind, first tensor dim and size, which a re-trace of the same model
+    reproduces. The inner criterion is prepared on the first graph it sees, and again only if
+    a group it has not scored comes from another graph.
+    """
+
+    def __init__(self, inner: "Criterion | str"):
+        self.inner = get_criterion(inner)
+        self.name = f"cached({self.inner.name})"
+        self._scores: dict[tuple, torch.Tensor] = {}
+        self._prepared_for = None  # the graph the inner criterion last prepared with
+        self._current: tuple | None = None  # (model, graph) of the latest prepare call
+
+    def prepare(self, model: nn.Module, graph=None) -> None:
+        self._current = (model, graph)
+        if self._prepared_for is None:
+            self.inner.prepare(model, graph)
+            self._prepared_for = graph
+
+    def score(self, model: nn.Module, group: Group) -> torch.Tensor:
+        key = (group.kind, group.root, len(group))
+        if key not in self._scores:
+            if self._current is not None and self._current[1] is not self._prepared_for:
+                self.inner.prepare(*self._current)
+                self._prepared_for = self._current[1]
+            self._scores[key] = self.inner.score(model, group)
+        return self._scores[key]
+
+    def score_weights_of(self, name: str, p: torch.Tensor) -> torch.Tensor:
+        return self.inner.score_weights_of(name, p)
+
+
 def _param_map(crit: Criterion, model: nn.Module) -> dict[str, torch.Tensor]:
     """Name -> parameter, built once per model (groups of one prune share it)."""
     cached = getattr(crit, "_param_cache", None)

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 from torch import nn
 
 from ..config import PruneConfig
+from ..criteria import CachedScores, Criterion
 from .latency import _batch_size, paired_latency
 from .size import file_size as saved_file_size
 
@@ -91,8 +92,8 @@ def _step_options(sens: Sensitivity, curves: dict[str, GroupCurve], level: dict[
 
 def budget_search(model: nn.Module, example_inputs: Any, sens: Sensitivity, *, macs: float | None = None,
                   params: float | None = None, latency: float | None = None, file_size: float | None = None,
-                  config: PruneConfig | None = None,
-                  example_kwargs: Mapping[str, Any] | None = None) -> BudgetResult:
+                  config: PruneConfig | None = None, example_kwargs: Mapping[str, Any] | None = None,
+                  criterion: Criterion | str | None = None) -> BudgetResult:
     """Per-group ratios meeting one budget, as a fraction of the unpruned model, verified by
     pruning a copy (with :func:`prunekit.prune_` and ``config``'s criterion) and measuring it:
 
@@ -105,7 +106,8 @@ def budget_search(model: nn.Module, example_inputs: Any, sens: Sensitivity, *, m
       budget near the noise can be met by chance. Needs ``sensitivity(..., latency=True)``.
 
     The search stops when the verified measurement meets the budget, or when every curve is
-    exhausted (``met=False``).
+    exhausted (``met=False``). ``criterion`` (as in :func:`sensitivity`; default ``config.criterion``)
+    ranks the units of every verification copy; it scores each group once.
     """
     metric, fraction = _budget(macs, params, latency, file_size)
     config = config or PruneConfig()
@@ -115,7 +117,8 @@ def budget_search(model: nn.Module, example_inputs: Any, sens: Sensitivity, *, m
     target = fraction * base
     curves = {c.key: c for c in sens.curves}
     level = {c.key: 0 for c in sens.curves}  # index into each curve's ratios; 0 = unpruned
-    measure = _verifier(model, inputs, example_kwargs, metric, sens)
+    crit = CachedScores(criterion if criterion is not None else config.criterion)
+    measure = _verifier(model, inputs, example_kwargs, metric, sens, crit)
 
     def current() -> PruneConfig:
         ratios = tuple((k, curves[k].ratios[i - 1]) for k, i in level.items() if i > 0)
@@ -141,8 +144,8 @@ def budget_search(model: nn.Module, example_inputs: Any, sens: Sensitivity, *, m
 
 def ratios_for_budget(model: nn.Module, example_inputs: Any, sens: Sensitivity, *, macs: float | None = None,
                       params: float | None = None, latency: float | None = None, file_size: float | None = None,
-                      config: PruneConfig | None = None,
-                      example_kwargs: Mapping[str, Any] | None = None) -> PruneConfig:
+                      config: PruneConfig | None = None, example_kwargs: Mapping[str, Any] | None = None,
+                      criterion: Criterion | str | None = None) -> PruneConfig:
     """The :class:`PruneConfig` of :func:`budget_search` (warns when the budget could not be met).
 
     >>> import torch
@@ -154,7 +157,7 @@ def ratios_for_budget(model: nn.Module, example_inputs: Any, sens: Sensitivity, 
     (('0.weight:0', 0.5),)
     """
     r = budget_search(model, example_inputs, sens, macs=macs, params=params, latency=latency, file_size=file_size,
-                      config=config, example_kwargs=example_kwargs)
+                      config=config, example_kwargs=example_kwargs, criterion=criterion)
     if not r.met:
         warnings.warn(f"{r.metric} budget {r.target:.3f} not met: the most the sensitivity curves allow measured "
                       f"{r.achieved:.3f} of the unpruned model (try larger ratios in sensitivity())")
@@ -162,7 +165,7 @@ def ratios_for_budget(model: nn.Module, example_inputs: Any, sens: Sensitivity, 
 
 
 def _verifier(model: nn.Module, inputs: tuple, kwargs: Mapping[str, Any] | None, metric: str,
-              sens: Sensitivity) -> Callable[[PruneConfig], float]:
+              sens: Sensitivity, criterion: Criterion) -> Callable[[PruneConfig], float]:
     """``config -> measured fraction of the unpruned model`` for one metric, on a pruned copy."""
     from ..api import prune_  # the api imports measure: import at call time
 
@@ -170,7 +173,7 @@ def _verifier(model: nn.Module, inputs: tuple, kwargs: Mapping[str, Any] | None,
 
     def measured(cfg: PruneConfig) -> float:
         m = copy.deepcopy(model)
-        r = prune_(m, inputs, cfg, example_kwargs=kwargs)
+        r = prune_(m, inputs, cfg, example_kwargs=kwargs, criterion=criterion)
         if metric == "macs":
             return r.after.macs / max(r.before.macs, 1)
         if metric == "params":

@@ -16,6 +16,7 @@ from typing import Any, Callable, Mapping, Sequence
 from torch import nn
 
 from ..config import PruneConfig
+from ..criteria import CachedScores, Criterion
 from ..graph.tracer import trace
 from ..plan import apply_plan, make_plan
 from ..selection import select_units
@@ -60,7 +61,7 @@ class Sensitivity:
                 "latency_batch": self.latency_batch, "curves": [vars(c) for c in self.curves]}
 
 
-def _prune_copy(model, graph, groups, ratio_of: Mapping[int, float], config: PruneConfig):
+def _prune_copy(model, graph, groups, ratio_of: Mapping[int, float], config: PruneConfig, criterion: Criterion):
     m = copy.deepcopy(model)
     chosen = set()
     for g in groups:
@@ -68,7 +69,8 @@ def _prune_copy(model, graph, groups, ratio_of: Mapping[int, float], config: Pru
         if r <= 0:
             continue
         c, _ = select_units(m, [g], PruneConfig(ratio=r, max_ratio=max(config.max_ratio, r),
-                                                criterion=config.criterion, round_to=config.round_to))
+                                                criterion=config.criterion, round_to=config.round_to),
+                            criterion, graph)
         chosen |= c
     if chosen:
         apply_plan(m, make_plan(graph, chosen), "hard")
@@ -78,7 +80,8 @@ def _prune_copy(model, graph, groups, ratio_of: Mapping[int, float], config: Pru
 def sensitivity(model: nn.Module, example_inputs: Any, evaluate: Callable[[nn.Module], float], *,
                 ratios: Sequence[float] = (0.2, 0.4, 0.6, 0.8), config: PruneConfig | None = None,
                 min_units: int = 8, example_kwargs: Mapping[str, Any] | None = None,
-                latency: bool | LatencyConfig = False, progress: bool = True) -> Sensitivity:
+                latency: bool | LatencyConfig = False, progress: bool = True,
+                criterion: Criterion | str | None = None) -> Sensitivity:
     """Score of ``model`` with each group (of at least ``min_units`` units) pruned alone at each ratio,
     and what each step saves: MACs and parameters (counted), file bytes (saved for real).
 
@@ -86,8 +89,13 @@ def sensitivity(model: nn.Module, example_inputs: Any, evaluate: Callable[[nn.Mo
     machine: the pruned copy and the unpruned model in alternating rounds on ``example_inputs``
     (so batch size matters), saving = median over rounds of the difference. It is measured, hence
     noisy; steps whose saving is below the noise may come out as zero or negative.
+
+    ``criterion`` (a name or a :class:`~prunekit.criteria.Criterion`, e.g. one carrying calibration
+    data) ranks the units; it is prepared and scores every group once, on the unpruned model.
+    Default: ``config.criterion``.
     """
     config = config or PruneConfig()
+    crit = CachedScores(criterion if criterion is not None else config.criterion)
     lat_cfg = LatencyConfig() if latency is True else (latency or None)
     inputs = example_inputs if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
     graph = trace(model, inputs, example_kwargs, ignore=config.ignore)
@@ -100,7 +108,7 @@ def sensitivity(model: nn.Module, example_inputs: Any, evaluate: Callable[[nn.Mo
     for g in groups:
         curve = GroupCurve(g.id, f"{g.root[0]}:{g.root[1]}", len(g), [], [], [], [])
         for r in ratios:
-            m = _prune_copy(model, graph, [g], {g.id: r}, config)
+            m = _prune_copy(model, graph, [g], {g.id: r}, config, crit)
             c = count(m, inputs, example_kwargs)
             curve.ratios.append(r)
             curve.scores.append(evaluate(m))
