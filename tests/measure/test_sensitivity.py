@@ -19,8 +19,8 @@ def _net():
                          nn.Linear(16, 4)).eval()
 
 
-def _fidelity(reference):
-    x = torch.randn(16, 3, 12, 12, generator=torch.Generator().manual_seed(1))
+def _fidelity(reference, shape=(16, 3, 12, 12)):
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         ref = reference(x)
 
@@ -106,7 +106,7 @@ def test_latency_budget_is_verified_by_measuring():
     m = _one_big_layer()
     x = torch.randn(64, 256)
     lat = LatencyConfig(threads=1, warmup=2, repeats=10, rounds=3)
-    s = sensitivity(m, x, _fidelity_linear(m), ratios=(0.25, 0.5, 0.75), latency=lat, progress=False)
+    s = sensitivity(m, x, _fidelity(m, (64, 256)), ratios=(0.25, 0.5, 0.75), latency=lat, progress=False)
     assert s.latency_config == lat and s.latency_batch == 64 and s.base_latency_ms > 0
     big, small = s.curves
     assert (big.key, small.key) == ("0.weight:0", "2.weight:0")
@@ -134,17 +134,6 @@ def test_budget_arguments_are_checked():
                     latency=LatencyConfig(warmup=0, repeats=1, rounds=1))
     with pytest.raises(ValueError, match="batch 4"):
         ratios_for_budget(m, torch.randn(8, 256), s, latency=0.5)
-
-
-def _fidelity_linear(reference):
-    x = torch.randn(64, 256, generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        ref = reference(x)
-
-    def evaluate(m):
-        with torch.no_grad():
-            return -float((m(x) - ref).pow(2).mean())
-    return evaluate
 
 
 def test_data_criteria_work_in_sensitivity_and_budget_search_and_calibrate_once():

@@ -7,7 +7,7 @@ raises there, and callers fall back to a real forward.
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 from torch import nn
@@ -203,12 +203,19 @@ def _meta_conv(nd: int, x, weight, bias=None, stride=1, padding=0, dilation=1, g
     if any(v <= 0 for v in size):
         return None  # let torch raise its own error
     out = torch.empty((x.shape[0], weight.shape[0], *size), device="meta", dtype=x.dtype)
-    counters = [_counter] if _counter is not None else \
+    _add_flops(_counter, lambda: flops_of(flop_registry[torch.ops.aten.convolution],
+                                          (x, weight, bias, stride, padding, dilation, False, (0,) * nd, groups),
+                                          {}, out))
+    return out
+
+
+def _add_flops(counter: MacCounter | None, flops: Callable[[], int]) -> None:
+    """Add an op's FLOPs to ``counter``, or else to every :class:`MacCounter` dispatch mode active
+    (callers that enter the counter themselves); ``flops`` is only evaluated when someone counts."""
+    counters = [counter] if counter is not None else \
         [m for m in _get_current_dispatch_mode_stack() if isinstance(m, MacCounter)]
     for c in counters:
-        c.flops += flops_of(flop_registry[torch.ops.aten.convolution],
-                            (x, weight, bias, stride, padding, dilation, False, (0,) * nd, groups), {}, out)
-    return out
+        c.flops += flops()
 
 
 def _meta_linear(x, weight, bias=None, *, _counter: MacCounter | None = None):
@@ -222,10 +229,7 @@ def _meta_linear(x, weight, bias=None, *, _counter: MacCounter | None = None):
     if bias is not None and tuple(bias.shape) not in ((n_out,), ()):
         raise RuntimeError(f"linear: bias of shape {tuple(bias.shape)} for {n_out} outputs")
     out = torch.empty((*x.shape[:-1], n_out), device="meta", dtype=x.dtype)
-    counters = [_counter] if _counter is not None else \
-        [m for m in _get_current_dispatch_mode_stack() if isinstance(m, MacCounter)]
-    for c in counters:
-        c.flops += 2 * x.numel() * n_out
+    _add_flops(_counter, lambda: 2 * x.numel() * n_out)
     return out
 
 

@@ -94,8 +94,8 @@ class Resolver:
             axes = [self.root[a] if a is not None else None for a in p.axes]
             idx = len(self.products)
             self.products.append((el, axes))
-            self.distinct.append(np.unique(el).size == el.size)  # no class twice among its elements
             el_roots = np.unique(el)
+            self.distinct.append(el_roots.size == el.size)  # no class twice among its elements
             self.is_element[el_roots] = True
             for r in el_roots.tolist():
                 self.touch[r].append(idx)
