@@ -1,6 +1,7 @@
 """prune_: ratios per module, caps, rounding, summaries with torch-counted MACs."""
 from __future__ import annotations
 
+import pytest
 import torch
 import torchvision
 from torch import nn
@@ -58,3 +59,26 @@ def test_resnet50_macs_to_about_a_quarter():
     result = prunekit.prune_(model, torch.randn(1, 3, 96, 96), ratio=0.5)
     assert 0.2 < result.macs_ratio < 0.34
     assert "MACs" in result.summary()
+
+
+def test_macs_target_finds_the_smallest_ratio_that_meets_it():
+    model = torchvision.models.resnet18().eval()
+    x = torch.randn(1, 3, 64, 64)
+    result = prunekit.prune_(model, x, macs=0.5, round_to=8)
+    assert result.macs_ratio <= 0.5
+    assert result.macs_ratio > 0.45  # not far below: the search stops at the first ratio that meets it
+    assert all(m.out_channels % 8 == 0 for m in model.modules() if isinstance(m, nn.Conv2d))
+    # a slightly smaller ratio would not have met the budget
+    again = torchvision.models.resnet18().eval()
+    smaller = prunekit.prune_(again, x, ratio=result.config.ratio - 0.01, round_to=8)
+    assert smaller.macs_ratio > 0.5 or smaller.macs_ratio == result.macs_ratio
+
+
+def test_macs_target_that_cannot_be_met_leaves_the_model_alone():
+    model = _mlp()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(prunekit.PlanError, match="cannot reach"):
+        prunekit.prune_(model, torch.randn(4, 8), macs=0.01, max_ratio=0.5)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    with pytest.raises(ValueError, match="ratios"):
+        prunekit.prune_(model, torch.randn(4, 8), macs=0.5, ratios={"0": 0.5})

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import gc
 import time
 import warnings
@@ -12,7 +13,7 @@ import torch
 from torch import nn
 
 from .config import PruneConfig
-from .criteria import Criterion
+from .criteria import CachedScores, Criterion
 from .errors import ApplyError, PlanError
 from .graph.execute import meta_forward
 from .graph.groups import Group
@@ -33,6 +34,7 @@ class PruneResult:
     unsupported: list[Unsupported] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    config: PruneConfig | None = None  # as applied (with ``macs=``: the ratio found)
 
     @property
     def macs_ratio(self) -> float:
@@ -85,7 +87,8 @@ def _output_shapes(out: Any) -> list[tuple[int, ...]]:
 
 
 def prune_(model: nn.Module, example_inputs: Any, config: PruneConfig | None = None, *,
-           example_kwargs: Mapping[str, Any] | None = None, mode: str = "hard", **overrides: Any) -> PruneResult:
+           example_kwargs: Mapping[str, Any] | None = None, mode: str = "hard", macs: float | None = None,
+           **overrides: Any) -> PruneResult:
     """Prune ``model`` in place to the config's ratio and return a :class:`PruneResult`.
 
     >>> import torchvision
@@ -100,17 +103,64 @@ def prune_(model: nn.Module, example_inputs: Any, config: PruneConfig | None = N
 
     ``criterion`` may be a registry name or a :class:`~prunekit.criteria.Criterion` instance
     (data-driven ones carry their data: ``TaylorCriterion(data=loader)``).
+
+    ``macs=0.5`` prunes to at most that fraction of the model's MACs instead of to ``ratio``:
+    the smallest ratio (uniform, or the global fraction with ``scope="global"``) that gets there,
+    with the config's rounding and bounds, is found by bisection on pruned copies (scores are
+    computed once); ``result.config.ratio`` is the ratio used.
     """
     criterion = overrides.pop("criterion", None)
     if isinstance(criterion, str):
         overrides["criterion"], criterion = criterion, None
     config = replace(config, **overrides) if config is not None else PruneConfig(**overrides)
+    if macs is not None:
+        if not 0.0 < macs <= 1.0:
+            raise ValueError(f"macs must be a fraction of the model's MACs in (0, 1], got {macs}")
+        if config.ratios or config.threshold is not None:
+            raise ValueError("macs= searches the one ratio; it cannot be combined with ratios= or threshold=")
     with _gc_paused():
-        return _prune(model, example_inputs, config, example_kwargs, mode, criterion)
+        return _prune(model, example_inputs, config, example_kwargs, mode, criterion, macs)
+
+
+def _macs_of(m: nn.Module, inputs: tuple, kwargs: Mapping[str, Any], modules: list[nn.Module]) -> tuple[int, list]:
+    """MACs of one eval forward (on meta tensors where the model allows) and its output shapes."""
+    counter = MacCounter()
+    with eval_mode(modules):
+        try:
+            shapes = _output_shapes(meta_forward(m, inputs, kwargs, counter=counter))
+        except Exception:  # noqa: BLE001 - needs real values: run for real
+            counter = MacCounter()
+            with torch.no_grad(), counter:
+                shapes = _output_shapes(m(*inputs, **kwargs))
+    return counter.macs, shapes
+
+
+def _ratio_for_macs(model: nn.Module, graph: DependencyGraph, groups: list[Group], config: PruneConfig,
+                    criterion: Criterion, inputs: tuple, kwargs: Mapping[str, Any], target: float) -> float:
+    """Smallest ratio (to within max_ratio / 1024) whose pruned copy has at most ``target`` MACs."""
+    def macs_at(r: float) -> int:
+        chosen, _ = select_units(model, groups, replace(config, ratio=r), criterion, graph)
+        m = copy.deepcopy(model)
+        if chosen:
+            apply_plan(m, make_plan(graph, chosen), "hard")
+        return _macs_of(m, inputs, kwargs, list(m.modules()))[0]
+
+    lo, hi = 0.0, config.max_ratio * 0.999999  # ratio must stay below max_ratio's bound and 1
+    at_hi = macs_at(hi)
+    if at_hi > target:
+        raise PlanError(f"cannot reach {target:,.0f} MACs: at ratio {hi:.3f} (max_ratio) the model keeps "
+                        f"{at_hi:,} MACs; raise max_ratio or the budget")
+    for _ in range(10):
+        mid = (lo + hi) / 2
+        if macs_at(mid) <= target:
+            hi = mid
+        else:
+            lo = mid
+    return hi
 
 
 def _prune(model: nn.Module, example_inputs: Any, config: PruneConfig, example_kwargs: Mapping[str, Any] | None,
-           mode: str, criterion: Criterion | None) -> PruneResult:
+           mode: str, criterion: Criterion | None, target_macs: float | None = None) -> PruneResult:
     inputs = _as_tuple(example_inputs)
     kwargs = dict(example_kwargs or {})
     t0 = time.perf_counter()
@@ -124,19 +174,16 @@ def _prune(model: nn.Module, example_inputs: Any, config: PruneConfig, example_k
 
     def check(m: nn.Module) -> None:
         """Verify the pruned model runs with unchanged output shapes (and count its MACs)."""
-        counter = MacCounter()
-        with eval_mode(modules):
-            try:
-                shapes = _output_shapes(meta_forward(m, inputs, kwargs, counter=counter))
-            except Exception:  # noqa: BLE001 - needs real values: run for real
-                counter = MacCounter()
-                with torch.no_grad(), counter:
-                    shapes = _output_shapes(m(*inputs, **kwargs))
+        macs, shapes = _macs_of(m, inputs, kwargs, modules)
         if shapes != ref_shapes:
             raise PlanError(f"output shapes changed from {ref_shapes} to {shapes}")
-        measured["macs"] = counter.macs
+        measured["macs"] = macs
 
     notes: list[str] = []
+    if target_macs is not None:
+        criterion = CachedScores(criterion if criterion is not None else config.criterion)
+        config = replace(config, ratio=_ratio_for_macs(model, graph, groups, config, criterion, inputs, kwargs,
+                                                       target_macs * before.macs))
     chosen, summaries = select_units(model, groups, config, criterion, graph)
     plan = make_plan(graph, chosen, summaries)
     try:
@@ -155,4 +202,4 @@ def _prune(model: nn.Module, example_inputs: Any, config: PruneConfig, example_k
         warnings.warn(n)
     if graph.unsupported:
         warnings.warn("kept the dims touched by unsupported ops: " + "; ".join(map(str, graph.unsupported[:5])))
-    return PruneResult(plan, before, after, groups, graph.unsupported, notes, time.perf_counter() - t0)
+    return PruneResult(plan, before, after, groups, graph.unsupported, notes, time.perf_counter() - t0, config)
