@@ -10,8 +10,11 @@ new 10-class head fit on the frozen features) on Fashion-MNIST at 64x64 is prune
   like-for-like baseline;
 - ``pk_<best>_uniform``: the same with the criterion that scored best on the validation split
   (each candidate pruned to the budget, warm-started as below, accuracy on the validation split);
-- ``pk_<best>_budget``: per-group ratios from ``prunekit.measure.sensitivity`` (on the
-  validation split) and ``ratios_for_budget``, with the same best criterion.
+- ``pk_<best>_search``: per-group ratios from ``prunekit.measure.search.search_ratios`` with the
+  same best criterion: ``--candidates`` random ratio profiles (the first one uniform), each scaled
+  to the budget, warm-started as below and scored by minus the cross-entropy on the validation
+  split; the best one is kept. This is prunekit's recipe, declared before the run: the row the
+  summary compares with Torch-Pruning and with the unpruned network.
 
 MACs are counted the same way for every method (``prunekit.count`` on one 1x3x64x64 input).
 Channels are kept in multiples of ``--round-to`` (1 by default: with 8, a uniform ratio's MACs
@@ -29,7 +32,7 @@ recovery (warm start, then distillation from its own head-only copy): the fair r
 "within 1 point of the unpruned".
 
 Splits (seed 0): ``--train`` images for the head fit and recovery, ``--val`` more training
-images held out for every data-driven decision (calibration, criterion choice, sensitivity),
+images held out for every data-driven decision (calibration, criterion choice, the ratio search),
 ``--test`` test images only for the reported accuracies.
 
     python benchmarks/equal_budget_accuracy.py --threads 1   # the full run: 40 min on 2 shared cores
@@ -55,10 +58,9 @@ from torch.utils.data import DataLoader, TensorDataset
 import prunekit
 from prunekit.config import PruneConfig
 from prunekit.criteria import (APoZCriterion, ActivationMeanCriterion, ActivationVarCriterion, BNScaleCriterion,
-                               Criterion, TaylorCriterion, get_criterion, register_criterion)
-from prunekit.graph.groups import Group
-from prunekit.measure.sensitivity import ratios_for_budget, sensitivity
-from prunekit.recovery import Distillation, TrainConfig, extract_features, fit_linear_head, train
+                               Criterion, TaylorCriterion, get_criterion)
+from prunekit.measure.search import search_ratios
+from prunekit.recovery import Distillation, TrainConfig, extract_features, fit_linear_head, recalibrate_bn, train
 from prunekit.zoo import demo_model
 from prunekit.zoo import fashion_mnist as fm
 from prunekit.zoo.demo import Transfer
@@ -85,7 +87,7 @@ def accuracy(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
 
 
 def neg_nll(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
-    """Minus the mean cross-entropy (higher = better): a smoother sensitivity score than accuracy."""
+    """Minus the mean cross-entropy (higher = better): a smoother search score than accuracy."""
     net.eval()
     with torch.no_grad():
         return -float(sum(F.cross_entropy(net(xb), yb, reduction="sum") for xb, yb in
@@ -96,40 +98,10 @@ def warm_copy(net: Transfer, x: torch.Tensor, y: torch.Tensor) -> Transfer:
     """A copy of ``net`` with BatchNorm statistics re-estimated on ``x`` (train-mode forwards,
     cumulative average) and its linear head refit on the frozen features."""
     net = copy.deepcopy(net)
-    norms = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    momenta = [m.momentum for m in norms]
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative average over the batches
-    net.train()
-    with torch.no_grad():
-        for xb in batches(x, 64):
-            net(xb)
-    for m, mom in zip(norms, momenta):
-        m.momentum = mom
+    recalibrate_bn(net, list(batches(x, 64)))
     net.eval()
     fit_linear_head(net.classifier, extract_features(net.backbone, batches(x)), y)
     return net
-
-
-class FixedScores(Criterion):
-    """A criterion's scores of the unpruned network, looked up by group root (``tensor:dim``).
-
-    ``sensitivity`` and ``ratios_for_budget`` take the criterion by registry name and build it
-    without data or graph, which data-driven criteria (APoZ, Taylor) need; both only ever score
-    the unpruned network, so scores computed once on it are exactly what they would compute."""
-
-    table: dict[str, torch.Tensor] = {}
-
-    def score(self, model: nn.Module, group: Group) -> torch.Tensor:
-        return self.table[f"{group.root[0]}:{group.root[1]}"]
-
-
-def fixed_scores(model: nn.Module, x: torch.Tensor, crit: Criterion) -> dict[str, torch.Tensor]:
-    graph = prunekit.trace(model, (x,))
-    groups = graph.groups(PruneConfig().kinds)
-    crit.prepare(model, graph)
-    return {f"{g.root[0]}:{g.root[1]}": crit.score(model, g).double() for g in groups}
 
 
 def bisect(macs_at, target: int, hi: float = 0.9, iters: int = 14, tol: float = 0.005) -> tuple[float, int, list]:
@@ -163,15 +135,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--train", type=int, default=10000, help="training images: head fit and recovery")
     ap.add_argument("--val", type=int, default=1024, help="held-out training images: calibration, choices")
-    ap.add_argument("--test", type=int, default=2000)
+    ap.add_argument("--test", type=int, default=5000)
     ap.add_argument("--refit", type=int, default=1000,
                     help="training images for the warm start (BatchNorm statistics, head refit)")
     ap.add_argument("--no-warm-start", dest="warm_start", action="store_false",
                     help="recover from the pruned network as it is (the warm start is still measured)")
     ap.add_argument("--calib", type=int, default=512, help="validation images for the data-driven criteria")
-    ap.add_argument("--sens-images", type=int, default=256, help="validation images per sensitivity evaluation")
-    ap.add_argument("--sens-ratios", type=float, nargs="*", default=[0.15, 0.3, 0.45, 0.6, 0.75])
-    ap.add_argument("--sens-score", choices=("nll", "acc"), default="nll")
+    ap.add_argument("--candidates", type=int, default=24, help="ratio profiles the search tries per budget")
+    ap.add_argument("--spread", type=float, default=0.5, help="the search's log-normal spread of per-group factors")
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--budgets", type=float, nargs="*", default=[2.0, 3.0], help="MACs reduction factors")
     ap.add_argument("--criteria", nargs="*", default=["l2", "apoz", "taylor", "act_mean", "act_var"])
@@ -186,12 +157,12 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2,
                     help="torch threads; 1 is far faster (x10 and more) when other jobs share the cores")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--quick", action="store_true", help="small subsets, 1 epoch, few sensitivity ratios")
+    ap.add_argument("--quick", action="store_true", help="small subsets, 1 epoch, 3 search candidates")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     if args.quick:
-        args.train, args.val, args.test, args.refit, args.calib, args.sens_images = 768, 256, 500, 256, 128, 128
-        args.sens_ratios, args.epochs, args.criteria = [0.3, 0.6], 1, ["l2", "apoz"]
+        args.train, args.val, args.test, args.refit, args.calib = 768, 256, 500, 256, 128
+        args.candidates, args.epochs, args.criteria = 3, 1, ["l2", "apoz"]
     args.out = args.out or ("equal_budget_accuracy_quick" if args.quick else "equal_budget_accuracy")
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -209,7 +180,6 @@ def main() -> None:
     x_test, y_test = fm.to_rgb_batch(te_x[test_idx], args.size), torch.from_numpy(te_y[test_idx])
     x_refit, y_refit = x_train[:args.refit], y_train[:args.refit]
     calib = [(x_val[i:i + 64], y_val[i:i + 64]) for i in range(0, min(args.calib, len(x_val)), 64)]
-    x_sens, y_sens = x_val[:args.sens_images], y_val[:args.sens_images]
     x = x_test[:1]  # (1, 3, size, size): tracing and MAC counting for every method
 
     # ---- the demo's network: ImageNet features, new head fit on the frozen features
@@ -294,16 +264,9 @@ def main() -> None:
     best = max(args.criteria, key=lambda n: mean_val[n])
     clock.say(f"best criterion on validation: {best} ({mean_val[best]:.4f} mean over the budgets)")
 
-    # ---- sensitivity of every group (validation split), with the best criterion choosing units
-    t = time.perf_counter()
-    FixedScores.table = fixed_scores(base, x, make_criterion(best))
-    register_criterion("_bench_fixed_scores")(FixedScores)
-    sens_cfg = PruneConfig(round_to=args.round_to, criterion="_bench_fixed_scores")
-    score = (lambda m: neg_nll(m, x_sens, y_sens)) if args.sens_score == "nll" else \
-        (lambda m: accuracy(m, x_sens, y_sens))
-    sens = sensitivity(base, x, score, ratios=args.sens_ratios, config=sens_cfg, progress=False)
-    sens_s = time.perf_counter() - t
-    clock.say(f"sensitivity: {len(sens.curves)} groups x {len(args.sens_ratios)} ratios in {sens_s:.0f}s")
+    def val_score(m: nn.Module) -> float:
+        """The search's score: minus the validation cross-entropy after the warm start."""
+        return neg_nll(warm_copy(m, x_refit, y_refit), x_val, y_val)
 
     # ---- prune, warm start, recover: every method the same
     budget_cfgs = {}
@@ -325,16 +288,24 @@ def main() -> None:
                 "ratio": pb["pk_ratio"], "search_s": pb["pk_search"], "prune_s": cd["prune_s"],
                 "macs_ratio": cd["macs_ratio"], "params_ratio": cd["params_ratio"]}))
         t = time.perf_counter()
-        cfg = ratios_for_budget(base, x, sens, macs=1 / b, config=sens_cfg)
-        rb_s = time.perf_counter() - t
-        budget_cfgs[b] = replace(cfg, criterion=best)  # as recorded: the scores were the best criterion's
+        crit = make_criterion(best)
+        found = search_ratios(base, x, val_score, macs=1 / b, candidates=args.candidates, spread=args.spread,
+                              config=PruneConfig(round_to=args.round_to), criterion=crit, seed=args.seed,
+                              progress=False)
+        search_s = time.perf_counter() - t
+        cfg = found.config
+        budget_cfgs[b] = {**found.to_dict(), "config": replace(cfg, criterion=best).to_dict()}
+        scored = [c["score"] for c in found.candidates if c["score"] is not None]
+        clock.say(f"1/{b:g} search: {len(scored)} candidates in {search_s:.0f}s, validation -NLL uniform "
+                  f"{found.uniform_score:.4f}, best {found.score:.4f} (median {sorted(scored)[len(scored) // 2]:.4f})")
         net = copy.deepcopy(base)
         t = time.perf_counter()
-        r = prunekit.prune_(net, x, cfg, criterion=make_criterion(best))
+        r = prunekit.prune_(net, x, cfg, criterion=crit)
         prune_s = time.perf_counter() - t
-        methods.append((f"pk_{best}_budget", best, net, {
-            "ratio": "per group", "search_s": sens_s + rb_s, "prune_s": prune_s,
-            "macs_ratio": r.macs_ratio, "params_ratio": r.params_ratio, "ratios": [list(kv) for kv in cfg.ratios]}))
+        methods.append((f"pk_{best}_search", best, net, {
+            "ratio": "per group", "search_s": search_s, "prune_s": prune_s,
+            "macs_ratio": r.macs_ratio, "params_ratio": r.params_ratio, "ratios": [list(kv) for kv in cfg.ratios],
+            "val_score": found.score, "val_score_uniform": found.uniform_score}))
         for method, crit, net, info in methods:
             info["acc_pruned"] = accuracy(net, x_test, y_test)
             refit = warm_copy(net, x_refit, y_refit)
@@ -350,8 +321,8 @@ def main() -> None:
         del methods, net, refit
 
     meta = {"weights": weights, "image_size": args.size, "train": args.train, "val": args.val, "test": args.test,
-            "refit": args.refit, "warm_start": args.warm_start, "calib": args.calib, "sens_images": args.sens_images,
-            "sens_ratios": args.sens_ratios, "sens_score": args.sens_score, "epochs": args.epochs,
+            "refit": args.refit, "warm_start": args.warm_start, "calib": args.calib, "candidates": args.candidates,
+            "spread": args.spread, "epochs": args.epochs,
             "batch": args.batch, "lr": args.lr, "temperature": args.temperature, "alpha": args.alpha,
             "round_to": args.round_to, "seed": args.seed, "quick": args.quick, "threads": args.threads,
             "torch": torch.__version__, "torch_pruning": _tp_version(), "machine": platform.machine(),
@@ -365,8 +336,7 @@ def main() -> None:
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{args.out}.json").write_text(json.dumps(
         {"meta": meta, "rows": rows, "summary": summary, "criteria_validation": criteria, "bisection": searches,
-         "budget_configs": {str(b): c.to_dict() for b, c in budget_cfgs.items()},
-         "sensitivity": sens.to_dict()}, indent=1))
+         "searches": {str(b): c for b, c in budget_cfgs.items()}}, indent=1))
     md = _markdown(meta, rows, criteria, summary)
     (RESULTS / f"{args.out}.md").write_text(md)
     print(md)
@@ -385,19 +355,20 @@ def _summary(rows: list[dict], budgets: list[float], best: str) -> list[str]:
     for b in budgets:
         rs = {r["method"]: r for r in rows if r["budget"] == b}
         tp_acc = rs["tp_l2_uniform"]["acc"]
+        recipe, uni = rs[f"pk_{best}_search"], rs[f"pk_{best}_uniform"]
+        acc = recipe["acc"]
         pk = {m: r for m, r in rs.items() if m.startswith("pk_")}
         top = max(pk, key=lambda m: pk[m]["acc"])
-        acc = pk[top]["acc"]
-        uni, bud = rs[f"pk_{best}_uniform"], rs[f"pk_{best}_budget"]
         out.append(
-            f"1/{b:g} MACs: best prunekit recipe `{top}` {acc:.4f} vs Torch-Pruning {tp_acc:.4f} "
+            f"1/{b:g} MACs: prunekit's recipe `pk_{best}_search` {acc:.4f} vs Torch-Pruning {tp_acc:.4f} "
             f"({100 * (acc - tp_acc):+.2f} points; {'at least as accurate' if acc >= tp_acc else 'LESS accurate'}); "
             f"vs unpruned fine-tuned {ft:.4f}: {100 * (acc - ft):+.2f} points"
             f"{' (within 1 point)' if acc >= ft - 0.01 else ' (NOT within 1 point)'}; "
             f"vs unpruned head-only {head:.4f}: {100 * (acc - head):+.2f} points. "
-            f"Budget ratios vs uniform ({best}): {bud['acc']:.4f} vs {uni['acc']:.4f} "
-            f"({100 * (bud['acc'] - uni['acc']):+.2f} points; "
-            f"MACs x{bud['macs_ratio']:.4f} vs x{uni['macs_ratio']:.4f})")
+            f"Searched ratios vs uniform ({best}): {acc:.4f} vs {uni['acc']:.4f} "
+            f"({100 * (acc - uni['acc']):+.2f} points; MACs x{recipe['macs_ratio']:.4f} vs x{uni['macs_ratio']:.4f}; "
+            f"validation -NLL {recipe['val_score']:.4f} vs {recipe['val_score_uniform']:.4f}). "
+            f"Best prunekit row after the fact: `{top}` {pk[top]['acc']:.4f}")
     return out
 
 
@@ -407,7 +378,7 @@ def _markdown(meta: dict, rows: list[dict], criteria: list[dict], summary: list[
            f"L-BFGS on the frozen features), {meta['image_size']}x{meta['image_size']} inputs, "
            f"{meta['base_macs']:,} MACs, {meta['base_params']:,} params. Splits (seed {meta['seed']}): "
            f"{meta['train']} training images (head fit, recovery), {meta['val']} held-out training images "
-           f"(calibration {meta['calib']}, criterion choice, sensitivity on {meta['sens_images']}), "
+           f"(calibration {meta['calib']}, criterion choice, ratio search), "
            f"{meta['test']} test images (the accuracies below, nothing else).", "",
            "Identical recovery for every row (the unpruned network's fine-tuning too): "
            + (f"a warm start (BatchNorm statistics re-estimated and the head refit on {meta['refit']} "
@@ -417,10 +388,11 @@ def _markdown(meta: dict, rows: list[dict], criteria: list[dict], summary: list[
            f"alpha={meta['alpha']}). Channels kept in multiples of "
            f"{meta['round_to']} for every method; MACs counted with `prunekit.count` on 1x3x{meta['image_size']}x"
            f"{meta['image_size']} for every method. 'acc pruned' is right after pruning (head not refit), 'acc warm' "
-           f"after the warm start, before training. Search s: bisection on the ratio (uniform), sensitivity (shared by "
-           f"the budgets) + ratios_for_budget (budget). Best criterion by validation accuracy after the warm start: "
-           f"**{meta['best_criterion']}**. Sensitivity: ratios {meta['sens_ratios']}, score "
-           f"{'minus the cross-entropy' if meta['sens_score'] == 'nll' else 'accuracy'}. torch {meta['torch']}, "
+           f"after the warm start, before training. Search s: bisection on the ratio (uniform), `search_ratios` "
+           f"({meta['candidates']} candidates, spread {meta['spread']}, each warm-started and scored by minus the "
+           f"validation cross-entropy; search). Best criterion by validation accuracy after the warm start: "
+           f"**{meta['best_criterion']}**. prunekit's recipe, declared before the run: `pk_<best>_search`. "
+           f"torch {meta['torch']}, "
            f"Torch-Pruning {meta['torch_pruning']}, {meta['threads']} torch thread(s), {meta['minutes']:.1f} min"
            f"{' (--quick: development sizes, not the result)' if meta['quick'] else ''}.", "",
            "| budget | method | ratio | MACs ratio | params ratio | acc pruned | acc warm | acc recovered | "
