@@ -21,6 +21,19 @@ def prune_exact_groups(model, inputs, kinds=("channel", "group", "head", "head_d
     return graph, groups, plan
 
 
+def output_fidelity(reference, shape=(16, 3, 12, 12)):
+    """``evaluate`` for analyses: minus the mean squared difference from ``reference``'s outputs on
+    fixed random inputs of ``shape`` (0 = the same outputs; higher = better)."""
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ref = reference(x)
+
+    def evaluate(m):
+        with torch.no_grad():
+            return -float((m(x) - ref).pow(2).mean())
+    return evaluate
+
+
 def assert_oracle(model, inputs, kinds=("channel", "group", "head", "head_dim"), ratio=0.5, kwargs=None,
                   min_groups=1, tol=1e-4):
     """Soft-vs-hard equivalence on every exact group, plus: hard model smaller, same output shapes."""

@@ -22,8 +22,8 @@ from .errors import PrunekitError
 from .graph.tracer import tensors_in
 from .graph.walk import eval_mode
 
-_PRODUCERS = {"conv1d": False, "conv2d": False, "conv3d": False, "conv_transpose1d": True,
-              "conv_transpose2d": True, "conv_transpose3d": True, "linear": False}  # name -> transposed
+_PRODUCERS = frozenset({"conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d",
+                        "linear"})
 
 
 @dataclass
@@ -141,20 +141,24 @@ def fold_batchnorm_(model: nn.Module, example_inputs: Any, example_kwargs: Mappi
                 pairs.append((layer, bn_path))
         report.kept += [(p, "not called in the forward") for p in stats_owner.values() if p not in rec.bn_input]
         del rec
+        paths_of: dict[int, list[str]] = {}  # a module may be registered under several paths
+        for p, m in model.named_modules(remove_duplicate=False):
+            paths_of.setdefault(id(m), []).append(p)
         undo = []
         try:
             for layer_path, bn_path in pairs:
                 layer, bn = named[layer_path], named[bn_path]
-                undo.append((layer, layer.weight, layer.bias, bn_path, bn))
+                paths = paths_of[id(bn)]
+                undo.append((layer, layer.weight, layer.bias, paths, bn))
                 _fold(layer, bn)
-                _replace(model, bn, nn.Identity())
+                _put(model, paths, nn.Identity())
                 report.folded.append((layer_path, bn_path))
             if pairs and not _same(reference, _run(model, tuple(inputs), kwargs), rtol):
                 raise PrunekitError("folding batch norm changed the model's outputs; nothing was folded")
         except Exception:
-            for layer, w, b, bn_path, bn in reversed(undo):
+            for layer, w, b, paths, bn in reversed(undo):
                 layer.weight, layer.bias = w, b
-                _replace(model, None, bn, path=bn_path)
+                _put(model, paths, bn)
             raise
     return report
 
@@ -172,13 +176,12 @@ def _fold(layer: nn.Module, bn: nn.modules.batchnorm._BatchNorm) -> None:
     layer.weight, layer.bias = new_w, new_b
 
 
-def _replace(model: nn.Module, old: nn.Module | None, new: nn.Module, path: str | None = None) -> None:
-    """Put ``new`` wherever ``old`` is registered (or at ``path``)."""
-    paths = [path] if path is not None else [p for p, m in model.named_modules(remove_duplicate=False) if m is old]
+def _put(model: nn.Module, paths: list[str], module: nn.Module) -> None:
+    """Register ``module`` at every one of ``paths``."""
     for p in paths:
         parent_path, _, name = p.rpartition(".")
         parent = model.get_submodule(parent_path) if parent_path else model
-        setattr(parent, name, new)
+        setattr(parent, name, module)
 
 
 def optimize_for_inference_(model: nn.Module, example_inputs: Any,

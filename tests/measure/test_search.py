@@ -7,6 +7,7 @@ from torch import nn
 
 import prunekit
 from prunekit.measure.search import search_ratios
+from tests.conftest import output_fidelity
 
 
 def _bn_net():
@@ -17,22 +18,11 @@ def _bn_net():
                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 4)).eval()
 
 
-def _fidelity(reference):
-    x = torch.randn(16, 3, 12, 12, generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        ref = reference(x)
-
-    def evaluate(m):
-        with torch.no_grad():
-            return -float((m(x) - ref).pow(2).mean())
-    return evaluate
-
-
 def test_search_meets_the_budget_and_its_config_reproduces_the_winner():
     m = _bn_net()
     x = torch.randn(1, 3, 12, 12)
     before = copy.deepcopy(m.state_dict())
-    r = search_ratios(m, x, _fidelity(m), macs=0.5, candidates=6, progress=False)
+    r = search_ratios(m, x, output_fidelity(m), macs=0.5, candidates=6, progress=False)
     assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())  # the model itself is untouched
     scored = [c for c in r.candidates if c["score"] is not None]
     assert len(r.candidates) == 6 and scored
@@ -42,7 +32,7 @@ def test_search_meets_the_budget_and_its_config_reproduces_the_winner():
     pruned = copy.deepcopy(m)
     result = prunekit.prune_(pruned, x, r.config)
     assert result.macs_ratio == pytest.approx(r.achieved)
-    assert _fidelity(m)(pruned) == pytest.approx(r.score)
+    assert output_fidelity(m)(pruned) == pytest.approx(r.score)
 
 
 def test_search_recalibrates_batch_norm_on_the_given_data():

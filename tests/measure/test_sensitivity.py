@@ -10,6 +10,7 @@ from prunekit.measure import file_size
 from prunekit.measure.budget import budget_search
 from prunekit.measure.latency import LatencyConfig, paired_latency
 from prunekit.measure.sensitivity import ratios_for_budget, sensitivity
+from tests.conftest import output_fidelity
 
 
 def _net():
@@ -19,21 +20,10 @@ def _net():
                          nn.Linear(16, 4)).eval()
 
 
-def _fidelity(reference, shape=(16, 3, 12, 12)):
-    x = torch.randn(shape, generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        ref = reference(x)
-
-    def evaluate(m):
-        with torch.no_grad():
-            return -float((m(x) - ref).pow(2).mean())
-    return evaluate
-
-
 def test_sensitivity_curves_cover_every_group_and_ratio():
     m = _net()
     x = torch.randn(1, 3, 12, 12)
-    s = sensitivity(m, x, _fidelity(m), ratios=(0.25, 0.5, 0.75), progress=False)
+    s = sensitivity(m, x, output_fidelity(m), ratios=(0.25, 0.5, 0.75), progress=False)
     assert s.base_score == 0.0
     assert [c.key for c in s.curves] == ["0.weight:0", "2.weight:0", "4.weight:0"]
     for c in s.curves:
@@ -47,7 +37,7 @@ def test_sensitivity_curves_cover_every_group_and_ratio():
 def test_budget_ratios_meet_the_budget(budget):
     m = _net()
     x = torch.randn(1, 3, 12, 12)
-    s = sensitivity(m, x, _fidelity(m), ratios=(0.25, 0.5, 0.75), progress=False)
+    s = sensitivity(m, x, output_fidelity(m), ratios=(0.25, 0.5, 0.75), progress=False)
     cfg = ratios_for_budget(m, x, s, macs=budget)
     pruned = copy.deepcopy(m)
     r = prunekit.prune_(pruned, x, cfg)
@@ -60,7 +50,7 @@ def test_budget_ratios_meet_the_budget(budget):
 def test_curves_record_the_exact_file_bytes_each_step_saves():
     m = _net()
     x = torch.randn(1, 3, 12, 12)
-    s = sensitivity(m, x, _fidelity(m), ratios=(0.25, 0.5), progress=False)
+    s = sensitivity(m, x, output_fidelity(m), ratios=(0.25, 0.5), progress=False)
     assert s.base_file_bytes == file_size(m)
     for c in s.curves:
         for r, saved in zip(c.ratios, c.file_bytes):
@@ -74,7 +64,7 @@ def test_curves_record_the_exact_file_bytes_each_step_saves():
 def test_file_size_budget_is_met_as_file_size_measures_it(budget):
     m = _net()
     x = torch.randn(1, 3, 12, 12)
-    s = sensitivity(m, x, _fidelity(m), ratios=(0.25, 0.5, 0.75), progress=False)
+    s = sensitivity(m, x, output_fidelity(m), ratios=(0.25, 0.5, 0.75), progress=False)
     result = budget_search(m, x, s, file_size=budget)
     pruned = copy.deepcopy(m)
     prunekit.prune_(pruned, x, result.config)
@@ -88,7 +78,7 @@ def test_file_size_budget_is_met_as_file_size_measures_it(budget):
 def test_unreachable_budget_says_so():
     m = _net()
     x = torch.randn(1, 3, 12, 12)
-    s = sensitivity(m, x, _fidelity(m), ratios=(0.25,), progress=False)
+    s = sensitivity(m, x, output_fidelity(m), ratios=(0.25,), progress=False)
     result = budget_search(m, x, s, params=0.05)
     assert not result.met and result.achieved > 0.05
     assert sorted(r for _, r in result.config.ratios) == [0.25, 0.25, 0.25]  # every curve exhausted
@@ -106,7 +96,7 @@ def test_latency_budget_is_verified_by_measuring():
     m = _one_big_layer()
     x = torch.randn(64, 256)
     lat = LatencyConfig(threads=1, warmup=2, repeats=10, rounds=3)
-    s = sensitivity(m, x, _fidelity(m, (64, 256)), ratios=(0.25, 0.5, 0.75), latency=lat, progress=False)
+    s = sensitivity(m, x, output_fidelity(m, (64, 256)), ratios=(0.25, 0.5, 0.75), latency=lat, progress=False)
     assert s.latency_config == lat and s.latency_batch == 64 and s.base_latency_ms > 0
     big, small = s.curves
     assert (big.key, small.key) == ("0.weight:0", "2.weight:0")
@@ -150,7 +140,7 @@ def test_data_criteria_work_in_sensitivity_and_budget_search_and_calibrate_once(
     x = torch.randn(1, 3, 12, 12)
     calib = [torch.randn(8, 3, 12, 12, generator=torch.Generator().manual_seed(k)) for k in range(2)]
     crit = Counting(data=calib)
-    s = sensitivity(m, x, _fidelity(m), ratios=(0.25, 0.5, 0.75), progress=False, criterion=crit)
+    s = sensitivity(m, x, output_fidelity(m), ratios=(0.25, 0.5, 0.75), progress=False, criterion=crit)
     assert Counting.prepared == 1  # one calibration for every group and ratio
     assert len(s.curves) == 3
     result = budget_search(m, x, s, macs=0.6, criterion=crit)
