@@ -81,4 +81,19 @@ def test_macs_target_that_cannot_be_met_leaves_the_model_alone():
         prunekit.prune_(model, torch.randn(4, 8), macs=0.01, max_ratio=0.5)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     with pytest.raises(ValueError, match="ratios"):
-        prunekit.prune_(model, torch.randn(4, 8), macs=0.5, ratios={"0": 0.5})
+        prunekit.prune_(model, torch.randn(4, 8), macs=0.5, ratios={"0": 0.5}, scope="global")
+    with pytest.raises(ValueError, match="threshold"):
+        prunekit.prune_(model, torch.randn(4, 8), macs=0.5, threshold=0.1)
+
+
+def test_macs_target_keeps_the_given_ratios_and_searches_the_rest():
+    model = torchvision.models.resnet18().eval()
+    x = torch.randn(1, 3, 64, 64)
+    stream = ("conv1", "layer*.0.conv2", "layer*.0.downsample.0")  # roots of the residual-stream groups
+    widths = {n: m.out_channels for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
+    result = prunekit.prune_(model, x, macs=0.6, ratios={p: 0.0 for p in stream})
+    assert 0.55 < result.macs_ratio <= 0.6
+    after = {n: m.out_channels for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
+    assert after["conv1"] == widths["conv1"] and after["layer4.1.conv2"] == widths["layer4.1.conv2"]
+    assert after["layer1.0.conv1"] < widths["layer1.0.conv1"]  # the block-internal channels took the cut
+    assert dict(result.config.ratios) == {p: 0.0 for p in stream} and result.config.ratio > 0.4

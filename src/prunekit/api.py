@@ -107,7 +107,8 @@ def prune_(model: nn.Module, example_inputs: Any, config: PruneConfig | None = N
     ``macs=0.5`` prunes to at most that fraction of the model's MACs instead of to ``ratio``:
     the smallest ratio (uniform, or the global fraction with ``scope="global"``) that gets there,
     with the config's rounding and bounds, is found by bisection on pruned copies (scores are
-    computed once); ``result.config.ratio`` is the ratio used.
+    computed once); ``result.config.ratio`` is the ratio used. In local scope, groups matched by
+    ``ratios=`` keep their given ratio (e.g. 0 to leave them whole) and the search sets the rest.
     """
     criterion = overrides.pop("criterion", None)
     if isinstance(criterion, str):
@@ -116,8 +117,9 @@ def prune_(model: nn.Module, example_inputs: Any, config: PruneConfig | None = N
     if macs is not None:
         if not 0.0 < macs <= 1.0:
             raise ValueError(f"macs must be a fraction of the model's MACs in (0, 1], got {macs}")
-        if config.ratios or config.threshold is not None:
-            raise ValueError("macs= searches the one ratio; it cannot be combined with ratios= or threshold=")
+        if config.threshold is not None or (config.ratios and config.scope == "global"):
+            raise ValueError("macs= searches the one ratio; it cannot be combined with threshold=, nor with "
+                             "ratios= in global scope")
     with _gc_paused():
         return _prune(model, example_inputs, config, example_kwargs, mode, criterion, macs)
 
@@ -135,15 +137,39 @@ def _macs_of(m: nn.Module, inputs: tuple, kwargs: Mapping[str, Any], modules: li
     return counter.macs, shapes
 
 
-def _ratio_for_macs(model: nn.Module, graph: DependencyGraph, groups: list[Group], config: PruneConfig,
-                    criterion: Criterion, inputs: tuple, kwargs: Mapping[str, Any], target: float) -> float:
+class PrunedCopies:
+    """Pruned copies of one model under many configs, from one trace: what a search over configs
+    (a ratio bisection, a per-group ratio search) evaluates. ``copy(config)`` prunes a deep copy
+    exactly as ``prune_(copy, x, config)`` would (same groups, selection and plan) and counts it.
+
+    The trace is taken with ``config``'s ignored modules and strictness; every later config is
+    expected to share them and its group kinds."""
+
+    def __init__(self, model: nn.Module, example_inputs: Any, config: PruneConfig,
+                 example_kwargs: Mapping[str, Any] | None = None, criterion: Criterion | str | None = None) -> None:
+        self.model, self.inputs, self.kwargs = model, _as_tuple(example_inputs), dict(example_kwargs or {})
+        self.criterion = criterion if isinstance(criterion, CachedScores) else CachedScores(
+            criterion if criterion is not None else config.criterion)
+        flops = MacCounter()
+        self.graph = trace(model, self.inputs, self.kwargs, ignore=config.ignore, strict=config.strict, counter=flops)
+        self.before = Counts(sum(p.numel() for p in model.parameters()), flops.macs)
+        self.groups = self.graph.groups(config.kinds)
+        self._modules = list(model.modules())
+
+    def copy(self, config: PruneConfig) -> tuple[nn.Module, Counts]:
+        """A pruned deep copy under ``config`` and its parameter and MAC counts."""
+        chosen, summaries = select_units(self.model, self.groups, config, self.criterion, self.graph)
+        m = copy.deepcopy(self.model)
+        if chosen:
+            apply_plan(m, make_plan(self.graph, chosen, summaries), "hard")
+        macs = _macs_of(m, self.inputs, self.kwargs, list(m.modules()))[0]
+        return m, Counts(sum(p.numel() for p in m.parameters()), macs)
+
+
+def _ratio_for_macs(copies: PrunedCopies, config: PruneConfig, target: float) -> float:
     """Smallest ratio (to within max_ratio / 1024) whose pruned copy has at most ``target`` MACs."""
     def macs_at(r: float) -> int:
-        chosen, _ = select_units(model, groups, replace(config, ratio=r), criterion, graph)
-        m = copy.deepcopy(model)
-        if chosen:
-            apply_plan(m, make_plan(graph, chosen), "hard")
-        return _macs_of(m, inputs, kwargs, list(m.modules()))[0]
+        return copies.copy(replace(config, ratio=r))[1].macs
 
     lo, hi = 0.0, config.max_ratio * 0.999999  # ratio must stay below max_ratio's bound and 1
     at_hi = macs_at(hi)
@@ -165,11 +191,12 @@ def _prune(model: nn.Module, example_inputs: Any, config: PruneConfig, example_k
     kwargs = dict(example_kwargs or {})
     t0 = time.perf_counter()
     modules = list(model.modules())  # the same objects after a hard apply (only tensors are replaced)
-    flops = MacCounter()  # one forward both traces and counts MACs
-    graph: DependencyGraph = trace(model, inputs, kwargs, ignore=config.ignore, strict=config.strict, counter=flops)
-    before = Counts(sum(p.numel() for p in model.parameters()), flops.macs)
+    if target_macs is not None:
+        criterion = CachedScores(criterion if criterion is not None else config.criterion)
+    copies = PrunedCopies(model, inputs, config, kwargs, criterion)  # one forward both traces and counts MACs
+    graph: DependencyGraph = copies.graph
+    before, groups = copies.before, copies.groups
     ref_shapes = graph.output_shapes
-    groups = graph.groups(config.kinds)
     measured: dict[str, int] = {}
 
     def check(m: nn.Module) -> None:
@@ -181,9 +208,7 @@ def _prune(model: nn.Module, example_inputs: Any, config: PruneConfig, example_k
 
     notes: list[str] = []
     if target_macs is not None:
-        criterion = CachedScores(criterion if criterion is not None else config.criterion)
-        config = replace(config, ratio=_ratio_for_macs(model, graph, groups, config, criterion, inputs, kwargs,
-                                                       target_macs * before.macs))
+        config = replace(config, ratio=_ratio_for_macs(copies, config, target_macs * before.macs))
     chosen, summaries = select_units(model, groups, config, criterion, graph)
     plan = make_plan(graph, chosen, summaries)
     try:

@@ -12,7 +12,6 @@ spread.
 """
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
@@ -21,8 +20,7 @@ import torch
 from torch import nn
 
 from ..config import PruneConfig
-from ..criteria import CachedScores, Criterion
-from ..graph.tracer import trace
+from ..criteria import Criterion
 from ..progress import progress_bar
 from ..recovery.batchnorm import recalibrate_bn
 
@@ -73,22 +71,20 @@ def search_ratios(model: nn.Module, example_inputs: Any, evaluate: Callable[[nn.
         raise ValueError(f"{metric} budget must be a fraction in (0, 1], got {target}")
     if candidates < 1:
         raise ValueError(f"candidates must be >= 1, got {candidates}")
-    from ..api import prune_  # the api imports measure: import at call time
+    from ..api import PrunedCopies  # the api imports measure: import at call time
 
     config = config or PruneConfig()
-    crit = CachedScores(criterion if criterion is not None else config.criterion)
-    inputs = example_inputs if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
-    graph = trace(model, inputs, example_kwargs, ignore=config.ignore)
-    keys = sorted({f"{g.root[0]}:{g.root[1]}" for g in graph.groups(config.kinds) if len(g) >= min_units})
+    copies = PrunedCopies(model, example_inputs, config, example_kwargs,
+                          criterion if criterion is not None else config.criterion)  # one trace for every candidate
+    keys = sorted({f"{g.root[0]}:{g.root[1]}" for g in copies.groups if len(g) >= min_units})
     if not keys:
         raise ValueError(f"no group of at least {min_units} units to prune")
     cap = config.max_ratio * 0.999
+    full = copies.before.macs if metric == "macs" else copies.before.params
 
     def pruned(ratios: dict[str, float]) -> tuple[nn.Module, float]:
-        cfg = _config(config, ratios)
-        m = copy.deepcopy(model)
-        r = prune_(m, inputs, cfg, example_kwargs=example_kwargs, criterion=crit)
-        return m, (r.macs_ratio if metric == "macs" else r.params_ratio)
+        m, counts = copies.copy(_config(config, ratios))
+        return m, (counts.macs if metric == "macs" else counts.params) / max(full, 1)
 
     gen = torch.Generator().manual_seed(seed)
     tried: list[dict] = []
