@@ -1,11 +1,14 @@
 """Realized speed-up: does halving the MACs halve the CPU latency?
 
-ResNet-50 and MobileNetV2 (224x224) pruned to at most half their MACs (``prune_(..., macs=0.5)``:
-uniform channel ratio found by bisection, L2 magnitude; channel counts rounded to multiples of 1,
-8 or 16), latency measured before and after at batch 1 and 16 on 2 threads, interleaved: 6 rounds
-of (before, after), each 2 warm-up + 5 (batch 1) or 3 (batch 16) timed runs; the median of the
-round medians. Two forms, the same for the unpruned and the pruned model: ``eager`` (the
-torchvision module as is, NCHW inputs) and ``deployed`` (``prunekit.deploy.optimize_for_inference_``:
+ResNet-50 and MobileNetV2 (224x224) pruned to at most half their MACs with L2 magnitude, two
+ways: ``uniform`` (``prune_(..., macs=0.5)``: one channel ratio found by bisection; channel counts
+rounded to multiples of 1, 8 or 16) and ``latency-searched`` (``search_ratios(..., macs=0.5)``
+with minus the deployed model's batch-1 latency as the score, round_to 16: where the channels are
+cut, at the same MACs, decides how much of the saving shows up as speed). Latency measured before and after at batch 1 and 16 on 2 threads, interleaved: 10 (batch 1)
+or 5 (batch 16) rounds of (before, after) with the order flipped every round (``prunekit.measure.latency.paired_latency``),
+each 2 warm-up + 5 (batch 1) or 3 (batch 16) timed runs; speed-up = the median over rounds of the
+within-round ratio, latencies = the median of the round medians. Two forms, the same for the
+unpruned and the pruned model: ``eager`` (the torchvision module as is, NCHW inputs) and ``deployed`` (``prunekit.deploy.optimize_for_inference_``:
 batch norm folded into the convs, channels-last weights and inputs).
 efficiency = (latency speed-up) / (MACs reduction); 1.0 means the pruned model is exactly as
 much faster as it is cheaper. Target >= 0.9.
@@ -17,6 +20,8 @@ from __future__ import annotations
 import copy
 import json
 import platform
+import time
+from statistics import median
 from pathlib import Path
 
 import torch
@@ -24,24 +29,23 @@ import torchvision
 
 import prunekit
 from prunekit.deploy import optimize_for_inference_
-from prunekit.measure import measure_latency
+from prunekit.config import PruneConfig
+from prunekit.measure.latency import LatencyConfig, measure_latency, paired_latency
+from prunekit.measure.search import search_ratios
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MODELS = ("resnet50", "mobilenet_v2")
-ROUNDS = 6
+ROUNDS = {1: 10, 16: 5}  # interleaved rounds per batch size
 FORMS = ("eager", "deployed")
+SEARCH_CANDIDATES = 16
 
 
-def _pooled(runs):
-    """Median of the per-round medians, spread from the rounds' p10/p90."""
-    from statistics import median
-
-    from prunekit.measure.latency import Latency
-
-    r0 = runs[0]
-    return Latency(median(r.median_ms for r in runs), min(r.p10_ms for r in runs), max(r.p90_ms for r in runs),
-                   sum(r.mean_ms for r in runs) / len(runs), sum(r.repeats for r in runs), r0.warmup, r0.threads,
-                   r0.batch_size)
+def _deployed_ms(model: torch.nn.Module, x1: torch.Tensor) -> float:
+    """Batch-1 median latency of a deployed copy (the search's objective: lower is better)."""
+    m = copy.deepcopy(model)
+    optimize_for_inference_(m, x1)
+    return measure_latency(m, x1.contiguous(memory_format=torch.channels_last), threads=2, warmup=3,
+                           repeats=15).median_ms
 
 
 def main() -> None:
@@ -53,9 +57,20 @@ def main() -> None:
         eager_base = torchvision.models.get_model(name).eval()
         deployed_base = copy.deepcopy(eager_base)
         optimize_for_inference_(deployed_base, x1)
-        for round_to in (1, 8, 16):  # 16: the channel block of oneDNN on AVX-512
+        # uniform ratios at three roundings (16: the channel block of oneDNN on AVX-512), then per-group
+        # ratios searched at the same MAC budget for the lowest batch-1 latency of the deployed model
+        for profile, round_to in (("uniform", 1), ("uniform", 8), ("uniform", 16), ("latency-searched", 16)):
             eager = copy.deepcopy(eager_base)
-            r = prunekit.prune_(eager, x1, macs=0.5, round_to=round_to)
+            t = time.perf_counter()
+            if profile == "uniform":
+                r = prunekit.prune_(eager, x1, macs=0.5, round_to=round_to)
+                ratio: float | str = r.config.ratio
+            else:
+                found = search_ratios(eager_base, x1, lambda m: -_deployed_ms(m, x1), macs=0.5,
+                                      candidates=SEARCH_CANDIDATES, config=PruneConfig(round_to=round_to),
+                                      progress=False)
+                r, ratio = prunekit.prune_(eager, x1, found.config), "per group"
+            prune_s = time.perf_counter() - t
             deployed = copy.deepcopy(eager)
             optimize_for_inference_(deployed, x1)
             for form, base, pruned in (("eager", eager_base, eager), ("deployed", deployed_base, deployed)):
@@ -64,35 +79,41 @@ def main() -> None:
                     if form == "deployed":
                         x = x.contiguous(memory_format=torch.channels_last)
                     reps = 5 if batch == 1 else 3
-                    # interleaved: before, after, before, after ... so drift hits both alike
-                    bs, as_ = [], []
-                    for _ in range(ROUNDS):
-                        bs.append(measure_latency(base, x, threads=2, warmup=2, repeats=reps))
-                        as_.append(measure_latency(pruned, x, threads=2, warmup=2, repeats=reps))
-                    lb, la = _pooled(bs), _pooled(as_)
-                    speedup = lb.median_ms / la.median_ms
-                    row = {"model": name, "form": form, "ratio": r.config.ratio, "round_to": round_to, "batch": batch,
-                           "macs_ratio": r.macs_ratio, "latency_before_ms": lb.median_ms, "latency_after_ms": la.median_ms,
-                           "p10_p90_before": [lb.p10_ms, lb.p90_ms], "p10_p90_after": [la.p10_ms, la.p90_ms],
+                    # interleaved rounds (before, after; the order flips each round) so drift hits both alike;
+                    # the speed-up is the median over rounds of the within-round ratio
+                    p = paired_latency(base, pruned, x, config=LatencyConfig(warmup=2, repeats=reps, rounds=ROUNDS[batch],
+                                                                             threads=2))
+                    lb, la = median(p.base_ms), median(p.other_ms)
+                    speedup = 1.0 / p.ratio
+                    row = {"model": name, "form": form, "profile": profile, "ratio": ratio, "round_to": round_to,
+                           "batch": batch, "prune_s": prune_s, "params_ratio": r.params_ratio,
+                           "macs_ratio": r.macs_ratio, "latency_before_ms": lb, "latency_after_ms": la,
+                           "rounds_before_ms": list(p.base_ms), "rounds_after_ms": list(p.other_ms),
                            "speedup": speedup, "efficiency": speedup * r.macs_ratio}
                     rows.append(row)
-                    print(f"{name} {form} round_to {round_to} batch {batch}: MACs x{r.macs_ratio:.3f}, "
-                          f"{lb.median_ms:.1f} -> {la.median_ms:.1f} ms, speed-up {speedup:.2f}, "
+                    print(f"{name} {form} {profile} round_to {round_to} batch {batch}: MACs x{r.macs_ratio:.3f}, "
+                          f"{lb:.1f} -> {la:.1f} ms, speed-up {speedup:.2f}, "
                           f"efficiency {row['efficiency']:.2f}", flush=True)
     RESULTS.mkdir(exist_ok=True)
     meta = {"torch": torch.__version__, "threads": 2, "machine": platform.machine(), "processor": platform.processor()}
     (RESULTS / "realized_speedup.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     lines = ["# Realized speed-up of pruned models on CPU", "",
-             f"torch {meta['torch']}, 2 threads, {meta['machine']}; pruned with `prune_(..., macs=0.5, round_to=N)` "
-             "(L2, uniform ratio found by bisection); before and after measured interleaved, 6 rounds "
-             "of 5 (batch 1) or 3 (batch 16) runs after 2 warm-up; latency = median of the round medians. "
+             f"torch {meta['torch']}, 2 threads, {meta['machine']}; pruned to half the MACs (L2, channels in multiples "
+             "of round_to); before and after measured interleaved, 10 (batch 1) or 5 "
+             "(batch 16) rounds (order flipped each round) of 5 (batch 1) or 3 (batch 16) runs after 2 warm-up; latency = median of the "
+             "round medians; speed-up = median over rounds of the within-round ratio. "
              "eager: the modules as they are, NCHW input; deployed: `optimize_for_inference_` (batch norm folded, "
              "channels-last) on both models, channels-last input. "
-             "efficiency = latency speed-up x MACs ratio (1.0 = ideal).", "",
-             "| model | form | round_to | batch | MACs ratio | latency before ms | after ms | speed-up | efficiency |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "efficiency = latency speed-up x MACs ratio (1.0 = ideal). Profiles: `uniform` (one ratio, "
+             "bisection on the MACs) and `latency-searched` (`search_ratios` at the same MAC budget, "
+             f"{SEARCH_CANDIDATES} candidates, scored by minus the deployed model's batch-1 latency -- no accuracy "
+             "term: it shows how much where the channels go changes the realized speed-up).", "",
+             "| model | form | profile | round_to | batch | MACs ratio | params ratio | latency before ms | after ms | "
+             "speed-up | efficiency |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['model']} | {r['form']} | {r['round_to']} | {r['batch']} | {r['macs_ratio']:.3f} | "
+        lines.append(f"| {r['model']} | {r['form']} | {r['profile']} | {r['round_to']} | {r['batch']} | "
+                     f"{r['macs_ratio']:.3f} | {r['params_ratio']:.3f} | "
                      f"{r['latency_before_ms']:.1f} | {r['latency_after_ms']:.1f} | {r['speedup']:.2f} | "
                      f"{r['efficiency']:.2f} |")
     (RESULTS / "realized_speedup.md").write_text("\n".join(lines) + "\n")
