@@ -4,12 +4,16 @@ ResNet-50 and MobileNetV2 (224x224) pruned to at most half their MACs with L2 ma
 ways: ``uniform`` (``prune_(..., macs=0.5)``: one channel ratio found by bisection; channel counts
 rounded to multiples of 1, 8 or 16) and ``latency-searched`` (``search_ratios(..., macs=0.5)``
 with minus the deployed model's batch-1 latency as the score, round_to 16: where the channels are
-cut, at the same MACs, decides how much of the saving shows up as speed). Latency measured before and after at batch 1 and 16 on 2 threads, interleaved: 10 (batch 1)
-or 5 (batch 16) rounds of (before, after) with the order flipped every round (``prunekit.measure.latency.paired_latency``),
-each 2 warm-up + 5 (batch 1) or 3 (batch 16) timed runs; speed-up = the median over rounds of the
-within-round ratio, latencies = the median of the round medians. Two forms, the same for the
-unpruned and the pruned model: ``eager`` (the torchvision module as is, NCHW inputs) and ``deployed`` (``prunekit.deploy.optimize_for_inference_``:
+cut, at the same MACs, decides how much of the saving shows up as speed).
+
+Latency is measured before and after at batch 1 and 16 on 2 threads, interleaved: 10 (batch 1)
+or 5 (batch 16) rounds of (before, after) with the order flipped every round
+(``prunekit.measure.latency.paired_latency``), each 2 warm-up + 5 (batch 1) or 3 (batch 16)
+timed runs; speed-up = the median over rounds of the within-round ratio, latencies = the median
+of the round medians. Two forms, the same for the unpruned and the pruned model: ``eager`` (the
+torchvision module as is, NCHW inputs) and ``deployed`` (``prunekit.deploy.optimize_for_inference_``:
 batch norm folded into the convs, channels-last weights and inputs).
+
 efficiency = (latency speed-up) / (MACs reduction); 1.0 means the pruned model is exactly as
 much faster as it is cheaper. Target >= 0.9.
 
@@ -81,8 +85,8 @@ def main() -> None:
                     reps = 5 if batch == 1 else 3
                     # interleaved rounds (before, after; the order flips each round) so drift hits both alike;
                     # the speed-up is the median over rounds of the within-round ratio
-                    p = paired_latency(base, pruned, x, config=LatencyConfig(warmup=2, repeats=reps, rounds=ROUNDS[batch],
-                                                                             threads=2))
+                    cfg = LatencyConfig(warmup=2, repeats=reps, rounds=ROUNDS[batch], threads=2)
+                    p = paired_latency(base, pruned, x, config=cfg)
                     lb, la = median(p.base_ms), median(p.other_ms)
                     speedup = 1.0 / p.ratio
                     row = {"model": name, "form": form, "profile": profile, "ratio": ratio, "round_to": round_to,
