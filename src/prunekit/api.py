@@ -154,7 +154,6 @@ class PrunedCopies:
         self.graph = trace(model, self.inputs, self.kwargs, ignore=config.ignore, strict=config.strict, counter=flops)
         self.before = Counts(sum(p.numel() for p in model.parameters()), flops.macs)
         self.groups = self.graph.groups(config.kinds)
-        self._modules = list(model.modules())
 
     def copy(self, config: PruneConfig) -> tuple[nn.Module, Counts]:
         """A pruned deep copy under ``config`` and its parameter and MAC counts."""
@@ -191,9 +190,8 @@ def _prune(model: nn.Module, example_inputs: Any, config: PruneConfig, example_k
     kwargs = dict(example_kwargs or {})
     t0 = time.perf_counter()
     modules = list(model.modules())  # the same objects after a hard apply (only tensors are replaced)
-    if target_macs is not None:
-        criterion = CachedScores(criterion if criterion is not None else config.criterion)
     copies = PrunedCopies(model, inputs, config, kwargs, criterion)  # one forward both traces and counts MACs
+    criterion = copies.criterion  # scores each group once, however many configs the macs= bisection tries
     graph: DependencyGraph = copies.graph
     before, groups = copies.before, copies.groups
     ref_shapes = graph.output_shapes

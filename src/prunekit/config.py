@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 KINDS = ("channel", "group", "head", "head_dim")
 
@@ -59,6 +59,13 @@ class PruneConfig:
         bad = [k for k in self.kinds if k not in KINDS]
         if bad:
             raise ValueError(f"unknown group kinds {bad}; choose among {KINDS}")
+
+    def only(self, ratios: Iterable[tuple[str, float]]) -> "PruneConfig":
+        """This config pruning only the groups matched by ``ratios`` (default ratio 0), with
+        ``max_ratio`` raised to the largest ratio given."""
+        pairs = tuple(ratios)
+        return PruneConfig(**{**self.to_dict(), "ratio": 0.0, "ratios": pairs,
+                              "max_ratio": max([self.max_ratio, *(r for _, r in pairs)])})
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

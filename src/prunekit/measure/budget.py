@@ -7,7 +7,6 @@ and measured, and the search goes on from the measured value until the measureme
 """
 from __future__ import annotations
 
-import copy
 import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Mapping
@@ -118,12 +117,10 @@ def budget_search(model: nn.Module, example_inputs: Any, sens: Sensitivity, *, m
     curves = {c.key: c for c in sens.curves}
     level = {c.key: 0 for c in sens.curves}  # index into each curve's ratios; 0 = unpruned
     crit = CachedScores(criterion if criterion is not None else config.criterion)
-    measure = _verifier(model, inputs, example_kwargs, metric, sens, crit)
+    measure = _verifier(model, inputs, example_kwargs, metric, sens, config, crit)
 
     def current() -> PruneConfig:
-        ratios = tuple((k, curves[k].ratios[i - 1]) for k, i in level.items() if i > 0)
-        return PruneConfig(**{**config.to_dict(), "ratio": 0.0, "ratios": ratios,
-                              "max_ratio": max([config.max_ratio, *(r for _, r in ratios)])})
+        return config.only((k, curves[k].ratios[i - 1]) for k, i in level.items() if i > 0)
 
     estimate, verifications = base, 0
     while True:
@@ -165,19 +162,20 @@ def ratios_for_budget(model: nn.Module, example_inputs: Any, sens: Sensitivity, 
 
 
 def _verifier(model: nn.Module, inputs: tuple, kwargs: Mapping[str, Any] | None, metric: str,
-              sens: Sensitivity, criterion: Criterion) -> Callable[[PruneConfig], float]:
-    """``config -> measured fraction of the unpruned model`` for one metric, on a pruned copy."""
-    from ..api import prune_  # the api imports measure: import at call time
+              sens: Sensitivity, config: PruneConfig, criterion: Criterion) -> Callable[[PruneConfig], float]:
+    """``config -> measured fraction of the unpruned model`` for one metric, on a pruned copy
+    (the model is traced once, for every verification)."""
+    from ..api import PrunedCopies  # the api imports measure: import at call time
 
+    copies = PrunedCopies(model, inputs, config, kwargs, criterion)
     base_bytes = saved_file_size(model) if metric == "file_size" else 0
 
     def measured(cfg: PruneConfig) -> float:
-        m = copy.deepcopy(model)
-        r = prune_(m, inputs, cfg, example_kwargs=kwargs, criterion=criterion)
+        m, counts = copies.copy(cfg)
         if metric == "macs":
-            return r.after.macs / max(r.before.macs, 1)
+            return counts.macs / max(copies.before.macs, 1)
         if metric == "params":
-            return r.after.params / max(r.before.params, 1)
+            return counts.params / max(copies.before.params, 1)
         if metric == "file_size":
             return saved_file_size(m) / base_bytes
         return paired_latency(model, m, inputs, kwargs, config=sens.latency_config).ratio

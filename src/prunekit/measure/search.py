@@ -132,9 +132,7 @@ def search_ratios(model: nn.Module, example_inputs: Any, evaluate: Callable[[nn.
 
 
 def _config(config: PruneConfig, ratios: Mapping[str, float]) -> PruneConfig:
-    pairs = tuple((k, r) for k, r in ratios.items() if r > 0)
-    return PruneConfig(**{**config.to_dict(), "ratio": 0.0, "ratios": pairs,
-                          "max_ratio": max([config.max_ratio, *(r for _, r in pairs)])})
+    return config.only((k, r) for k, r in ratios.items() if r > 0)
 
 
 __all__ = ["SearchResult", "search_ratios"]
