@@ -10,10 +10,14 @@ user brings to pruning. It is pruned to 1/2 and 1/3 of its MACs by:
 - ``pk_l2_uniform``: ``prunekit.prune_`` with L2 magnitude, one ratio (bisection): the
   like-for-like baseline;
 - ``pk_<best>_uniform``: the same with the criterion that scored best on the validation split
-  (each candidate pruned to the budget, warm-started as below, accuracy on the validation split).
-  This is prunekit's recipe, declared before the run (the searched ratios below lost to it after
-  recovery in three of the four earlier budget runs): the row the summary compares with
-  Torch-Pruning and with the unpruned network;
+  (each candidate pruned to the budget, warm-started as below, accuracy on the validation split);
+- ``pk_<best>_iterative``: prunekit's recipe, declared before the run (from 2026-11-29; before,
+  it was ``pk_<best>_uniform``): ``prunekit.progressive.iterative_prune_(macs=1/budget,
+  steps=--steps)`` with the best criterion -- each step prunes to ``budget ** (k/steps)`` of the
+  MACs (one uniform ratio by bisection, scores re-computed on the current network), then gets the
+  warm start and ``epochs/steps`` of the recovery below. Same epochs, data and order as every
+  other row, cut into pieces (the earlier pieces train a wider network, so it costs more compute
+  than one-shot). The row the summary compares with Torch-Pruning and with the unpruned network;
 - ``pk_<best>_search``: per-group ratios from ``prunekit.measure.search.search_ratios`` with the
   same best criterion: ``--candidates`` random ratio profiles (the first one uniform), each scaled
   to the budget, warm-started as below and scored by minus the cross-entropy on the validation
@@ -66,6 +70,7 @@ from prunekit.config import PruneConfig
 from prunekit.criteria import (APoZCriterion, ActivationMeanCriterion, ActivationVarCriterion, BNScaleCriterion,
                                Criterion, TaylorCriterion, get_criterion)
 from prunekit.measure.search import search_ratios
+from prunekit.progressive import iterative_prune_
 from prunekit.recovery import Distillation, TrainConfig, extract_features, fit_linear_head, recalibrate_bn, train
 from prunekit.zoo import demo_model
 from prunekit.zoo import fashion_mnist as fm
@@ -100,14 +105,17 @@ def neg_nll(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
                           zip(batches(x), batches(y))) / len(y))
 
 
-def warm_copy(net: Transfer, x: torch.Tensor, y: torch.Tensor) -> Transfer:
-    """A copy of ``net`` with BatchNorm statistics re-estimated on ``x`` (train-mode forwards,
-    cumulative average) and its linear head refit on the frozen features."""
-    net = copy.deepcopy(net)
+def warm_(net: Transfer, x: torch.Tensor, y: torch.Tensor) -> Transfer:
+    """The warm start, in place: BatchNorm statistics re-estimated on ``x`` (train-mode forwards,
+    cumulative average) and the linear head refit on the frozen features."""
     recalibrate_bn(net, list(batches(x, 64)))
     net.eval()
     fit_linear_head(net.classifier, extract_features(net.backbone, batches(x)), y)
     return net
+
+
+def warm_copy(net: Transfer, x: torch.Tensor, y: torch.Tensor) -> Transfer:
+    return warm_(copy.deepcopy(net), x, y)
 
 
 def bisect(macs_at, target: int, hi: float = 0.9, iters: int = 14, tol: float = 0.005) -> tuple[float, int, list]:
@@ -159,6 +167,8 @@ def main() -> None:
                     help="epochs of plain fine-tuning of the whole unpruned network before pruning (0: prune the "
                          "head-only network)")
     ap.add_argument("--epochs", type=int, default=2, help="recovery epochs, the same for every method")
+    ap.add_argument("--steps", type=int, default=2,
+                    help="prune steps of the iterative recipe; the recovery epochs are split evenly between them")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--temperature", type=float, default=4.0)
@@ -171,7 +181,9 @@ def main() -> None:
     args = ap.parse_args()
     if args.quick:
         args.train, args.val, args.test, args.refit, args.calib = 768, 256, 500, 256, 128
-        args.candidates, args.epochs, args.criteria = 3, 1, ["l2", "apoz"]
+        args.candidates, args.epochs, args.criteria = 3, 2, ["l2", "apoz"]
+    if args.epochs % args.steps:
+        ap.error(f"--epochs ({args.epochs}) must be a multiple of --steps ({args.steps})")
     args.out = args.out or ("equal_budget_accuracy_quick" if args.quick else "equal_budget_accuracy")
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -229,13 +241,14 @@ def main() -> None:
         base = head_only
     teacher = copy.deepcopy(base).eval()  # the unpruned network everything is pruned from
 
-    def recover(net: nn.Module) -> tuple[float, float]:
-        """The one recovery every network gets: same data order, optimizer, lr, teacher."""
+    def recover(net: nn.Module, epochs: int | None = None) -> tuple[float, float | None]:
+        """The one recovery every network gets: same data order, optimizer, lr, teacher. With
+        ``epochs`` (a share of the budget, for the iterative recipe) it does not test."""
         torch.manual_seed(args.seed)
         t = time.perf_counter()
-        train(net, loader(), TrainConfig(epochs=args.epochs, lr=args.lr, progress=False),
+        train(net, loader(), TrainConfig(epochs=epochs or args.epochs, lr=args.lr, progress=False),
               distill=Distillation(copy.deepcopy(teacher), temperature=args.temperature, alpha=args.alpha))
-        return time.perf_counter() - t, accuracy(net, x_test, y_test)
+        return time.perf_counter() - t, accuracy(net, x_test, y_test) if epochs is None else None
 
     base_acc = accuracy(base, x_test, y_test)
     ft = warm_copy(base, x_refit, y_refit)
@@ -296,6 +309,41 @@ def main() -> None:
         """The search's score: minus the validation cross-entropy after the warm start."""
         return neg_nll(warm_copy(m, x_refit, y_refit), x_val, y_val)
 
+    def iterative_row(b: float, crit_name: str, info: dict) -> dict:
+        """prunekit's recipe: ``--steps`` prunes to the budget (geometric in MACs, re-scored on the
+        recovered network each time), each followed by the warm start and an equal share of the
+        recovery epochs -- the same epochs, data and order as every other row, cut into pieces."""
+        net, parts = copy.deepcopy(base), []
+        warms: list[float] = []
+        pruned: list[float] = []
+
+        def recover_part(m: nn.Module, k: int) -> None:
+            pruned.append(accuracy(m, x_test, y_test))
+            if args.warm_start:
+                warm_(m, x_refit, y_refit)
+            warms.append(accuracy(m, x_test, y_test))
+            parts.append(recover(m, args.epochs // args.steps)[0])
+            clock.say(f"  1/{b:g} iterative step {k}/{args.steps}: MACs x{prunekit.count(m, x).macs / base_counts.macs:.4f}, "
+                      f"warm start {warms[-1]:.4f}, recovered {accuracy(m, x_test, y_test):.4f} ({parts[-1]:.0f}s)")
+
+        t = time.perf_counter()
+        steps = iterative_prune_(net, x, macs=1 / b, steps=args.steps, round_to=args.round_to,
+                                 criterion=make_criterion(crit_name), recover=recover_part)
+        total = time.perf_counter() - t
+        c = prunekit.count(net, x)
+        prune_s = total - sum(parts)
+        row = {"budget": b, "method": f"pk_{crit_name}_iterative", "criterion": crit_name, **info,
+               "search_s": 0.0, "prune_s": prune_s, "macs_ratio": c.macs / base_counts.macs,
+               "params_ratio": c.params / base_counts.params,
+               "step_macs_ratios": [s.result.after.macs / base_counts.macs for s in steps],
+               "step_ratios": [s.result.config.ratio for s in steps], "step_pruned_acc": pruned,
+               "step_warm_acc": warms, "acc_pruned": pruned[-1], "acc_refit": warms[-1],
+               "acc": accuracy(net, x_test, y_test), "recovery_s": sum(parts)}
+        clock.say(f"1/{b:g} {row['method']:22s} MACs x{row['macs_ratio']:.4f} params x{row['params_ratio']:.3f}: "
+                  f"last step pruned {pruned[-1]:.4f}, warm start {warms[-1]:.4f}, recovered {row['acc']:.4f} "
+                  f"({sum(parts):.0f}s)")
+        return row
+
     # ---- prune, warm start, recover: every method the same
     budget_cfgs = {}
     for b in args.budgets:
@@ -330,11 +378,15 @@ def main() -> None:
         t = time.perf_counter()
         r = prunekit.prune_(net, x, cfg, criterion=crit)
         prune_s = time.perf_counter() - t
+        methods.append((f"pk_{best}_iterative", best, None, {"ratio": f"{args.steps} steps"}))
         methods.append((f"pk_{best}_search", best, net, {
             "ratio": "per group", "search_s": search_s, "prune_s": prune_s,
             "macs_ratio": r.macs_ratio, "params_ratio": r.params_ratio, "ratios": [list(kv) for kv in cfg.ratios],
             "val_score": found.score, "val_score_uniform": found.uniform_score}))
         for method, crit, net, info in methods:
+            if method.endswith("_iterative"):
+                rows.append(iterative_row(b, crit, info))
+                continue
             info["acc_pruned"] = accuracy(net, x_test, y_test)
             refit = warm_copy(net, x_refit, y_refit)
             acc_refit = accuracy(refit, x_test, y_test)
@@ -352,7 +404,7 @@ def main() -> None:
             "refit": args.refit, "warm_start": args.warm_start, "calib": args.calib, "candidates": args.candidates,
             "spread": args.spread, "pretrain_epochs": args.pretrain_epochs, "epochs": args.epochs,
             "batch": args.batch, "lr": args.lr, "temperature": args.temperature, "alpha": args.alpha,
-            "round_to": args.round_to, "seed": args.seed, "quick": args.quick, "threads": args.threads,
+            "round_to": args.round_to, "steps": args.steps, "seed": args.seed, "quick": args.quick, "threads": args.threads,
             "torch": torch.__version__, "torch_pruning": _tp_version(), "machine": platform.machine(),
             "base_macs": base_counts.macs, "base_params": base_counts.params, "head_fit_s": head_s,
             "best_criterion": best, "minutes": (time.time() - clock.t0) / 60}
@@ -386,18 +438,21 @@ def _summary(rows: list[dict], budgets: list[float], best: str) -> list[str]:
     for b in budgets:
         rs = {r["method"]: r for r in rows if r["budget"] == b}
         tp_acc = rs["tp_l2_uniform"]["acc"]
-        searched, recipe = rs[f"pk_{best}_search"], rs[f"pk_{best}_uniform"]
-        acc, s_acc = recipe["acc"], searched["acc"]
+        searched, oneshot = rs[f"pk_{best}_search"], rs[f"pk_{best}_uniform"]
+        name = f"pk_{best}_iterative" if f"pk_{best}_iterative" in rs else f"pk_{best}_uniform"
+        recipe = rs[name]
+        acc, s_acc, u_acc = recipe["acc"], searched["acc"], oneshot["acc"]
         pk = {m: r for m, r in rs.items() if m.startswith("pk_")}
         top = max(pk, key=lambda m: pk[m]["acc"])
         out.append(
-            f"1/{b:g} MACs: prunekit's recipe `pk_{best}_uniform` {acc:.4f} vs Torch-Pruning {tp_acc:.4f} "
+            f"1/{b:g} MACs: prunekit's recipe `{name}` {acc:.4f} vs Torch-Pruning {tp_acc:.4f} "
             f"({100 * (acc - tp_acc):+.2f} points; {'at least as accurate' if acc >= tp_acc else 'LESS accurate'}); "
             f"vs unpruned (`{ref_name}`, the stricter reference) {ft:.4f}: {100 * (acc - ft):+.2f} points"
             f"{' (within 1 point)' if acc >= ft - 0.01 else ' (NOT within 1 point)'}; "
             f"vs unpruned head-only {head:.4f}: {100 * (acc - head):+.2f} points. "
-            f"Searched ratios vs uniform ({best}): {s_acc:.4f} vs {acc:.4f} "
-            f"({100 * (s_acc - acc):+.2f} points; MACs x{searched['macs_ratio']:.4f} vs x{recipe['macs_ratio']:.4f}; "
+            f"One-shot `pk_{best}_uniform` {u_acc:.4f} ({100 * (u_acc - tp_acc):+.2f} vs Torch-Pruning). "
+            f"Searched ratios vs uniform (one-shot, {best}): {s_acc:.4f} vs {u_acc:.4f} "
+            f"({100 * (s_acc - u_acc):+.2f} points; MACs x{searched['macs_ratio']:.4f} vs x{oneshot['macs_ratio']:.4f}; "
             f"validation -NLL {searched['val_score']:.4f} vs {searched['val_score_uniform']:.4f}). "
             f"Best prunekit row after the fact: `{top}` {pk[top]['acc']:.4f}")
     return out
@@ -427,7 +482,10 @@ def _markdown(meta: dict, rows: list[dict], criteria: list[dict], summary: list[
            f"after the warm start, before training. Search s: bisection on the ratio (uniform), `search_ratios` "
            f"({meta['candidates']} candidates, spread {meta['spread']}, each warm-started and scored by minus the "
            f"validation cross-entropy; search). Best criterion by validation accuracy after the warm start: "
-           f"**{meta['best_criterion']}**. prunekit's recipe, declared before the run: `pk_<best>_uniform`. "
+           f"**{meta['best_criterion']}**. prunekit's recipe, declared before the run: `pk_<best>_iterative` "
+           f"({meta.get('steps', 2)} prunes to the budget, geometric in MACs, each followed by the warm start and "
+           f"1/{meta.get('steps', 2)} of the recovery epochs; its 'acc pruned' and 'acc warm' are after the last "
+           f"prune). "
            f"torch {meta['torch']}, "
            f"Torch-Pruning {meta['torch_pruning']}, {meta['threads']} torch thread(s), {meta['minutes']:.1f} min"
            f"{' (--quick: development sizes, not the result)' if meta['quick'] else ''}.", "",

@@ -1,3 +1,4 @@
+import pytest
 import torch
 import torchvision
 
@@ -50,3 +51,39 @@ def test_iterative_reaches_the_target_in_steps_with_recovery_between():
     assert [r.ratio for r in rows] == [0.5, 0.75]
     assert [r.score for r in rows] == [32.0, 16.0]
     assert m[0].out_features == 16 and m[2].out_features == 16
+
+
+def test_iterative_to_a_macs_budget_steps_geometrically_and_ends_within_it():
+    import torch.nn as nn
+
+    import prunekit
+    from prunekit.progressive import iterative_prune_
+
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.Conv2d(32, 64, 3, padding=1),
+                      nn.BatchNorm2d(64), nn.ReLU(), nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(),
+                      nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10))
+    x = torch.randn(1, 3, 16, 16)
+    before = prunekit.count(m, x).macs
+    seen = []
+    rows = iterative_prune_(m, x, macs=0.25, steps=2, recover=lambda model, k: seen.append(prunekit.count(model, x).macs))
+    assert [r.ratio for r in rows] == [0.5, 0.25]
+    # each step lands at (at most) its share of the *original* MACs, and the steps ran in order
+    assert seen[0] <= 0.5 * before and seen[0] > 0.4 * before
+    assert seen[1] <= 0.25 * before and seen[1] > 0.2 * before
+    assert rows[1].result.before.macs == seen[0]
+    assert m[-1].out_features == 10 and m(x).shape == (1, 10)
+
+
+def test_iterative_needs_exactly_one_target():
+    import torch.nn as nn
+
+    from prunekit.progressive import iterative_prune_
+
+    m = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    with pytest.raises(ValueError, match="one of target"):
+        iterative_prune_(m, torch.randn(1, 4), target=0.5, macs=0.5)
+    with pytest.raises(ValueError, match="one of target"):
+        iterative_prune_(m, torch.randn(1, 4))
+    with pytest.raises(ValueError, match="macs must be"):
+        iterative_prune_(m, torch.randn(1, 4), macs=1.5)

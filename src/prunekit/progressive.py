@@ -73,33 +73,56 @@ def progressive_prune_(model: nn.Module, example_inputs: Any, config: PruneConfi
 @dataclass
 class StepResult:
     step: int
-    ratio: float  # fraction of the *original* units removed after this step (the schedule's target)
+    ratio: float  # the schedule's target after this step: fraction of the original units removed, or with
+    # ``macs=`` the fraction of the original MACs kept
     result: PruneResult
     score: float | None
 
 
-def iterative_prune_(model: nn.Module, example_inputs: Any, target: float, steps: int, *,
-                     config: PruneConfig | None = None, spacing: str = "geometric",
+def iterative_prune_(model: nn.Module, example_inputs: Any, target: float | None = None, steps: int = 2, *,
+                     config: PruneConfig | None = None, spacing: str = "geometric", macs: float | None = None,
                      recover: Callable[[nn.Module, int], None] | None = None,
                      evaluate: Callable[[nn.Module], float] | None = None, criterion: Criterion | None = None,
                      example_kwargs: Mapping[str, Any] | None = None, **overrides: Any) -> list[StepResult]:
-    """Reach a channel ratio of ``target`` in ``steps`` prunes, re-tracing and re-scoring the
-    current (recovered) model before each one.
+    """Reach a channel ratio of ``target`` (or a MACs budget, ``macs=``) in ``steps`` prunes,
+    re-tracing and re-scoring the current (recovered) model before each one.
 
     The schedule (:class:`~prunekit.schedules.Iterative`) gives the fraction of the original
     units removed after step ``k``; each step removes ``1 - (1 - s_k) / (1 - s_{k-1})`` of what
     is left, so per-group rounding aside the final model has ``1 - target`` of its units.
+
+    ``macs=0.5`` instead ends at (at most) half the original MACs: step ``k`` prunes the current
+    model to ``macs ** (k / steps)`` of the original MACs (``spacing="linear"``:
+    ``1 - (1 - macs) * k / steps``) with :func:`prune_`'s ``macs=`` bisection, so each step
+    removes about the same fraction of the remaining compute (geometric) and rounding errors do
+    not add up. ``recover(model, k)`` runs after each step (e.g. a share of the fine-tuning).
     """
     from .schedules import Iterative
 
-    schedule = Iterative(target, steps, spacing)
+    if (target is None) == (macs is None):
+        raise ValueError("iterative_prune_ takes one of target= (a channel ratio) or macs= (a MACs fraction)")
+    if macs is not None and not 0.0 < macs <= 1.0:
+        raise ValueError(f"macs must be a fraction of the model's MACs in (0, 1], got {macs}")
+    schedule = Iterative(1.0 - macs if macs is not None else target, steps, spacing)
     config = replace(config, **overrides) if config is not None else PruneConfig(**overrides)
     kw = {"criterion": criterion} if criterion is not None else {}
-    out = []
+    out: list[StepResult] = []
+    original_macs = None
     for k in range(1, steps + 1):
         prev, cur = schedule.sparsity_at(k - 1), schedule.sparsity_at(k)
-        step_ratio = 1.0 - (1.0 - cur) / (1.0 - prev)
-        result = prune_(model, example_inputs, replace(config, ratio=step_ratio), example_kwargs=example_kwargs, **kw)
+        if macs is None:
+            step_ratio = 1.0 - (1.0 - cur) / (1.0 - prev)
+            result = prune_(model, example_inputs, replace(config, ratio=step_ratio), example_kwargs=example_kwargs,
+                            **kw)
+        else:
+            # geometric spacing of the kept fraction: macs ** (k / steps); Iterative(1 - macs) gives exactly that
+            keep = 1.0 - cur
+            current = out[-1].result.after.macs if out else None
+            fraction = keep if current is None else keep * original_macs / max(current, 1)
+            result = prune_(model, example_inputs, config, example_kwargs=example_kwargs, macs=min(fraction, 1.0),
+                            **kw)
+            original_macs = original_macs or result.before.macs
+            cur = keep
         if recover is not None:
             recover(model, k)
         out.append(StepResult(k, cur, result, evaluate(model) if evaluate is not None else None))
