@@ -70,6 +70,7 @@ from prunekit.config import PruneConfig
 from prunekit.criteria import (APoZCriterion, ActivationMeanCriterion, ActivationVarCriterion, BNScaleCriterion,
                                Criterion, TaylorCriterion, get_criterion)
 from prunekit.measure.search import search_ratios
+from prunekit.blocks import prune_blocks_
 from prunekit.progressive import iterative_prune_
 from prunekit.recovery import Distillation, TrainConfig, extract_features, fit_linear_head, recalibrate_bn, train
 from prunekit.zoo import demo_model
@@ -169,6 +170,13 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=2, help="recovery epochs, the same for every method")
     ap.add_argument("--steps", type=int, default=2,
                     help="prune steps of the iterative recipe; the recovery epochs are split evenly between them")
+    ap.add_argument("--depth-blocks", type=int, nargs="*", default=[],
+                    help="also prune depth first: for each n, remove the n blocks of least influence on the "
+                         "calibration images (prunekit.blocks.prune_blocks_), then width with the best criterion "
+                         "to the budget (rows pk_<best>_depth<n>)")
+    ap.add_argument("--only", nargs="*", default=None,
+                    help="run only the pruned rows whose method name contains one of these (development runs; the "
+                         "summary is left out)")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--temperature", type=float, default=4.0)
@@ -251,14 +259,15 @@ def main() -> None:
         return time.perf_counter() - t, accuracy(net, x_test, y_test) if epochs is None else None
 
     base_acc = accuracy(base, x_test, y_test)
-    ft = warm_copy(base, x_refit, y_refit)
-    warm_acc = accuracy(ft, x_test, y_test)
-    rec_s, ft_acc = recover(ft if args.warm_start else copy.deepcopy(base))
-    rows.append({"budget": 1.0, "method": "unpruned_recovered", "criterion": "-", "acc_pruned": base_acc,
-                 "acc_refit": warm_acc, "acc": ft_acc, "macs_ratio": 1.0, "params_ratio": 1.0,
-                 "search_s": 0.0, "prune_s": 0.0, "recovery_s": rec_s})
-    clock.say(f"unpruned with the recovery budget too: warm start {warm_acc:.4f}, recovered {ft_acc:.4f} ({rec_s:.0f}s)")
-    del ft
+    if args.only is None or any(o in "unpruned_recovered" for o in args.only):
+        ft = warm_copy(base, x_refit, y_refit)
+        warm_acc = accuracy(ft, x_test, y_test)
+        rec_s, ft_acc = recover(ft if args.warm_start else copy.deepcopy(base))
+        rows.append({"budget": 1.0, "method": "unpruned_recovered", "criterion": "-", "acc_pruned": base_acc,
+                     "acc_refit": warm_acc, "acc": ft_acc, "macs_ratio": 1.0, "params_ratio": 1.0,
+                     "search_s": 0.0, "prune_s": 0.0, "recovery_s": rec_s})
+        clock.say(f"unpruned with the recovery budget too: warm start {warm_acc:.4f}, recovered {ft_acc:.4f} ({rec_s:.0f}s)")
+        del ft
 
     def make_criterion(name: str) -> Criterion:
         return {"apoz": lambda: APoZCriterion(data=calib), "taylor": lambda: TaylorCriterion(data=calib),
@@ -344,6 +353,25 @@ def main() -> None:
                   f"({sum(parts):.0f}s)")
         return row
 
+    def run_methods(b: float, methods: list) -> None:
+        """Warm start and recover every pruned network of one budget, the same way; one row each."""
+        for method, crit, net, info in methods:
+            if method.endswith("_iterative"):
+                rows.append(iterative_row(b, crit, info))
+                continue
+            info["acc_pruned"] = accuracy(net, x_test, y_test)
+            refit = warm_copy(net, x_refit, y_refit)
+            acc_refit = accuracy(refit, x_test, y_test)
+            rec_s, acc = recover(refit if args.warm_start else net)
+            rows.append({"budget": b, "method": method, "criterion": crit, **info, "acc_refit": acc_refit,
+                         "acc": acc, "recovery_s": rec_s})
+            clock.say(f"1/{b:g} {method:22s} MACs x{info['macs_ratio']:.4f} params x{info['params_ratio']:.3f}: "
+                      f"pruned {info['acc_pruned']:.4f}, warm start {acc_refit:.4f}, recovered {acc:.4f} "
+                      f"({rec_s:.0f}s)")
+
+    def wanted(method: str) -> bool:
+        return args.only is None or any(o in method for o in args.only)
+
     # ---- prune, warm start, recover: every method the same
     budget_cfgs = {}
     for b in args.budgets:
@@ -363,6 +391,23 @@ def main() -> None:
             methods.append((f"pk_{name}_uniform", name, cd["net"], {
                 "ratio": pb["pk_ratio"], "search_s": pb["pk_search"], "prune_s": cd["prune_s"],
                 "macs_ratio": cd["macs_ratio"], "params_ratio": cd["params_ratio"]}))
+        for n in args.depth_blocks:
+            net = copy.deepcopy(base)
+            t = time.perf_counter()
+            scores = prune_blocks_(net, x, [xb for xb, _ in calib], n)
+            depth_macs = prunekit.count(net, x).macs
+            r = prunekit.prune_(net, x, macs=min(1.0, pb["target"] / depth_macs), round_to=args.round_to,
+                                criterion=make_criterion(best))
+            c = prunekit.count(net, x)
+            methods.append((f"pk_{best}_depth{n}", best, net, {
+                "ratio": r.config.ratio, "search_s": 0.0, "prune_s": time.perf_counter() - t,
+                "blocks_removed": sorted(sorted(scores, key=scores.get)[:n]),
+                "macs_after_depth": depth_macs / base_counts.macs,
+                "macs_ratio": c.macs / base_counts.macs, "params_ratio": c.params / base_counts.params}))
+        methods.append((f"pk_{best}_iterative", best, None, {"ratio": f"{args.steps} steps"}))
+        if not wanted(f"pk_{best}_search"):
+            run_methods(b, [m for m in methods if wanted(m[0])])
+            continue
         t = time.perf_counter()
         crit = make_criterion(best)
         found = search_ratios(base, x, val_score, macs=1 / b, candidates=args.candidates, spread=args.spread,
@@ -378,33 +423,20 @@ def main() -> None:
         t = time.perf_counter()
         r = prunekit.prune_(net, x, cfg, criterion=crit)
         prune_s = time.perf_counter() - t
-        methods.append((f"pk_{best}_iterative", best, None, {"ratio": f"{args.steps} steps"}))
         methods.append((f"pk_{best}_search", best, net, {
             "ratio": "per group", "search_s": search_s, "prune_s": prune_s,
             "macs_ratio": r.macs_ratio, "params_ratio": r.params_ratio, "ratios": [list(kv) for kv in cfg.ratios],
             "val_score": found.score, "val_score_uniform": found.uniform_score}))
-        for method, crit, net, info in methods:
-            if method.endswith("_iterative"):
-                rows.append(iterative_row(b, crit, info))
-                continue
-            info["acc_pruned"] = accuracy(net, x_test, y_test)
-            refit = warm_copy(net, x_refit, y_refit)
-            acc_refit = accuracy(refit, x_test, y_test)
-            rec_s, acc = recover(refit if args.warm_start else net)
-            rows.append({"budget": b, "method": method, "criterion": crit, **info, "acc_refit": acc_refit,
-                         "acc": acc, "recovery_s": rec_s})
-            clock.say(f"1/{b:g} {method:22s} MACs x{info['macs_ratio']:.4f} params x{info['params_ratio']:.3f}: "
-                      f"pruned {info['acc_pruned']:.4f}, warm start {acc_refit:.4f}, recovered {acc:.4f} "
-                      f"({rec_s:.0f}s)")
+        run_methods(b, [m for m in methods if wanted(m[0])])
         for cd in cand.values():
             cd.pop("net", None)
-        del methods, net, refit
+        del methods, net
 
     meta = {"weights": weights, "image_size": args.size, "train": args.train, "val": args.val, "test": args.test,
             "refit": args.refit, "warm_start": args.warm_start, "calib": args.calib, "candidates": args.candidates,
             "spread": args.spread, "pretrain_epochs": args.pretrain_epochs, "epochs": args.epochs,
             "batch": args.batch, "lr": args.lr, "temperature": args.temperature, "alpha": args.alpha,
-            "round_to": args.round_to, "steps": args.steps, "seed": args.seed, "quick": args.quick, "threads": args.threads,
+            "round_to": args.round_to, "steps": args.steps, "depth_blocks": args.depth_blocks, "only": args.only, "seed": args.seed, "quick": args.quick, "threads": args.threads,
             "torch": torch.__version__, "torch_pruning": _tp_version(), "machine": platform.machine(),
             "base_macs": base_counts.macs, "base_params": base_counts.params, "head_fit_s": head_s,
             "best_criterion": best, "minutes": (time.time() - clock.t0) / 60}
@@ -412,7 +444,7 @@ def main() -> None:
                 for b in args.budgets for n, cd in per_budget[b]["cand"].items()]
     searches = {str(b): {"target_macs": pb["target"], "pk_tried": pb["pk_tried"], "tp_tried": pb["tp_tried"]}
                 for b, pb in per_budget.items()}
-    summary = _summary(rows, args.budgets, best)
+    summary = _summary(rows, args.budgets, best) if args.only is None else []
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{args.out}.json").write_text(json.dumps(
         {"meta": meta, "rows": rows, "summary": summary, "criteria_validation": criteria, "bisection": searches,
@@ -482,10 +514,13 @@ def _markdown(meta: dict, rows: list[dict], criteria: list[dict], summary: list[
            f"after the warm start, before training. Search s: bisection on the ratio (uniform), `search_ratios` "
            f"({meta['candidates']} candidates, spread {meta['spread']}, each warm-started and scored by minus the "
            f"validation cross-entropy; search). Best criterion by validation accuracy after the warm start: "
-           f"**{meta['best_criterion']}**. prunekit's recipe, declared before the run: `pk_<best>_iterative` "
+           f"**{meta['best_criterion']}**. " + (f"Development run (`--only {' '.join(meta['only'])}`): no recipe "
+           "declared, no summary. " if meta.get("only") else "prunekit's recipe, declared before the run: "
+           f"`pk_<best>_iterative` "
            f"({meta.get('steps', 2)} prunes to the budget, geometric in MACs, each followed by the warm start and "
            f"1/{meta.get('steps', 2)} of the recovery epochs; its 'acc pruned' and 'acc warm' are after the last "
-           f"prune). "
+           f"prune). ")
+           + f"`pk_<best>_depth<n>`: the n blocks of least influence removed, then width to the budget. "
            f"torch {meta['torch']}, "
            f"Torch-Pruning {meta['torch_pruning']}, {meta['threads']} torch thread(s), {meta['minutes']:.1f} min"
            f"{' (--quick: development sizes, not the result)' if meta['quick'] else ''}.", "",
