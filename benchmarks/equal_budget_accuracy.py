@@ -23,6 +23,10 @@ user brings to pruning. It is pruned to 1/2 and 1/3 of its MACs by:
   to the budget, warm-started as below and scored by minus the cross-entropy on the validation
   split; the best one is kept. Compared with ``pk_<best>_uniform``: do budget ratios beat uniform?
 
+With ``--depth-blocks N ...`` it adds ``pk_<best>_depth<N>``: the N blocks of least influence on the
+calibration images removed (``prunekit.blocks.prune_blocks_``), then width with the best criterion
+to the budget. ``--only depth`` runs just those rows (development runs: no summary).
+
 MACs are counted the same way for every method (``prunekit.count`` on one 1x3x64x64 input).
 Channels are kept in multiples of ``--round-to`` (1 by default: with 8, a uniform ratio's MACs
 jump past both budgets, so no uniform method could meet them within 1%).
