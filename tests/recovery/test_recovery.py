@@ -76,6 +76,9 @@ SCRIPT = textwrap.dedent("""
     r = train(m, DataLoader(TensorDataset(x, y), batch_size=16, shuffle=True), TrainConfig(epochs=2, progress=False))
     digest = hashlib.sha256(b"".join(p.detach().numpy().tobytes() for p in m.parameters())).hexdigest()
     open(os.path.join(sys.argv[1], f"rank{os.environ['RANK']}.txt"), "w").write(f"{digest} {r.steps} {r.world_size}")
+    # torch 2.14.1 on this 2-core CI machine: about 1 run in 4 aborts in interpreter teardown, after training and
+    # the write above ("terminate called without an active exception"); skip the teardown, not the check
+    sys.stdout.flush(); os._exit(0)
 """)
 
 
