@@ -28,11 +28,10 @@ import torchvision
 import prunekit
 from prunekit.blocks import find_blocks, prune_blocks_
 from prunekit.deploy import optimize_for_inference_
-from prunekit.measure.latency import LatencyConfig, paired_latency
+from realized_speedup import ROUNDS, paired_speedup  # the same latency protocol (benchmarks/ is on sys.path)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 BUDGET = 0.5
-ROUNDS = {1: 10, 16: 5}
 
 
 def depth_steps(base: torch.nn.Module, x: torch.Tensor, data: list) -> list[int]:
@@ -68,19 +67,15 @@ def main() -> None:
             c = prunekit.count(m, x1)
             optimize_for_inference_(m, x1)
             for batch in (1, 16):
-                x = torch.randn(batch, 3, 224, 224).contiguous(memory_format=torch.channels_last)
-                p = paired_latency(deployed_base, m, x, config=LatencyConfig(
-                    warmup=2, repeats=5 if batch == 1 else 3, rounds=ROUNDS[batch], threads=2))
-                speedup = 1.0 / p.ratio
+                t = paired_speedup(deployed_base, m, batch, channels_last=True)
                 row = {"model": name, "blocks_removed": n, "blocks": n_blocks, "removed": removed,
                        "macs_after_depth": depth_macs, "width_ratio": r.config.ratio, "batch": batch,
                        "macs_ratio": c.macs / b0.macs, "params_ratio": c.params / b0.params,
-                       "rounds_before_ms": list(p.base_ms), "rounds_after_ms": list(p.other_ms),
-                       "speedup": speedup, "efficiency": speedup * c.macs / b0.macs}
+                       **t, "efficiency": t["speedup"] * c.macs / b0.macs}
                 rows.append(row)
                 print(f"{name} {n}/{n_blocks} blocks removed (MACs x{depth_macs:.3f}), width ratio "
-                      f"{r.config.ratio:.3f}, batch {batch}: MACs x{row['macs_ratio']:.3f}, speed-up {speedup:.2f}, "
-                      f"efficiency {row['efficiency']:.2f}", flush=True)
+                      f"{r.config.ratio:.3f}, batch {batch}: MACs x{row['macs_ratio']:.3f}, speed-up "
+                      f"{t['speedup']:.2f}, efficiency {row['efficiency']:.2f}", flush=True)
     meta = {"torch": torch.__version__, "torchvision": torchvision.__version__, "machine": platform.machine(),
             "threads": 2, "budget": BUDGET, "round_to": 16, "rounds": ROUNDS}
     RESULTS.mkdir(exist_ok=True)

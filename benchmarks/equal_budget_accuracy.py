@@ -70,11 +70,11 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 import prunekit
+from prunekit.blocks import prune_blocks_
 from prunekit.config import PruneConfig
 from prunekit.criteria import (APoZCriterion, ActivationMeanCriterion, ActivationVarCriterion, BNScaleCriterion,
                                Criterion, TaylorCriterion, get_criterion)
 from prunekit.measure.search import search_ratios
-from prunekit.blocks import prune_blocks_
 from prunekit.progressive import iterative_prune_
 from prunekit.recovery import Distillation, TrainConfig, extract_features, fit_linear_head, recalibrate_bn, train
 from prunekit.zoo import demo_model
@@ -263,7 +263,10 @@ def main() -> None:
         return time.perf_counter() - t, accuracy(net, x_test, y_test) if epochs is None else None
 
     base_acc = accuracy(base, x_test, y_test)
-    if args.only is None or any(o in "unpruned_recovered" for o in args.only):
+    def wanted(method: str) -> bool:
+        return args.only is None or any(o in method for o in args.only)
+
+    if wanted("unpruned_recovered"):
         ft = warm_copy(base, x_refit, y_refit)
         warm_acc = accuracy(ft, x_test, y_test)
         rec_s, ft_acc = recover(ft if args.warm_start else copy.deepcopy(base))
@@ -372,9 +375,6 @@ def main() -> None:
             clock.say(f"1/{b:g} {method:22s} MACs x{info['macs_ratio']:.4f} params x{info['params_ratio']:.3f}: "
                       f"pruned {info['acc_pruned']:.4f}, warm start {acc_refit:.4f}, recovered {acc:.4f} "
                       f"({rec_s:.0f}s)")
-
-    def wanted(method: str) -> bool:
-        return args.only is None or any(o in method for o in args.only)
 
     # ---- prune, warm start, recover: every method the same
     budget_cfgs = {}

@@ -52,6 +52,19 @@ def _deployed_ms(model: torch.nn.Module, x1: torch.Tensor) -> float:
                            repeats=15).median_ms
 
 
+def paired_speedup(base: torch.nn.Module, pruned: torch.nn.Module, batch: int, channels_last: bool) -> dict:
+    """The one latency protocol of the speed-up benchmarks: 224x224 inputs, 2 threads, ``ROUNDS[batch]``
+    interleaved rounds (before, after; the order flips each round, so drift hits both alike) of 5 (batch 1)
+    or 3 (batch 16) runs after 2 warm-up; the speed-up is the median over rounds of the within-round ratio."""
+    x = torch.randn(batch, 3, 224, 224)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    cfg = LatencyConfig(warmup=2, repeats=5 if batch == 1 else 3, rounds=ROUNDS[batch], threads=2)
+    p = paired_latency(base, pruned, x, config=cfg)
+    return {"latency_before_ms": median(p.base_ms), "latency_after_ms": median(p.other_ms),
+            "rounds_before_ms": list(p.base_ms), "rounds_after_ms": list(p.other_ms), "speedup": 1.0 / p.ratio}
+
+
 def main() -> None:
     torch.set_num_threads(2)
     rows = []
@@ -79,25 +92,14 @@ def main() -> None:
             optimize_for_inference_(deployed, x1)
             for form, base, pruned in (("eager", eager_base, eager), ("deployed", deployed_base, deployed)):
                 for batch in (1, 16):
-                    x = torch.randn(batch, 3, 224, 224)
-                    if form == "deployed":
-                        x = x.contiguous(memory_format=torch.channels_last)
-                    reps = 5 if batch == 1 else 3
-                    # interleaved rounds (before, after; the order flips each round) so drift hits both alike;
-                    # the speed-up is the median over rounds of the within-round ratio
-                    cfg = LatencyConfig(warmup=2, repeats=reps, rounds=ROUNDS[batch], threads=2)
-                    p = paired_latency(base, pruned, x, config=cfg)
-                    lb, la = median(p.base_ms), median(p.other_ms)
-                    speedup = 1.0 / p.ratio
+                    t = paired_speedup(base, pruned, batch, channels_last=form == "deployed")
                     row = {"model": name, "form": form, "profile": profile, "ratio": ratio, "round_to": round_to,
                            "batch": batch, "prune_s": prune_s, "params_ratio": r.params_ratio,
-                           "macs_ratio": r.macs_ratio, "latency_before_ms": lb, "latency_after_ms": la,
-                           "rounds_before_ms": list(p.base_ms), "rounds_after_ms": list(p.other_ms),
-                           "speedup": speedup, "efficiency": speedup * r.macs_ratio}
+                           "macs_ratio": r.macs_ratio, **t, "efficiency": t["speedup"] * r.macs_ratio}
                     rows.append(row)
                     print(f"{name} {form} {profile} round_to {round_to} batch {batch}: MACs x{r.macs_ratio:.3f}, "
-                          f"{lb:.1f} -> {la:.1f} ms, speed-up {speedup:.2f}, "
-                          f"efficiency {row['efficiency']:.2f}", flush=True)
+                          f"{t['latency_before_ms']:.1f} -> {t['latency_after_ms']:.1f} ms, speed-up "
+                          f"{t['speedup']:.2f}, efficiency {row['efficiency']:.2f}", flush=True)
     RESULTS.mkdir(exist_ok=True)
     meta = {"torch": torch.__version__, "threads": 2, "machine": platform.machine(), "processor": platform.processor()}
     (RESULTS / "realized_speedup.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))

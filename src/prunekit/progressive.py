@@ -107,7 +107,6 @@ def iterative_prune_(model: nn.Module, example_inputs: Any, target: float | None
     config = replace(config, **overrides) if config is not None else PruneConfig(**overrides)
     kw = {"criterion": criterion} if criterion is not None else {}
     out: list[StepResult] = []
-    original_macs = None
     for k in range(1, steps + 1):
         prev, cur = schedule.sparsity_at(k - 1), schedule.sparsity_at(k)
         if macs is None:
@@ -116,13 +115,11 @@ def iterative_prune_(model: nn.Module, example_inputs: Any, target: float | None
                             **kw)
         else:
             # geometric spacing of the kept fraction: macs ** (k / steps); Iterative(1 - macs) gives exactly that
-            keep = 1.0 - cur
-            current = out[-1].result.after.macs if out else None
-            fraction = keep if current is None else keep * original_macs / max(current, 1)
+            cur = 1.0 - cur  # the fraction of the original MACs kept after this step
+            # relative to the current model: the original MACs are the first step's "before"
+            fraction = cur * out[0].result.before.macs / max(out[-1].result.after.macs, 1) if out else cur
             result = prune_(model, example_inputs, config, example_kwargs=example_kwargs, macs=min(fraction, 1.0),
                             **kw)
-            original_macs = original_macs or result.before.macs
-            cur = keep
         if recover is not None:
             recover(model, k)
         out.append(StepResult(k, cur, result, evaluate(model) if evaluate is not None else None))
