@@ -23,7 +23,10 @@ user brings to pruning. It is pruned to 1/2 and 1/3 of its MACs by:
   to the budget, warm-started as below and scored by minus the cross-entropy on the validation
   split; the best one is kept. Compared with ``pk_<best>_uniform``: do budget ratios beat uniform?
 
-With ``--depth-blocks N ...`` it adds ``pk_<best>_depth<N>``: the N blocks of least influence on the
+With ``--inner`` it adds ``pk_<best>_inner``: the residual streams kept
+(``prunekit.streams.keep_residual_streams``) and only the widths inside the blocks pruned to the
+budget with the best criterion (the profile whose MAC saving shows up best as CPU latency, see
+``realized_speedup.py``). With ``--depth-blocks N ...`` it adds ``pk_<best>_depth<N>``: the N blocks of least influence on the
 calibration images removed (``prunekit.blocks.prune_blocks_``), then width with the best criterion
 to the budget. ``--only depth`` runs just those rows (development runs: no summary).
 
@@ -76,6 +79,7 @@ from prunekit.criteria import (APoZCriterion, ActivationMeanCriterion, Activatio
                                Criterion, TaylorCriterion, get_criterion)
 from prunekit.measure.search import search_ratios
 from prunekit.progressive import iterative_prune_
+from prunekit.streams import keep_residual_streams
 from prunekit.recovery import Distillation, TrainConfig, extract_features, fit_linear_head, recalibrate_bn, train
 from prunekit.zoo import demo_model
 from prunekit.zoo import fashion_mnist as fm
@@ -178,6 +182,9 @@ def main() -> None:
                     help="also prune depth first: for each n, remove the n blocks of least influence on the "
                          "calibration images (prunekit.blocks.prune_blocks_), then width with the best criterion "
                          "to the budget (rows pk_<best>_depth<n>)")
+    ap.add_argument("--inner", action="store_true",
+                    help="also prune only the widths inside the blocks, residual streams kept "
+                         "(prunekit.streams.keep_residual_streams), best criterion, to the budget (row pk_<best>_inner)")
     ap.add_argument("--only", nargs="*", default=None,
                     help="run only the pruned rows whose method name contains one of these (development runs; the "
                          "summary is left out)")
@@ -408,6 +415,14 @@ def main() -> None:
                 "blocks_removed": sorted(sorted(scores, key=scores.get)[:n]),
                 "macs_after_depth": depth_macs / base_counts.macs,
                 "macs_ratio": c.macs / base_counts.macs, "params_ratio": c.params / base_counts.params}))
+        if args.inner:
+            net = copy.deepcopy(base)
+            t = time.perf_counter()
+            keep = keep_residual_streams(net, prunekit.trace(net, x).groups())
+            r = prunekit.prune_(net, x, macs=1 / b, round_to=args.round_to, criterion=make_criterion(best), ratios=keep)
+            methods.append((f"pk_{best}_inner", best, net, {
+                "ratio": r.config.ratio, "search_s": 0.0, "prune_s": time.perf_counter() - t,
+                "streams_kept": [k for k, _ in keep], "macs_ratio": r.macs_ratio, "params_ratio": r.params_ratio}))
         methods.append((f"pk_{best}_iterative", best, None, {"ratio": f"{args.steps} steps"}))
         if not wanted(f"pk_{best}_search"):
             run_methods(b, [m for m in methods if wanted(m[0])])
@@ -440,7 +455,7 @@ def main() -> None:
             "refit": args.refit, "warm_start": args.warm_start, "calib": args.calib, "candidates": args.candidates,
             "spread": args.spread, "pretrain_epochs": args.pretrain_epochs, "epochs": args.epochs,
             "batch": args.batch, "lr": args.lr, "temperature": args.temperature, "alpha": args.alpha,
-            "round_to": args.round_to, "steps": args.steps, "depth_blocks": args.depth_blocks, "only": args.only, "seed": args.seed, "quick": args.quick, "threads": args.threads,
+            "round_to": args.round_to, "steps": args.steps, "depth_blocks": args.depth_blocks, "inner": args.inner, "only": args.only, "seed": args.seed, "quick": args.quick, "threads": args.threads,
             "torch": torch.__version__, "torch_pruning": _tp_version(), "machine": platform.machine(),
             "base_macs": base_counts.macs, "base_params": base_counts.params, "head_fit_s": head_s,
             "best_criterion": best, "minutes": (time.time() - clock.t0) / 60}
