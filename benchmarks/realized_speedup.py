@@ -118,28 +118,28 @@ def main() -> None:
     torch.set_num_threads(2)
     rows = []
     x1 = torch.randn(1, 3, 224, 224)
-    folder = tempfile.mkdtemp(prefix="realized_speedup_")
-    for name in args.models:
-        torch.manual_seed(0)
-        eager_base = torchvision.models.get_model(name).eval()
-        bases = _forms(eager_base, x1, tuple(args.forms), folder, f"{name}_base")
-        # uniform ratios at three roundings (16: the channel block of oneDNN on AVX-512), the widths inside the
-        # blocks only, then per-group ratios searched at the same MAC budget for the lowest deployed latency
-        for profile, round_to in profiles:
-            t = time.perf_counter()
-            eager, r, ratio = _prune(eager_base, x1, profile, round_to)
-            prune_s = time.perf_counter() - t
-            pruned = _forms(eager, x1, tuple(args.forms), folder, f"{name}_{profile}_{round_to}")
-            for form in args.forms:
-                for batch in (1, 16):
-                    t = paired_speedup(bases[form], pruned[form], batch, channels_last=form == "deployed")
-                    row = {"model": name, "form": form, "profile": profile, "ratio": ratio, "round_to": round_to,
-                           "batch": batch, "prune_s": prune_s, "params_ratio": r.params_ratio,
-                           "macs_ratio": r.macs_ratio, **t, "efficiency": t["speedup"] * r.macs_ratio}
-                    rows.append(row)
-                    print(f"{name} {form} {profile} round_to {round_to} batch {batch}: MACs x{r.macs_ratio:.3f}, "
-                          f"{t['latency_before_ms']:.1f} -> {t['latency_after_ms']:.1f} ms, speed-up "
-                          f"{t['speedup']:.2f}, efficiency {row['efficiency']:.2f}", flush=True)
+    with tempfile.TemporaryDirectory(prefix="realized_speedup_") as folder:  # the ONNX files
+        for name in args.models:
+            torch.manual_seed(0)
+            eager_base = torchvision.models.get_model(name).eval()
+            bases = _forms(eager_base, x1, tuple(args.forms), folder, f"{name}_base")
+            # uniform ratios at three roundings (16: the channel block of oneDNN on AVX-512), the widths inside the
+            # blocks only, then per-group ratios searched at the same MAC budget for the lowest deployed latency
+            for profile, round_to in profiles:
+                t = time.perf_counter()
+                eager, r, ratio = _prune(eager_base, x1, profile, round_to)
+                prune_s = time.perf_counter() - t
+                pruned = _forms(eager, x1, tuple(args.forms), folder, f"{name}_{profile}_{round_to}")
+                for form in args.forms:
+                    for batch in (1, 16):
+                        t = paired_speedup(bases[form], pruned[form], batch, channels_last=form == "deployed")
+                        row = {"model": name, "form": form, "profile": profile, "ratio": ratio, "round_to": round_to,
+                               "batch": batch, "prune_s": prune_s, "params_ratio": r.params_ratio,
+                               "macs_ratio": r.macs_ratio, **t, "efficiency": t["speedup"] * r.macs_ratio}
+                        rows.append(row)
+                        print(f"{name} {form} {profile} round_to {round_to} batch {batch}: MACs x{r.macs_ratio:.3f}, "
+                              f"{t['latency_before_ms']:.1f} -> {t['latency_after_ms']:.1f} ms, speed-up "
+                              f"{t['speedup']:.2f}, efficiency {row['efficiency']:.2f}", flush=True)
     out = "realized_speedup_dev" if dev else "realized_speedup"
     RESULTS.mkdir(exist_ok=True)
     meta = {"torch": torch.__version__, "threads": 2, "machine": platform.machine(), "processor": platform.processor()}
