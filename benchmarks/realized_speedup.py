@@ -11,8 +11,8 @@ same MACs, decides how much of the saving shows up as speed.
 Latency is measured before and after at batch 1 and 16 on 2 threads, interleaved: 10 (batch 1)
 or 5 (batch 16) rounds of (before, after) with the order flipped every round
 (``prunekit.measure.latency.paired_latency``), each 2 warm-up + 5 (batch 1) or 3 (batch 16)
-timed runs; speed-up = the median over rounds of the within-round ratio, latencies = the median
-of the round medians. Three forms, the same for the unpruned and the pruned model: ``eager`` (the
+timed runs (ONNX Runtime at batch 1: 10 warm-up + 20, see ``paired_speedup``); speed-up = the
+median over rounds of the within-round ratio, latencies = the median of the round medians. Three forms, the same for the unpruned and the pruned model: ``eager`` (the
 torchvision module as is, NCHW inputs), ``deployed`` (``prunekit.deploy.optimize_for_inference_``:
 batch norm folded into the convs, channels-last weights and inputs) and ``onnxruntime``
 (``prunekit.io.export_onnx``, outputs checked, run by ONNX Runtime's CPU provider on 2 intra-op
@@ -62,14 +62,21 @@ def _deployed_ms(model: torch.nn.Module, x1: torch.Tensor) -> float:
                            repeats=15).median_ms
 
 
-def paired_speedup(base: torch.nn.Module, pruned: torch.nn.Module, batch: int, channels_last: bool) -> dict:
+def paired_speedup(base: torch.nn.Module, pruned: torch.nn.Module, batch: int, channels_last: bool,
+                   onnxruntime: bool = False) -> dict:
     """The one latency protocol of the speed-up benchmarks: 224x224 inputs, 2 threads, ``ROUNDS[batch]``
     interleaved rounds (before, after; the order flips each round, so drift hits both alike) of 5 (batch 1)
-    or 3 (batch 16) runs after 2 warm-up; the speed-up is the median over rounds of the within-round ratio."""
+    or 3 (batch 16) runs after 2 warm-up; the speed-up is the median over rounds of the within-round ratio.
+    ONNX Runtime sessions (``onnxruntime``) get 10 warm-up and 20 runs per round at batch 1: the worker
+    threads of the session that just ran keep spinning for a while (ONNX Runtime's default, which keeps its
+    own back-to-back latency low) and take cores from the next session's first runs."""
     x = torch.randn(batch, 3, 224, 224)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    cfg = LatencyConfig(warmup=2, repeats=5 if batch == 1 else 3, rounds=ROUNDS[batch], threads=2)
+    if onnxruntime and batch == 1:
+        cfg = LatencyConfig(warmup=10, repeats=20, rounds=ROUNDS[batch], threads=2)
+    else:
+        cfg = LatencyConfig(warmup=2, repeats=5 if batch == 1 else 3, rounds=ROUNDS[batch], threads=2)
     p = paired_latency(base, pruned, x, config=cfg)
     return {"latency_before_ms": median(p.base_ms), "latency_after_ms": median(p.other_ms),
             "rounds_before_ms": list(p.base_ms), "rounds_after_ms": list(p.other_ms), "speedup": 1.0 / p.ratio}
@@ -109,6 +116,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--models", nargs="*", default=list(MODELS))
     ap.add_argument("--forms", nargs="*", default=list(FORMS), choices=FORMS)
+    ap.add_argument("--out", default=None, help="results name (default realized_speedup, or realized_speedup_dev "
+                                                "for a run of some models, forms or profiles)")
     ap.add_argument("--profiles", nargs="*", default=None,
                     help="only these profiles (uniform, inner, latency-searched); a development run writes "
                          "realized_speedup_dev.{md,json}")
@@ -132,7 +141,8 @@ def main() -> None:
                 pruned = _forms(eager, x1, tuple(args.forms), folder, f"{name}_{profile}_{round_to}")
                 for form in args.forms:
                     for batch in (1, 16):
-                        t = paired_speedup(bases[form], pruned[form], batch, channels_last=form == "deployed")
+                        t = paired_speedup(bases[form], pruned[form], batch, channels_last=form == "deployed",
+                                           onnxruntime=form == "onnxruntime")
                         row = {"model": name, "form": form, "profile": profile, "ratio": ratio, "round_to": round_to,
                                "batch": batch, "prune_s": prune_s, "params_ratio": r.params_ratio,
                                "macs_ratio": r.macs_ratio, **t, "efficiency": t["speedup"] * r.macs_ratio}
@@ -140,15 +150,15 @@ def main() -> None:
                         print(f"{name} {form} {profile} round_to {round_to} batch {batch}: MACs x{r.macs_ratio:.3f}, "
                               f"{t['latency_before_ms']:.1f} -> {t['latency_after_ms']:.1f} ms, speed-up "
                               f"{t['speedup']:.2f}, efficiency {row['efficiency']:.2f}", flush=True)
-    out = "realized_speedup_dev" if dev else "realized_speedup"
+    out = args.out or ("realized_speedup_dev" if dev else "realized_speedup")
     RESULTS.mkdir(exist_ok=True)
     meta = {"torch": torch.__version__, "threads": 2, "machine": platform.machine(), "processor": platform.processor()}
     (RESULTS / f"{out}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     lines = ["# Realized speed-up of pruned models on CPU", "",
              f"torch {meta['torch']}, 2 threads, {meta['machine']}; pruned to half the MACs (L2, channels in multiples "
              "of round_to); before and after measured interleaved, 10 (batch 1) or 5 "
-             "(batch 16) rounds (order flipped each round) of 5 (batch 1) or 3 (batch 16) runs after 2 warm-up; latency = median of the "
-             "round medians; speed-up = median over rounds of the within-round ratio. "
+             "(batch 16) rounds (order flipped each round) of 5 (batch 1) or 3 (batch 16) runs after 2 warm-up (ONNX Runtime at batch 1: 20 runs after 10 warm-up, so the other "
+             "session's spinning threads are idle); latency = median of the round medians; speed-up = median over rounds of the within-round ratio. "
              "eager: the modules as they are, NCHW input; deployed: `optimize_for_inference_` (batch norm folded, "
              "channels-last) on both models, channels-last input; onnxruntime: `prunekit.io.export_onnx` (outputs "
              "checked) run by ONNX Runtime's CPU provider, 2 intra-op threads, NCHW input. "

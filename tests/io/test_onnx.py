@@ -97,3 +97,13 @@ def test_onnx_runtime_module_is_measured_like_any_model(tmp_path):
     lat = measure_latency(OnnxRuntimeModule(tmp_path / "mlp.onnx", threads=1), torch.randn(8, 16),
                           threads=1, warmup=1, repeats=5)
     assert lat.repeats == 5 and lat.batch_size == 8 and 0 < lat.p10_ms <= lat.median_ms <= lat.p90_ms
+
+
+def test_sessions_without_spinning_threads_give_the_same_outputs(tmp_path):
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), nn.LazyLinear(5)).eval()
+    x = torch.randn(2, 3, 12, 12)
+    model(x)  # materialize the lazy layer
+    export_onnx(model, x, tmp_path / "m.onnx")
+    spin, calm = OnnxRuntimeModule(tmp_path / "m.onnx"), OnnxRuntimeModule(tmp_path / "m.onnx", spinning=False)
+    torch.testing.assert_close(calm(x), spin(x))
+    torch.testing.assert_close(calm(x), model(x).detach(), rtol=1e-4, atol=1e-5)

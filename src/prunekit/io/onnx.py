@@ -77,12 +77,14 @@ class OnnxExport:
         return f"{self.path}: {self.bytes:,} bytes, opset {self.opset}, {err}"
 
 
-def _session(source: str | bytes, threads: int | None):
+def _session(source: str | bytes, threads: int | None, spinning: bool = True):
     ort = _onnxruntime()
     options = ort.SessionOptions()
     if threads is not None:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 
 
@@ -148,12 +150,15 @@ def _check(file: str, inputs: tuple[torch.Tensor, ...], names: tuple[str, ...], 
 class OnnxRuntimeModule(nn.Module):
     """An exported model run by ONNX Runtime on the CPU, called like the module it came from
     (tensors in, tensors out; one output comes back as a tensor). ``threads`` sets ONNX Runtime's
-    intra-op threads (torch's thread setting does not reach it). It has no parameters and does not
+    intra-op threads (torch's thread setting does not reach it). ``spinning=False`` makes its idle
+    worker threads sleep instead of spinning after each run: slower for back-to-back calls of one
+    model, but needed when two sessions alternate on few cores (a paired comparison), where one
+    session's spinning threads would steal the other's cores. It has no parameters and does not
     train."""
 
-    def __init__(self, source: str | os.PathLike | bytes, threads: int | None = 2):
+    def __init__(self, source: str | os.PathLike | bytes, threads: int | None = 2, spinning: bool = True):
         super().__init__()
-        self.session = _session(source if isinstance(source, bytes) else str(source), threads)
+        self.session = _session(source if isinstance(source, bytes) else str(source), threads, spinning)
         self.threads = threads
         self.input_names = tuple(i.name for i in self.session.get_inputs())
 
