@@ -12,8 +12,9 @@ Latency is measured before and after at batch 1 and 16 on 2 threads, interleaved
 or 5 (batch 16) rounds of (before, after) with the order flipped every round
 (``prunekit.measure.latency.paired_latency``), each 2 warm-up + 5 (batch 1) or 3 (batch 16)
 timed runs (ONNX Runtime at batch 1: 10 warm-up + 20, see ``paired_speedup``); speed-up = the
-median over rounds of the within-round ratio, latencies = the median of the round medians. Three forms, the same for the unpruned and the pruned model: ``eager`` (the
-torchvision module as is, NCHW inputs), ``deployed`` (``prunekit.deploy.optimize_for_inference_``:
+median over rounds of the within-round ratio, latencies = the median of the round medians. Three
+forms, the same for the unpruned and the pruned model: ``eager`` (the torchvision module as is,
+NCHW inputs), ``deployed`` (``prunekit.deploy.optimize_for_inference_``:
 batch norm folded into the convs, channels-last weights and inputs) and ``onnxruntime``
 (``prunekit.io.export_onnx``, outputs checked, run by ONNX Runtime's CPU provider on 2 intra-op
 threads through ``prunekit.io.OnnxRuntimeModule``).
@@ -100,11 +101,8 @@ def _forms(eager_base: torch.nn.Module, x1: torch.Tensor, forms: tuple[str, ...]
 
 def _prune(eager_base: torch.nn.Module, x1: torch.Tensor, profile: str, round_to: int):
     eager = copy.deepcopy(eager_base)
-    if profile == "uniform":
-        r = prunekit.prune_(eager, x1, macs=0.5, round_to=round_to)
-        return eager, r, r.config.ratio
-    if profile == "inner":
-        keep = keep_residual_streams(eager, prunekit.trace(eager, x1).groups())
+    if profile in ("uniform", "inner"):
+        keep = keep_residual_streams(eager, prunekit.trace(eager, x1).groups()) if profile == "inner" else ()
         r = prunekit.prune_(eager, x1, macs=0.5, round_to=round_to, ratios=keep)
         return eager, r, r.config.ratio
     found = search_ratios(eager_base, x1, lambda m: -_deployed_ms(m, x1), macs=0.5, candidates=SEARCH_CANDIDATES,
