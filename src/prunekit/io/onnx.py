@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from ..errors import PrunekitError
+from ..graph.tracer import tensors_in
 from ..graph.walk import eval_mode
 
 
@@ -48,16 +49,6 @@ def _as_inputs(example_inputs: Any) -> tuple[torch.Tensor, ...]:
     if bad:
         raise PrunekitError(f"export_onnx takes tensors as inputs, got {bad}")
     return inputs
-
-
-def _outputs(out: Any) -> list[torch.Tensor]:
-    if isinstance(out, torch.Tensor):
-        return [out]
-    if isinstance(out, (tuple, list)):
-        return [t for o in out for t in _outputs(o)]
-    if isinstance(out, dict):
-        return [t for o in out.values() for t in _outputs(o)]
-    return []
 
 
 @dataclass(frozen=True)
@@ -103,7 +94,7 @@ def export_onnx(model: nn.Module, example_inputs: Any, path: str | os.PathLike, 
     path = Path(path)
     modules = list(model.modules())
     with eval_mode(modules), torch.no_grad():
-        reference = _outputs(model(*inputs))
+        reference = tensors_in(model(*inputs))
         names_in = tuple(input_names) if input_names is not None else tuple(f"input_{i}" for i in range(len(inputs)))
         names_out = tuple(f"output_{i}" for i in range(len(reference)))
         if len(names_in) != len(inputs):
