@@ -1,13 +1,14 @@
 """Run a model on the ``meta`` device: shapes and op sequence without computing anything.
 
-Tracing and shape checks only need shapes, so we run the model through
-``torch.func.functional_call`` with meta copies of its parameters, buffers and inputs. A model
+Tracing and shape checks only need shapes, so we run the model with meta stand-ins swapped
+into its parameter and buffer slots (:func:`swapped`) and meta copies of its inputs. A model
 that needs real values (data-dependent control flow, ``.item()``, ops without meta kernels)
 raises there, and callers fall back to a real forward.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+import contextlib
+from typing import Any, Callable, Iterator, Mapping
 
 import torch
 from torch import nn
@@ -263,11 +264,48 @@ def meta_forward(model: nn.Module, inputs: tuple, kwargs: Mapping[str, Any],
     attribute, which is set here to the shape-only executor: one Python mode per op instead of
     two stacked ones. With ``counter`` the forward's MACs are added to it (see :class:`ShapeOnly`).
     """
-    tensors = meta_tensors(model) if tensors is None else tensors
+    walked = walk(model)
+    tensors = meta_tensors(model, walked) if tensors is None else tensors
     args = tree_map(_to_meta, tuple(inputs))
     kw = tree_map(_to_meta, dict(kwargs))
     shape = ShapeOnly(counter)
     if mode is not None:
         mode.execute = shape.call
-    with torch.no_grad(), (mode if mode is not None else shape):
-        return torch.func.functional_call(model, tensors, args, kw, tie_weights=True, strict=False)
+    with torch.no_grad(), swapped(walked, tensors), (mode if mode is not None else shape):
+        return model(*args, **kw)
+
+
+@contextlib.contextmanager
+def swapped(walked: Walk, tensors: Mapping[str, torch.Tensor]) -> Iterator[None]:
+    """Every parameter and buffer slot of the model holds its stand-in from ``tensors`` (by tensor
+    identity, so a module used at several paths and tied tensors get one stand-in) for the block;
+    the original objects are put back afterwards, whatever happens.
+
+    We swap the slots ourselves instead of using ``torch.func.functional_call``: with a module
+    object reachable under two paths (CoaT's shared positional convs) its restore put a stand-in
+    back, and the model kept ``meta`` parameters after the trace."""
+    by_id: dict[int, torch.Tensor] = {}
+    for name, p in walked.params.items():
+        if name in tensors:
+            by_id[id(p)] = tensors[name]
+    for name, b in walked.buffers.items():
+        if name in tensors:
+            by_id.setdefault(id(b), tensors[name])
+    undo: list[tuple[dict, str, torch.Tensor]] = []
+    rnns = [m for m in walked.modules.values() if isinstance(m, nn.RNNBase)]
+    try:
+        for mod in walked.modules.values():
+            for slots in (mod._parameters, mod._buffers):
+                for key, t in slots.items():
+                    stand_in = by_id.get(id(t)) if t is not None else None
+                    if stand_in is not None:
+                        undo.append((slots, key, t))
+                        slots[key] = stand_in
+        for m in rnns:
+            m._init_flat_weights()  # its flat weight list still points at the real parameters
+        yield
+    finally:
+        for slots, key, t in reversed(undo):
+            slots[key] = t
+        for m in rnns:
+            m._init_flat_weights()
