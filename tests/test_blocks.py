@@ -64,3 +64,42 @@ def test_llama_layer_removal_keeps_config_and_cache_consistent():
     assert out.shape == (1, 11)
     with pytest.raises(ValueError):
         remove_blocks_(model, ["model.layers.0", "model.layers.1"])
+
+
+def test_loss_scores_are_the_loss_rise_when_the_block_is_skipped():
+    """Negative control for ``method="loss"``: each score must equal the measured rise of the loss
+    with that block deleted (an identity block rises by exactly 0, the others by known amounts)."""
+    import copy
+
+    torch.manual_seed(0)
+
+    class Res(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(8, 8)
+
+        def forward(self, x):
+            return x + self.fc(x)
+
+    m = nn.Sequential(nn.Linear(4, 8), Res(), Res(), Res(), nn.Linear(8, 2)).eval()
+    with torch.no_grad():
+        m[2].fc.weight.zero_()
+        m[2].fc.bias.zero_()
+        m[3].fc.weight.mul_(3.0)  # block 3 matters more than block 1
+    x = torch.randn(32, 4)
+    with torch.no_grad():
+        y = m(x) + 0.1 * torch.randn(32, 2)  # targets near the model's outputs: base loss small, not 0
+    data = [(x[:16], y[:16]), (x[16:], y[16:])]
+    scores = block_scores(m, ["1", "2", "3"], data, "loss", loss_fn=F.mse_loss)
+
+    def loss(model):
+        with torch.no_grad():
+            return sum(float(F.mse_loss(model(xb), yb)) for xb, yb in data) / len(data)
+
+    base = loss(m)
+    for b in ("1", "2", "3"):
+        skipped = copy.deepcopy(m)
+        del skipped[int(b)]
+        assert scores[b] == pytest.approx(loss(skipped) - base, rel=1e-5, abs=1e-9), b
+    assert scores["2"] == pytest.approx(0.0, abs=1e-9)
+    assert scores["3"] > scores["1"] > 0.01

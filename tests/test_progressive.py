@@ -87,3 +87,28 @@ def test_iterative_needs_exactly_one_target():
         iterative_prune_(m, torch.randn(1, 4))
     with pytest.raises(ValueError, match="macs must be"):
         iterative_prune_(m, torch.randn(1, 4), macs=1.5)
+
+
+def test_evaluate_order_overrides_the_given_order():
+    """Negative control for the damage ordering: the given order (a, b, c) is the worst one, so a
+    prune that ignores ``evaluate`` keeps it and fails here."""
+    from collections import OrderedDict
+
+    import torch.nn as nn
+
+    torch.manual_seed(0)
+
+    def block():
+        return nn.Sequential(nn.Linear(16, 16), nn.ReLU())
+
+    m = nn.Sequential(OrderedDict(stem=nn.Linear(8, 16), a=block(), b=block(), c=block(), head=nn.Linear(16, 2)))
+    weight = {"a": 3.0, "b": 1.0, "c": 2.0}  # units lost in "a" cost most, in "b" least
+
+    def evaluate(model):
+        return -sum(w * (16 - model.get_submodule(s)[0].out_features) for s, w in weight.items())
+
+    rows = progressive_prune_(m, torch.randn(1, 8), stages=["a", "b", "c"], ratio=0.5, evaluate=evaluate)
+    assert [r.stage for r in rows] == ["b", "c", "a"]
+    # each row's score is taken after its own stage: 8 units of b, then of c, then of a are gone
+    assert [r.score for r in rows] == [-8.0, -24.0, -48.0]
+    assert [m.get_submodule(s)[0].out_features for s in "abc"] == [8, 8, 8]

@@ -57,3 +57,33 @@ def test_plain_safetensors_file_is_refused(tmp_path):
     save_file({"w": torch.ones(2)}, str(tmp_path / "plain.safetensors"))
     with pytest.raises(ValueError, match="not a prunekit sparse file"):
         load_sparse(tmp_path / "plain.safetensors")
+
+
+def test_save_leaves_only_the_target_file(tmp_path, monkeypatch):
+    """The temp file is renamed on success and removed on failure -- including a failure after it
+    was written (the rename itself) and one inside the safetensors write."""
+    import prunekit.sparsity.storage as storage
+
+    save_sparse({"w": torch.ones(4)}, tmp_path / "ok.safetensors")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ok.safetensors"]
+
+    target = tmp_path / "taken"
+    target.mkdir()
+    (target / "keep").write_text("x")  # os.replace onto a non-empty directory fails after the write
+    with pytest.raises(OSError):
+        save_sparse({"w": torch.ones(4)}, target)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ok.safetensors", "taken"]
+    assert [p.name for p in target.iterdir()] == ["keep"]
+
+    written = []
+
+    def failing_save_file(payload, path, metadata=None):
+        save_file(payload, path, metadata=metadata)  # a partial file exists when the failure comes
+        written.append(path)
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(storage, "save_file", failing_save_file)
+    with pytest.raises(RuntimeError, match="disk full"):
+        save_sparse({"w": torch.ones(4)}, tmp_path / "new.safetensors")
+    assert len(written) == 1 and not os.path.exists(written[0])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ok.safetensors", "taken"]
