@@ -75,3 +75,28 @@ def test_grouped_conv_loses_the_ratio_of_its_channels_not_more():
     prunekit.prune_(m, x, ratio=0.5)
     # 32 channels in 4 groups of 8: keep ~half of them (3 of 4 groups x 6 of 8, or similar), not a quarter
     assert 14 <= m[2].out_channels <= 18 and m[0].out_channels == m[2].in_channels
+
+
+@pytest.mark.parametrize("normalize, expected", [("none", {"0.weight:0": 8}),
+                                                 ("mean", {"0.weight:0": 5, "2.weight:0": 3}),
+                                                 ("max", {"0.weight:0": 3, "2.weight:0": 5}),
+                                                 ("l2", {"0.weight:0": 4, "2.weight:0": 4})])
+def test_global_ranking_uses_the_configured_normalization(normalize, expected):
+    """Negative control for ``normalize``: the global counts are those of one ranking of each
+    group's scores divided as configured (recomputed here), so a scope that ignores the setting
+    gives the raw-score split (8 from the low-magnitude layer) or one fixed split for every mode."""
+    from prunekit.criteria import get_criterion, normalize_scores
+
+    m = _two_layer()
+    config = PruneConfig(ratio=0.4, scope="global", normalize=normalize)
+    graph = prunekit.trace(m, torch.zeros(1, 8))
+    groups = [g for g in graph.groups() if len(g) >= 2]
+    crit = get_criterion(config.criterion)
+    crit.prepare(m, graph)
+    ranked = sorted((float(s), f"{g.root[0]}:{g.root[1]}") for g in groups
+                    for s in normalize_scores(crit.score(m, g).double(), normalize))
+    want: dict[str, int] = {}
+    for _, root in ranked[:8]:  # 0.4 of the 20 units
+        want[root] = want.get(root, 0) + 1
+    assert want == expected
+    assert _removed(m, config) == expected
