@@ -90,11 +90,18 @@ def _mha(m: nn.MultiheadAttention) -> None:
     m.head_dim = m.embed_dim // m.num_heads
 
 
+_RNN_GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
+
+
 @layer_handler(nn.RNNBase)
 def _rnn(m: nn.RNNBase) -> None:
+    """``weight_ih_l0`` is (gates * hidden_size, input_size); ``weight_hr_l0`` (proj_size, hidden_size)."""
     m.input_size = m.weight_ih_l0.shape[1]
-    m.hidden_size = m.weight_hh_l0.shape[1]
-    m._init_flat_weights()
+    m.hidden_size = m.weight_ih_l0.shape[0] // _RNN_GATES[m.mode]
+    if getattr(m, "proj_size", 0) > 0:
+        m.proj_size = m.weight_hr_l0.shape[0]
+    m._init_flat_weights()  # _flat_weights must hold the new Parameters
+    m.flatten_parameters()  # cuDNN's packed buffer (a no-op off CUDA)
 
 
 @layer_handler("Conv1D")  # transformers.pytorch_utils.Conv1D: weight is (in, out)

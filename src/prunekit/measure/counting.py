@@ -8,7 +8,9 @@ Two CPU inference kernels have no formula in torch's registry, so ``FlopCounterM
 nothing for them: ``_scaled_dot_product_flash_attention_for_cpu`` (SDPA on CPU) and
 ``_native_multi_head_attention`` (``nn.MultiheadAttention``'s eval fast path). ``MacCounter``
 counts them with the registry's own attention formula (and the projections' matmuls), so an
-eval forward counts what the same model counts with the fast path off.
+eval forward counts what the same model counts with the fast path off. Likewise the fused
+recurrent kernels (``mkldnn_rnn_layer``: ``nn.LSTM`` on CPU; ``_cudnn_rnn``) are counted as the
+matmuls of the unfused path that the meta device and packed sequences run.
 """
 from __future__ import annotations
 
@@ -60,9 +62,30 @@ def _cpu_sdpa_flops(query, key, value, *args, out_val=None, **kwargs) -> int:
     return sdpa_flop_count(query.shape, key.shape, value.shape)
 
 
+def _rnn_steps(x: torch.Tensor, packed: bool) -> int:
+    """Rows the recurrent matmuls run over: time x batch, or the packed data's rows."""
+    return x.shape[0] if packed else x.numel() // max(x.shape[-1], 1)
+
+
+def _mkldnn_rnn_layer_flops(input, weight0, weight1, *args, out_val=None, **kwargs) -> int:
+    """``aten.mkldnn_rnn_layer`` (one layer and direction of a CPU ``nn.LSTM``): the input and hidden
+    matmuls at every step, ``2 * steps * (w_ih + w_hh)``, as the ``addmm`` calls of the unfused path count."""
+    return 2 * _rnn_steps(input, False) * (weight0.numel() + weight1.numel())
+
+
+def _cudnn_rnn_flops(input, weight, *args, out_val=None, **kwargs) -> int:
+    """``aten._cudnn_rnn`` (every layer and direction): ``2 * steps`` per weight-matrix element
+    (``weight_ih``, ``weight_hh``, ``weight_hr``; the 1-d biases are not matmuls)."""
+    batch_sizes = args[12] if len(args) > 12 else kwargs.get("batch_sizes")
+    steps = _rnn_steps(input, bool(batch_sizes is not None and len(batch_sizes)))
+    return 2 * steps * sum(w.numel() for w in weight if w.dim() == 2)
+
+
 _MISSING_RULES = {  # ops whose FLOPs torch's registry does not know (looked up after it)
     name: rule for name, rule in (("_native_multi_head_attention", _native_mha_flops),
-                                  ("_scaled_dot_product_flash_attention_for_cpu", _cpu_sdpa_flops))
+                                  ("_scaled_dot_product_flash_attention_for_cpu", _cpu_sdpa_flops),
+                                  ("mkldnn_rnn_layer", _mkldnn_rnn_layer_flops),
+                                  ("_cudnn_rnn", _cudnn_rnn_flops))
 }
 
 

@@ -1,2 +1,2 @@
 """Op rules, one module per family; importing this package registers them all."""
-from . import elementwise, indexing, linalg, nn_functional, reduce, shape  # noqa: F401
+from . import elementwise, indexing, linalg, nn_functional, recurrent, reduce, shape  # noqa: F401

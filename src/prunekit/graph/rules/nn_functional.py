@@ -1,7 +1,6 @@
-"""Composite functional ops: multi-head attention, recurrent layers, PReLU."""
+"""Composite functional ops: multi-head attention, PReLU (recurrent layers: recurrent.py)."""
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from ..info import TensorInfo
@@ -83,71 +82,3 @@ def multi_head_attention(tracer, name, args, kwargs, out):
     tracer.set_info(o0, TensorInfo(labels, False))
     if isinstance(out[1], torch.Tensor):
         tracer.set_info(out[1], None)
-
-
-_GATES = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}
-
-
-@op_rule("lstm", "gru", "rnn_tanh", "rnn_relu")
-def recurrent(tracer, name, args, kwargs, out):
-    store = tracer.store
-    if isinstance(args[1], torch.Tensor) and args[1].dim() == 1 and args[1].dtype == torch.long:
-        raise ValueError("packed sequences are not supported")
-    x = args[0]
-    hx = args[1]
-    params = list(args[2])
-    has_biases, num_layers, _, _, bidirectional = args[3:8]
-    dirs = 2 if bidirectional else 1
-    per = len(params) // (num_layers * dirs)
-    if per not in (2, 4):
-        raise ValueError("recurrent layers with projections (proj_size) are not supported")
-    gates = _GATES[name]
-    for h in (hx if isinstance(hx, (tuple, list)) else (hx,)):
-        tracer.pin_info(tracer.info(h), f"{name} initial state")
-    xinf = tracer.info(x)
-    c = x.dim() - 1
-    in_lab = xinf.labels.get(c) if xinf is not None else None
-    if xinf is not None and xinf.nz and in_lab is not None:
-        store.mark_inexact(in_lab)
-    hidden = []
-    wname0 = tracer.name_of(params[0])
-    mod_path = owner(wname0) if wname0 else ""
-    for layer in range(num_layers):
-        layer_labels = []
-        for d in range(dirs):
-            ws = params[(layer * dirs + d) * per:(layer * dirs + d + 1) * per]
-            w_ih, w_hh = ws[0], ws[1]
-            H = w_hh.shape[1]
-            n_ih, n_hh = tracer.name_of(w_ih), tracer.name_of(w_hh)
-            if n_ih is None or n_hh is None:
-                raise ValueError("recurrent weights are not parameters of the model")
-            units = store.new(H, "channel", True)
-            for g in range(gates):
-                store.unify(store.param_dim(n_ih, 0, gates * H)[g * H:(g + 1) * H], units)
-                store.unify(store.param_dim(n_hh, 0, gates * H)[g * H:(g + 1) * H], units)
-                if per == 4:
-                    for bias in ws[2:4]:
-                        store.unify(store.param_dim(tracer.name_of(bias), 0, gates * H)[g * H:(g + 1) * H], units)
-            store.unify(store.param_dim(n_hh, 1, H), units)
-            cols = store.param_dim(n_ih, 1, w_ih.shape[1])
-            if in_lab is not None:
-                store.unify(cols, in_lab)
-            layer_labels.append(units)
-        hidden.append(layer_labels)
-        in_lab = np.concatenate(layer_labels)
-    store.add_counter(mod_path, "hidden_size", hidden[0][0])
-    for layer_labels in hidden[1:]:
-        for units in layer_labels:
-            store.unify(units, hidden[0][0])  # one hidden_size for every layer and direction
-    output = out[0]
-    labels = {d: l for d, l in (xinf.labels.items() if xinf else ()) if d != c}
-    labels[output.dim() - 1] = in_lab
-    tracer.set_info(output, TensorInfo(labels, False))
-    grid = np.stack([u for layer_labels in hidden for u in layer_labels])  # (layers*dirs, H)
-    for state in out[1:]:
-        if isinstance(state, torch.Tensor):
-            jd = 0 if state.dim() == 3 else None
-            if jd is None:
-                tracer.set_info(state, TensorInfo({state.dim() - 1: grid[0]}) if grid.shape[0] == 1 else None)
-            else:
-                tracer.set_info(state, TensorInfo({}, False, (0, 2, grid)))
