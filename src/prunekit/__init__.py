@@ -8,7 +8,7 @@
 from .api import PruneResult, prune_, select_units
 from .config import PruneConfig
 from .criteria import Criterion, get_criterion, register_criterion
-from .errors import ApplyError, PlanError, PrunekitError, UnsupportedOpError
+from .errors import ApplyError, PlanError, PrunekitError, UnsupportedOpError, VerificationError
 from .graph.groups import Group
 from .graph.tracer import DependencyGraph, trace
 from .measure import Counts, count
@@ -18,6 +18,6 @@ from .verify import soft_hard_error
 __all__ = [
     "ApplyError", "Counts", "Criterion", "DependencyGraph", "Group", "Plan", "PlanError", "PruneConfig",
     "PruneResult", "PrunekitError", "UnsupportedOpError", "apply_plan", "count", "get_criterion",
-    "make_plan", "prune_", "register_criterion", "select_units", "soft_hard_error", "trace",
+    "make_plan", "prune_", "register_criterion", "select_units", "soft_hard_error", "trace", "VerificationError",
 ]
 __version__ = "0.1.0"

@@ -35,6 +35,7 @@ class PruneResult:
     warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
     config: PruneConfig | None = None  # as applied (with ``macs=``: the ratio found)
+    verified: dict[str, Any] = field(default_factory=dict)  # what the returned model was checked for
 
     @property
     def macs_ratio(self) -> float:
@@ -53,6 +54,13 @@ class PruneResult:
         pruned = sum(1 for g in self.plan.groups)
         lines.append(f"{pruned} of {len(self.groups)} groups pruned in {self.seconds:.2f}s"
                      f"{'' if self.plan.exact else ' (some groups are approximate: normalization over pruned dims)'}")
+        v = self.verified
+        if not v:
+            lines.append("returned model not verified (verify=False)")
+        elif v.get("checked") == "exact":
+            lines.append(f"verified: outputs equal the zeroed original (max relative error {v['error']:.1e})")
+        else:
+            lines.append("verified: outputs finite (approximate groups: not comparable to the zeroed original)")
         for u in self.unsupported:
             lines.append(f"kept (unsupported): {u}")
         for wmsg in self.warnings:
@@ -88,7 +96,7 @@ def _output_shapes(out: Any) -> list[tuple[int, ...]]:
 
 def prune_(model: nn.Module, example_inputs: Any, config: PruneConfig | None = None, *,
            example_kwargs: Mapping[str, Any] | None = None, mode: str = "hard", macs: float | None = None,
-           **overrides: Any) -> PruneResult:
+           verify: bool = True, **overrides: Any) -> PruneResult:
     """Prune ``model`` in place to the config's ratio and return a :class:`PruneResult`.
 
     >>> import torchvision
@@ -100,6 +108,12 @@ def prune_(model: nn.Module, example_inputs: Any, config: PruneConfig | None = N
     The model's inputs and outputs keep their shapes. Ops prunekit cannot prune through
     keep the dims they touch (listed in ``result.unsupported``; ``strict=True`` raises).
     If anything fails, the model is left exactly as it was.
+
+    The returned model is verified on the example inputs (``verify=False`` skips it, e.g. for a
+    model too large to run twice): every output finite and, when every pruned group is exact, equal
+    within 1e-4 (relative) to the original model with the removed slices zeroed. A failure restores
+    the model and raises :class:`~prunekit.errors.VerificationError` naming the first module whose
+    output diverged. ``result.verified`` says what was checked.
 
     ``criterion`` may be a registry name or a :class:`~prunekit.criteria.Criterion` instance
     (data-driven ones carry their data: ``TaylorCriterion(data=loader)``).
@@ -121,7 +135,7 @@ def prune_(model: nn.Module, example_inputs: Any, config: PruneConfig | None = N
             raise ValueError("macs= searches the one ratio; it cannot be combined with threshold=, nor with "
                              "ratios= in global scope")
     with _gc_paused():
-        return _prune(model, example_inputs, config, example_kwargs, mode, criterion, macs)
+        return _prune(model, example_inputs, config, example_kwargs, mode, criterion, macs, verify)
 
 
 def _macs_of(m: nn.Module, inputs: tuple, kwargs: Mapping[str, Any], modules: list[nn.Module]) -> tuple[int, list]:
@@ -185,7 +199,8 @@ def _ratio_for_macs(copies: PrunedCopies, config: PruneConfig, target: float) ->
 
 
 def _prune(model: nn.Module, example_inputs: Any, config: PruneConfig, example_kwargs: Mapping[str, Any] | None,
-           mode: str, criterion: Criterion | None, target_macs: float | None = None) -> PruneResult:
+           mode: str, criterion: Criterion | None, target_macs: float | None = None,
+           verify: bool = True) -> PruneResult:
     inputs = _as_tuple(example_inputs)
     kwargs = dict(example_kwargs or {})
     t0 = time.perf_counter()
@@ -207,10 +222,19 @@ def _prune(model: nn.Module, example_inputs: Any, config: PruneConfig, example_k
     notes: list[str] = []
     if target_macs is not None:
         config = replace(config, ratio=_ratio_for_macs(copies, config, target_macs * before.macs))
+    verified: dict[str, Any] = {}
+
+    def apply(plan: Plan) -> None:
+        verified.clear()
+        if plan.is_empty():
+            return
+        apply_plan(model, plan, mode=mode, check=check, example_inputs=inputs, example_kwargs=kwargs,
+                   verify=verify, report=verified)
+
     chosen, summaries = select_units(model, groups, config, criterion, graph)
     plan = make_plan(graph, chosen, summaries)
     try:
-        apply_plan(model, plan, mode=mode, check=check)
+        apply(plan)
     except (ApplyError, PlanError) as exc:
         reshaped = [g for g in groups if g.kind in ("head", "head_dim")]
         if not reshaped:
@@ -219,10 +243,13 @@ def _prune(model: nn.Module, example_inputs: Any, config: PruneConfig, example_k
         keep_groups = [g for g in groups if g.kind not in ("head", "head_dim")]
         chosen, summaries = select_units(model, keep_groups, config, criterion, graph)
         plan = make_plan(graph, chosen, summaries)
-        apply_plan(model, plan, mode=mode, check=check)
+        apply(plan)
+    if "macs" not in measured:  # nothing was applied
+        check(model)
     after = Counts(sum(p.numel() for p in model.parameters()), measured["macs"])
     for n in notes:
         warnings.warn(n)
     if graph.unsupported:
         warnings.warn("kept the dims touched by unsupported ops: " + "; ".join(map(str, graph.unsupported[:5])))
-    return PruneResult(plan, before, after, groups, graph.unsupported, notes, time.perf_counter() - t0, config)
+    return PruneResult(plan, before, after, groups, graph.unsupported, notes, time.perf_counter() - t0, config,
+                       dict(verified))

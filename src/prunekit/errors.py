@@ -15,3 +15,13 @@ class PlanError(PrunekitError):
 
 class ApplyError(PrunekitError):
     """Applying a plan failed; the model was restored to exactly its previous state."""
+
+
+class VerificationError(ApplyError):
+    """The pruned model's outputs were not finite, or (exact plans) differed from the model with the
+    removed slices zeroed; the model was restored. ``module`` names the first module that diverged."""
+
+    def __init__(self, message: str, error: float = float("inf"), module: str | None = None) -> None:
+        super().__init__(message)
+        self.error = error
+        self.module = module

@@ -11,16 +11,17 @@ replays on a fresh instance of the same architecture (no pickles, no tracing nee
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 import torch
 from torch import nn
 
-from .errors import ApplyError, PlanError
+from .errors import ApplyError, PlanError, VerificationError
 from .graph.groups import Group, Resolver
 from .graph.walk import Walk, walk
 from .layers import update_module
@@ -157,20 +158,90 @@ def _validate(model: nn.Module, plan: Plan, walked: Walk) -> dict[str, torch.Ten
 
 
 def apply_plan(model: nn.Module, plan: Plan, mode: str = "hard",
-               check: Callable[[nn.Module], None] | None = None) -> nn.Module:
+               check: Callable[[nn.Module], None] | None = None, *, example_inputs: Any = None,
+               example_kwargs: Mapping[str, Any] | None = None, verify: bool | None = None,
+               rtol: float = 1e-4, report: dict[str, Any] | None = None) -> nn.Module:
     """Apply ``plan`` to ``model`` in place and return it.
 
     ``mode="hard"`` removes the slices (a smaller, ordinary dense model); ``mode="soft"``
     zeroes them in place (same shapes; for checking and masks). All-or-nothing: if anything
-    fails -- including the optional ``check(model)`` -- the model is restored exactly.
+    fails -- the optional ``check(model)``, the verification, an interrupt -- the model is
+    restored exactly (an interrupt is re-raised after the restore).
+
+    With ``example_inputs`` (and ``example_kwargs``) the result is verified on them (``verify``
+    defaults to True then): every output must be finite and, for an exact plan applied hard,
+    equal within ``rtol`` (relative to the largest output) to the model's outputs with the removed
+    slices zeroed, computed in place before the apply without copying the model. A failure raises
+    :class:`~prunekit.errors.VerificationError` naming the first module whose output diverged.
+    No parameter or buffer may end on the ``meta`` device. ``report`` (a dict), if given, receives
+    what was verified: ``checked`` ("exact" or "finite"), ``error`` and ``tolerance``.
     """
     if mode not in ("hard", "soft"):
         raise ValueError(f"mode must be 'hard' or 'soft', not {mode!r}")
+    if verify is None:
+        verify = example_inputs is not None or example_kwargs is not None
+    if verify and example_inputs is None and example_kwargs is None:
+        raise ValueError("verify=True needs example_inputs (and/or example_kwargs) to run the model on")
     walked = walk(model)
     tensors = _validate(model, plan, walked)
-    if mode == "soft":
-        return _apply_soft(model, plan, tensors, check)
-    return _apply_hard(model, plan, tensors, _tensor_slots(walked), walked.modules, check)
+    was_meta = {id(t) for t in tensors.values() if t.is_meta}
+    inputs = () if example_inputs is None else (
+        (example_inputs,) if isinstance(example_inputs, torch.Tensor) or not isinstance(example_inputs, (tuple, list))
+        else tuple(example_inputs))
+    kwargs = dict(example_kwargs or {})
+    checks: list[Callable[[nn.Module], None]] = [lambda m: _no_meta(m, was_meta)]
+    if check is not None:
+        checks.append(check)
+    failure: dict[str, Any] = {}
+    if verify:
+        from . import verify as V
+
+        reference = V.zeroed_outputs(model, plan, inputs, kwargs) if mode == "hard" and plan.exact else None
+
+        def numeric(m: nn.Module) -> None:
+            out = V._run(m, inputs, kwargs)
+            if reference is not None:
+                err = V.output_error(reference, out)
+                tol = V.tolerance(out, rtol)
+            else:  # approximate plan (or soft): finiteness is what can be asked
+                err = 0.0 if all(torch.isfinite(t).all() for t in out if t.is_floating_point()) else float("inf")
+                tol = rtol
+            if report is not None:
+                report.update(checked="exact" if reference is not None else "finite", error=err, tolerance=tol)
+            if not err <= tol:
+                failure.update(error=err, tol=tol, pruned=V.module_outputs(m, inputs, kwargs))
+                raise VerificationError(f"outputs differ from the zeroed model by {err:.3g} (tolerance {tol:.0e})"
+                                        if math.isfinite(err) else "outputs are not finite (NaN or inf)", err)
+        checks.append(numeric)
+
+    def run_checks(m: nn.Module) -> None:
+        for c in checks:
+            c(m)
+
+    try:
+        if mode == "soft":
+            return _apply_soft(model, plan, tensors, run_checks)
+        return _apply_hard(model, plan, tensors, _tensor_slots(walked), walked.modules, run_checks)
+    except ApplyError as exc:
+        if not failure:
+            raise
+        from . import verify as V
+
+        with V._Zeroed(model, plan):  # the model is restored: its zeroed run is the reference per module
+            ref_modules = V.module_outputs(model, inputs, kwargs)
+        where = V.first_divergence(ref_modules, failure["pruned"], failure["tol"]) if mode == "hard" else None
+        err = failure["error"]
+        msg = (f"verification failed, the model was restored: "
+               f"{'outputs not finite (NaN or inf)' if not math.isfinite(err) else f'relative error {err:.3g}'}"
+               f"{f'; first diverging module: {where}' if where else ''}")
+        raise VerificationError(msg, err, where) from exc.__cause__
+
+
+def _no_meta(model: nn.Module, was_meta: set[int]) -> None:
+    """No parameter or buffer may be left on the meta device by an apply (unless it was before)."""
+    for name, t in [*model.named_parameters(), *model.named_buffers()]:
+        if t.is_meta and id(t) not in was_meta:
+            raise ApplyError(f"{name} is on the meta device after the apply")
 
 
 def _apply_soft(model, plan, tensors, check):
@@ -183,10 +254,12 @@ def _apply_soft(model, plan, tensors, check):
                     t.index_fill_(dim, torch.tensor(idx, dtype=torch.long, device=t.device), 0)
         if check is not None:
             check(model)
-    except Exception as exc:
+    except BaseException as exc:
         with torch.no_grad():
             for n, v in saved.items():
                 tensors[n].copy_(v)
+        if not isinstance(exc, Exception):
+            raise  # an interrupt: restored, and passed on as it was
         raise ApplyError(f"soft apply failed and was rolled back: {exc}") from exc
     return model
 
@@ -231,7 +304,7 @@ def _apply_hard(model, plan, tensors, slots, modules, check):
                         undo.append((mod, k, v, "attr"))
         if check is not None:
             check(model)
-    except Exception as exc:
+    except BaseException as exc:
         for container, key, old, kind in reversed(undo):
             if kind == "dict":
                 container[key] = old
@@ -241,6 +314,8 @@ def _apply_hard(model, plan, tensors, slots, modules, check):
             mod = modules.get(path)
             if isinstance(mod, nn.RNNBase):
                 mod._init_flat_weights()
+        if not isinstance(exc, Exception):
+            raise  # an interrupt: restored, and passed on as it was
         raise ApplyError(f"hard apply failed and the model was restored: {type(exc).__name__}: {exc}") from exc
     return model
 

@@ -1,38 +1,176 @@
-"""The correctness oracle: soft-applied (zeroed) and hard-pruned (removed) models must agree."""
+"""The correctness oracle: zeroing a plan's slices (soft) and removing them (hard) must agree.
+
+Two entry points:
+
+* :func:`soft_hard_error` replays a plan on two copies of a model and compares them (a test
+  oracle: the model passed in is not changed).
+* :func:`zeroed_outputs` + :func:`output_error` verify the model a user gets back, without a
+  copy: the plan's slices are zeroed in place, the model is run, the slices are restored bit
+  for bit; after the hard apply the pruned model's outputs must match those (exact plans) and
+  be finite (every plan). :func:`first_divergence` names the first module whose output differs.
+
+NaN or inf where the reference is finite (or any NaN) counts as an infinite error: a NaN never
+wins a ``max()``, so it must be looked for.
+"""
 from __future__ import annotations
 
 import copy
-from typing import Any, Mapping
+import math
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import nn
 
 from .graph.tracer import iter_tensors
+from .graph.walk import eval_mode, walk
 from .plan import Plan, apply_plan
+
+
+def _as_tuple(x: Any) -> tuple:
+    return (x,) if isinstance(x, torch.Tensor) or not isinstance(x, (tuple, list)) else tuple(x)
+
+
+def tolerance(outputs: Sequence[torch.Tensor], rtol: float = 1e-4) -> float:
+    """``rtol`` for float32/float64 outputs; 1e-2 when any output is half precision."""
+    low = any(t.dtype in (torch.float16, torch.bfloat16) for t in outputs)
+    return max(rtol, 1e-2) if low else rtol
+
+
+def output_error(reference: Sequence[torch.Tensor], outputs: Sequence[torch.Tensor]) -> float:
+    """Largest relative difference (``max|a - b| / max|a|``) over matching floating outputs.
+
+    ``inf`` when either side holds a NaN, or an inf that the other side does not have at the same
+    place with the same sign. Integer outputs must be equal (else ``inf``). Raises ``AssertionError``
+    when the two differ in number or shape of tensors (that is a broken model, not a tolerance)."""
+    if len(reference) != len(outputs):
+        raise AssertionError(f"reference has {len(reference)} output tensors, the model returned {len(outputs)}")
+    worst = 0.0
+    for a, b in zip(reference, outputs):
+        if a.shape != b.shape:
+            raise AssertionError(f"output shapes differ: {tuple(a.shape)} vs {tuple(b.shape)}")
+        if not (a.is_floating_point() or a.is_complex()):
+            if not torch.equal(a, b.to(a.dtype)):
+                return math.inf
+            continue
+        a, b = a.detach().double(), b.detach().double()
+        if a.isnan().any() or b.isnan().any():
+            return math.inf
+        fa, fb = torch.isfinite(a), torch.isfinite(b)
+        if not torch.equal(fa, fb) or not torch.equal(a[~fa], b[~fb]):
+            return math.inf
+        if not fa.any():
+            continue
+        scale = a[fa].abs().max().clamp_min(1e-12)
+        worst = max(worst, float((a[fa] - b[fa]).abs().max() / scale))
+    return worst
+
+
+def _run(model: nn.Module, inputs: tuple, kwargs: Mapping[str, Any]) -> list[torch.Tensor]:
+    with torch.no_grad(), eval_mode(model.modules()):
+        return [t.detach().clone() for t in iter_tensors(model(*inputs, **dict(kwargs)))]
+
+
+class _Zeroed:
+    """The plan's slices zeroed in place for the block, then restored bit for bit (only the
+    removed slices are saved, so no copy of the model is made)."""
+
+    def __init__(self, model: nn.Module, plan: Plan) -> None:
+        w = walk(model)
+        self.tensors = {**w.buffers, **w.params}
+        self.plan = plan
+        self.saved: list[tuple[torch.Tensor, int, torch.Tensor, torch.Tensor]] = []
+
+    def __enter__(self) -> "_Zeroed":
+        with torch.no_grad():
+            for name, dims in self.plan.removed.items():
+                t = self.tensors[name]
+                for dim, idx in dims.items():
+                    index = torch.tensor(idx, dtype=torch.long, device=t.device)
+                    self.saved.append((t, dim, index, t.index_select(dim, index).clone()))
+            for t, dim, index, _ in self.saved:
+                t.index_fill_(dim, index, 0)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        with torch.no_grad():
+            for t, dim, index, old in reversed(self.saved):  # reversed: overlapping slices end as they began
+                t.index_copy_(dim, index, old)
+        self.saved.clear()
+
+
+def zeroed_outputs(model: nn.Module, plan: Plan, example_inputs: Any,
+                   example_kwargs: Mapping[str, Any] | None = None) -> list[torch.Tensor]:
+    """Outputs of ``model`` (eval mode) with the plan's slices zeroed; the model is unchanged after."""
+    with _Zeroed(model, plan):
+        return _run(model, _as_tuple(example_inputs), example_kwargs or {})
+
+
+def module_outputs(model: nn.Module, example_inputs: Any,
+                   example_kwargs: Mapping[str, Any] | None = None) -> list[tuple[str, list[torch.Tensor]]]:
+    """Every module call's output tensors (cloned), in completion order, as ``(path, tensors)``."""
+    rec: list[tuple[str, list[torch.Tensor]]] = []
+    handles = []
+    for path, mod in model.named_modules():
+        def hook(m, a, o, path=path):
+            rec.append((path, [t.detach().clone() for t in iter_tensors(o) if isinstance(t, torch.Tensor)]))
+        handles.append(mod.register_forward_hook(hook))
+    try:
+        _run(model, _as_tuple(example_inputs), example_kwargs or {})
+    finally:
+        for h in handles:
+            h.remove()
+    return rec
+
+
+def _matches_with_removed(a: torch.Tensor, b: torch.Tensor, tol: float) -> bool:
+    """Does ``b`` equal ``a`` with some indices of the one dim where their sizes differ removed (in order)?"""
+    diff = [d for d in range(a.dim()) if a.shape[d] != b.shape[d]]
+    if len(diff) != 1 or b.shape[diff[0]] > a.shape[diff[0]]:
+        return False
+    d = diff[0]
+    a2 = a.detach().double().movedim(d, 0).reshape(a.shape[d], -1)  # (size_d, rest)
+    b2 = b.detach().double().movedim(d, 0).reshape(b.shape[d], -1)  # (kept, rest)
+    if not (torch.isfinite(a2).all() and torch.isfinite(b2).all()):
+        return False
+    scale = float(a2.abs().max().clamp_min(1e-12))
+    i = 0
+    for j in range(b2.shape[0]):
+        while i < a2.shape[0] and float((a2[i] - b2[j]).abs().max()) > tol * scale:
+            i += 1
+        if i == a2.shape[0]:
+            return False
+        i += 1
+    return True
+
+
+def first_divergence(reference: list[tuple[str, list[torch.Tensor]]],
+                     pruned: list[tuple[str, list[torch.Tensor]]], tol: float = 1e-4) -> str | None:
+    """The first module call (in completion order, so the innermost first) whose pruned output
+    differs from the reference's: a NaN/inf, a value off by more than ``tol`` relative, or, where
+    a dim shrank, values that are not the reference's with some indices of that dim removed."""
+    for (path, ref), (path2, out) in zip(reference, pruned):
+        if path != path2 or len(ref) != len(out):
+            return f"{path or '<root>'} (the module calls no longer line up)"
+        for a, b in zip(ref, out):
+            if not (a.is_floating_point() and b.is_floating_point()):
+                continue
+            if a.shape == b.shape:
+                bad = output_error([a], [b]) > tol
+            else:
+                bad = not _matches_with_removed(a, b, tol)
+            if bad:
+                return path or "<root>"
+    return None
 
 
 def soft_hard_error(model: nn.Module, plan: Plan, example_inputs: Any,
                     example_kwargs: Mapping[str, Any] | None = None) -> float:
     """Max relative difference between the soft- and hard-applied copies of ``model`` (eval mode).
 
-    For a plan of *exact* groups (``plan.exact``) this is ~1e-7: removal is exactly
-    equivalent to zeroing. ``model`` itself is not changed.
+    For a plan of *exact* groups (``plan.exact``) this is ~1e-7: removal is exactly equivalent to
+    zeroing. NaN or a misplaced inf in either is ``inf``. ``model`` itself is not changed.
     """
-    if isinstance(example_inputs, torch.Tensor) or not isinstance(example_inputs, (tuple, list)):
-        example_inputs = (example_inputs,)
-    soft = apply_plan(copy.deepcopy(model), plan, "soft").eval()
-    hard = apply_plan(copy.deepcopy(model), plan, "hard").eval()
-    with torch.no_grad():
-        a = list(iter_tensors(soft(*example_inputs, **dict(example_kwargs or {}))))
-        b = list(iter_tensors(hard(*example_inputs, **dict(example_kwargs or {}))))
-    if len(a) != len(b):
-        raise AssertionError(f"soft model returned {len(a)} tensors, hard model {len(b)}")
-    worst = 0.0
-    for x, y in zip(a, b):
-        if x.shape != y.shape:
-            raise AssertionError(f"output shapes differ: {tuple(x.shape)} vs {tuple(y.shape)}")
-        if not x.is_floating_point():
-            continue
-        scale = x.abs().max().clamp_min(1e-12)
-        worst = max(worst, float((x - y).abs().max() / scale))
-    return worst
+    inputs = _as_tuple(example_inputs)
+    soft = apply_plan(copy.deepcopy(model), plan, "soft")
+    hard = apply_plan(copy.deepcopy(model), plan, "hard")
+    return output_error(_run(soft, inputs, example_kwargs or {}), _run(hard, inputs, example_kwargs or {}))

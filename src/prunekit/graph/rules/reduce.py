@@ -1,7 +1,6 @@
 """Reductions, softmax and normalization layers."""
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from ..info import TensorInfo
@@ -13,6 +12,8 @@ INEXACT_REDUCE = ("mean", "nanmean", "amax", "amin", "max", "min", "std", "var",
                   "median", "nanmedian", "std_mean", "var_mean", "linalg_vector_norm", "aminmax", "all", "any",
                   "count_nonzero", "mode")
 INDEX_REDUCE = ("argmax", "argmin")
+# Reductions that map an all-zero slice to a non-zero value: after them, soft-zeroed units are no longer zero.
+NONZERO_REDUCE = ("logsumexp",)
 
 
 def _dims(args, kwargs, ndim, name):
@@ -47,6 +48,9 @@ def reduction(tracer, name, args, kwargs, out):
     if inf.joint is not None:
         tracer.pin_info(TensorInfo(joint=inf.joint), f"{name} on stacked RNN state")
     outs = out if isinstance(out, (tuple, list)) else (out,)
+    # Over the *other* dims, a zeroed unit's slice reduces to zero (sum, mean, max, norm, var ... of
+    # zeros), so its elements stay zero unless they were non-zero already: exact, like adaptive pooling.
+    nz = inf.nz or name in NONZERO_REDUCE
     for o in outs:
         if not isinstance(o, torch.Tensor):
             continue
@@ -57,7 +61,7 @@ def reduction(tracer, name, args, kwargs, out):
             kept = [d for d in range(x.dim()) if d not in reduced]
             if o.dim() == len(kept):
                 labels = {i: inf.labels[d] for i, d in enumerate(kept) if d in inf.labels}
-        tracer.set_info(o, TensorInfo(labels, True) if labels else None)
+        tracer.set_info(o, TensorInfo(labels, nz) if labels else None)
 
 
 @op_rule("softmax", "log_softmax", "_softmax", "softmin", "gumbel_softmax")

@@ -1,0 +1,165 @@
+"""The oracle and the verification of the returned model, each with negative controls that it must flag."""
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import prunekit
+from prunekit import Plan, VerificationError, apply_plan, soft_hard_error
+from prunekit.graph.registry import OP_RULES
+from prunekit.verify import output_error, zeroed_outputs
+
+
+def _net():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                         nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 5)).eval()
+
+
+def _plan(model, x, ratio=0.5):
+    graph = prunekit.trace(model, x)
+    chosen, summaries = prunekit.select_units(model, graph.groups(), prunekit.PruneConfig(ratio=ratio))
+    return prunekit.make_plan(graph, chosen, summaries)
+
+
+def _shifted(plan: Plan, name: str, dim: int) -> Plan:
+    """The same plan with one tensor's removed indices shifted by one: a deliberately wrong plan."""
+    bad = Plan.from_dict(plan.to_dict())
+    bad.removed[name][dim] = [(i + 1) % 16 for i in bad.removed[name][dim]]
+    return bad
+
+
+def _state(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def _same_state(model, state):
+    now = model.state_dict()
+    return now.keys() == state.keys() and all(now[k].shape == v.shape and torch.equal(now[k], v)
+                                               for k, v in state.items())
+
+
+def test_oracle_is_tiny_for_a_right_plan_and_large_for_a_shifted_one():
+    m, x = _net(), torch.randn(2, 3, 8, 8)
+    plan = _plan(m, x)
+    assert plan.exact and soft_hard_error(m, plan, x) < 1e-5
+    assert soft_hard_error(m, _shifted(plan, "3.weight", 1), x) > 1e-2  # next conv reads the wrong channels
+
+
+def test_nan_and_misplaced_inf_count_as_infinite_error():
+    a = torch.ones(3)
+    assert output_error([a], [a.clone()]) == 0.0
+    assert output_error([a], [torch.tensor([1.0, float("nan"), 1.0])]) == math.inf
+    assert output_error([torch.tensor([1.0, float("nan"), 1.0])], [a]) == math.inf
+    assert output_error([a], [torch.tensor([1.0, float("inf"), 1.0])]) == math.inf
+    inf = torch.tensor([1.0, float("-inf")])
+    assert output_error([inf], [inf.clone()]) == 0.0  # the same inf in the same place is not an error
+    assert output_error([torch.tensor([1, 2])], [torch.tensor([1, 3])]) == math.inf
+
+
+class _Divide(nn.Module):
+    """Soft-zeroing ``scale`` divides by zero (NaN/inf), removing it does not: the oracle must say inf."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 1)
+        self.scale = nn.Parameter(torch.rand(8) + 0.5)
+        self.head = nn.Conv2d(8, 2, 1)
+
+    def forward(self, x):
+        return self.head(self.conv(x) / self.scale.view(-1, 1, 1))  # (B, C, H, W) / (C, 1, 1)
+
+
+def test_soft_hard_error_is_inf_when_one_side_is_nan():
+    m, x = _Divide().eval(), torch.randn(2, 3, 4, 4)
+    plan = Plan(removed={"conv.weight": {0: [1]}, "conv.bias": {0: [1]}, "scale": {0: [1]}, "head.weight": {1: [1]}})
+    assert soft_hard_error(m, plan, x) == math.inf
+
+
+def test_apply_plan_verifies_and_names_the_first_diverging_module():
+    m, x = _net(), torch.randn(2, 3, 8, 8)
+    plan = _plan(m, x)
+    state = _state(m)
+    with pytest.raises(VerificationError) as info:
+        apply_plan(m, _shifted(plan, "3.weight", 1), example_inputs=x)
+    assert info.value.module == "3" and "first diverging module: 3" in str(info.value)
+    assert _same_state(m, state)  # restored bit for bit
+    report = {}
+    apply_plan(m, plan, example_inputs=x, report=report)
+    assert report["checked"] == "exact" and report["error"] < 1e-5
+
+
+def test_zeroed_outputs_restore_the_model_bit_for_bit():
+    m, x = _net(), torch.randn(2, 3, 8, 8)
+    plan = _plan(m, x)
+    state = _state(m)
+    soft = apply_plan(copy.deepcopy(m), plan, "soft")
+    with torch.no_grad():
+        assert torch.equal(zeroed_outputs(m, plan, x)[0], soft(x))
+    assert _same_state(m, state)
+
+
+def test_prune_reports_what_it_verified():
+    m, x = _net(), torch.randn(2, 3, 8, 8)
+    r = prunekit.prune_(m, x, ratio=0.5)
+    assert r.verified["checked"] == "exact" and r.verified["error"] < 1e-5
+    assert "verified: outputs equal the zeroed original" in r.summary()
+    r = prunekit.prune_(_net(), x, ratio=0.5, verify=False)
+    assert r.verified == {} and "not verified" in r.summary()
+
+
+def test_a_wrong_op_rule_is_caught_and_the_model_restored(monkeypatch):
+    """Negative control for the whole engine: a flip rule that forgets to reverse its labels."""
+    class Flip(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 8, 1), nn.Conv2d(8, 4, 1)
+
+        def forward(self, x):
+            return self.b(torch.flip(self.a(x), [1]))
+
+    torch.manual_seed(0)
+    m, x = Flip().eval(), torch.randn(2, 3, 4, 4)
+    assert prunekit.prune_(copy.deepcopy(m), x, ratio=0.5).verified["checked"] == "exact"
+
+    def wrong(tracer, name, args, kwargs, out):
+        inf = tracer.info(args[0])
+        tracer.set_info(out, prunekit.graph.info.TensorInfo(dict(inf.labels), inf.nz))
+
+    monkeypatch.setitem(OP_RULES, "flip", wrong)
+    state = _state(m)
+    with pytest.raises(VerificationError, match="first diverging module: b"):
+        prunekit.prune_(m, x, ratio=0.5)
+    assert _same_state(m, state) and m.a.out_channels == 8
+
+
+def test_nan_output_fails_verification():
+    m, x = _Divide().eval(), torch.randn(2, 3, 4, 4)
+    with torch.no_grad():
+        m.scale[3] = 0.0  # the unpruned model itself now divides by zero
+    plan = Plan(removed={"conv.weight": {0: [1]}, "conv.bias": {0: [1]}, "scale": {0: [1]}, "head.weight": {1: [1]}},
+                exact=False)
+    state = _state(m)
+    with pytest.raises(VerificationError, match="not finite"):
+        apply_plan(m, plan, example_inputs=x)
+    assert _same_state(m, state)
+
+
+@pytest.mark.parametrize("interrupt", [KeyboardInterrupt, SystemExit])
+@pytest.mark.parametrize("mode", ["hard", "soft"])
+def test_an_interrupt_during_the_check_restores_the_model(interrupt, mode):
+    m, x = _net(), torch.randn(2, 3, 8, 8)
+    plan = _plan(m, x)
+    state = _state(m)
+
+    def check(model):
+        raise interrupt()
+
+    with pytest.raises(interrupt):
+        apply_plan(m, plan, mode, check=check)
+    assert _same_state(m, state) and m[0].out_channels == 16
