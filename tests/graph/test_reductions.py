@@ -1,0 +1,78 @@
+"""The approximate flag is right both ways: reductions over other dims are exact, over the pruned dim are not."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import prunekit
+from prunekit.dead import remove_dead_units_
+
+
+class Reduce(nn.Module):
+    def __init__(self, how):
+        super().__init__()
+        self.how = how
+        self.conv = nn.Conv2d(3, 16, 3, padding=1)
+        self.head = nn.Linear(16, 4)
+        self.norm = nn.LayerNorm(16)
+
+    def forward(self, x):
+        y = torch.relu(self.conv(x))  # (B, 16, H, W)
+        if self.how == "mean":
+            z = y.mean((2, 3))
+        elif self.how == "sum":
+            z = y.sum(dim=(-1, -2))
+        elif self.how == "amax":
+            z = y.amax((2, 3))
+        elif self.how == "var":
+            z = y.flatten(2).var(-1)
+        elif self.how == "adaptive":
+            z = nn.functional.adaptive_avg_pool2d(y, 1).flatten(1)
+        elif self.how == "logsumexp":
+            z = y.flatten(2).logsumexp(-1)  # a zeroed channel reduces to log(H*W), not 0
+        elif self.how == "mean_channels":
+            z = (y - y.mean(1, keepdim=True)).mean((2, 3))  # a mean over the pruned dim itself
+        elif self.how == "layer_norm":
+            z = self.norm(y.mean((2, 3)))  # normalization over the pruned dim
+        return self.head(z)
+
+
+def _conv_group(model, x):
+    graph = prunekit.trace(model, x)
+    return [g for g in graph.groups() if any(n == "conv.weight" for (n, _), _ in g.signature)]
+
+
+@pytest.mark.parametrize("how", ["mean", "sum", "amax", "var", "adaptive"])
+def test_reduction_over_other_dims_is_exact(how):
+    torch.manual_seed(0)
+    m, x = Reduce(how).eval(), torch.randn(2, 3, 6, 6)
+    (g,) = _conv_group(m, x)
+    assert g.exact
+    r = prunekit.prune_(m, x, ratio=0.5)
+    assert r.plan.exact and r.verified["checked"] == "exact" and m.conv.out_channels == 8
+
+
+@pytest.mark.parametrize("how", ["logsumexp", "layer_norm"])
+def test_nonzero_reductions_and_normalizations_are_approximate(how):
+    m, x = Reduce(how).eval(), torch.randn(2, 3, 6, 6)
+    (g,) = _conv_group(m, x)
+    assert not g.exact
+
+
+def test_mean_over_the_pruned_dim_is_approximate():
+    m = Reduce("mean_channels").eval()
+    x = torch.randn(2, 3, 6, 6)
+    groups = _conv_group(m, x)
+    assert all(not g.exact for g in groups) and groups
+
+
+@pytest.mark.parametrize("how", ["mean", "adaptive"])
+def test_dead_channels_before_a_spatial_mean_are_removed(how):
+    torch.manual_seed(0)
+    m = Reduce(how).eval()
+    with torch.no_grad():
+        m.conv.bias[:8] = -1e4  # 8 of 16 channels never pass the ReLU
+    data = [torch.randn(4, 3, 6, 6) for _ in range(2)]
+    r = remove_dead_units_(m, data[0][:1], data)
+    assert r.dead == 8 and m.conv.out_channels == 8
