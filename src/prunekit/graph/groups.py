@@ -17,7 +17,11 @@ from .labels import LabelStore
 
 
 class InvalidRemoval(Exception):
-    """The requested set of units cannot be removed on its own."""
+    """The requested set of units cannot be removed on its own (``root``: the pinned class met)."""
+
+    def __init__(self, reason: str, root: int | None = None):
+        super().__init__(reason)
+        self.root = root
 
 
 def _unit_spans(res: "Resolver", units) -> tuple[np.ndarray, np.ndarray]:
@@ -74,8 +78,13 @@ class Resolver:
         self._mk: list[int] | None = None
         self._mi: list[int] | None = None
         self.pinned: dict[int, str] = {}
+        self.pin_site: dict[int, tuple[str, str]] = {}  # root -> (op, module) of its first pin
+        sites = store.pin_sites
         for lab, why in store.pinned.items():
-            self.pinned.setdefault(int(self.root[lab]), why)
+            r = int(self.root[lab])
+            if r not in self.pinned:
+                self.pinned[r] = why
+                self.pin_site[r] = sites.get(lab, ("", ""))
         inexact = np.fromiter(store.inexact, dtype=np.int64, count=len(store.inexact))
         self.inexact_roots = np.unique(self.root[inexact])
         self.inexact = set(self.inexact_roots.tolist())
@@ -123,7 +132,8 @@ class Resolver:
         if not pending:
             bad = removed & self.pinned.keys()
             if bad:
-                raise InvalidRemoval(self.pinned[next(iter(bad))])
+                r = min(bad)
+                raise InvalidRemoval(self.pinned[r], r)
             return removed
         mask = self._mask
         mask[list(removed)] = True
@@ -149,7 +159,8 @@ class Resolver:
             mask[list(removed)] = False
         bad = removed & self.pinned.keys()
         if bad:
-            raise InvalidRemoval(self.pinned[next(iter(bad))])
+            r = min(bad)
+            raise InvalidRemoval(self.pinned[r], r)
         return removed
 
     def _slices_vectorized(self, spans: list[tuple[int, int]]) -> dict[tuple[str, int], list[int]]:
@@ -445,3 +456,96 @@ def build_groups(graph, kinds: Iterable[str] | None = None) -> list[Group]:
     for i, g in enumerate(groups):
         g.id = i
     return groups
+
+
+@dataclass
+class Blocked:
+    """Indices of one parameter dim that are in no group, and why: the op and module that kept them.
+
+    ``op`` is the traced op (``getitem``, ``linear`` ...) or one of ``output`` (a model output),
+    ``ignore`` / ``keep_outputs`` (the trace options), ``unused`` (never used by the traced
+    forward), ``structure`` (no op makes them a removable unit)."""
+
+    tensor: str
+    dim: int
+    size: int
+    indices: list[int]
+    op: str
+    module: str
+    reason: str
+
+    def __str__(self) -> str:
+        n = len(self.indices)
+        part = "all" if n == self.size else f"{n} of {self.size}"
+        where = self.module or "<top-level forward>"
+        return f"`{self.tensor}` dim {self.dim} ({part} kept): pinned by op `{self.op}` in module `{where}`: " \
+               f"{self.reason}"
+
+
+def blocked_dims(graph, include_inert: bool = False, include_buffers: bool = False) -> list[Blocked]:
+    """Every parameter dim (or part of one) that ended in no group, with the op and module that
+    kept it. Dims no op couples to anything (a conv's kernel dims) are left out unless
+    ``include_inert``; buffers are left out unless ``include_buffers`` (they follow a parameter)."""
+    groups = build_groups(graph)
+    res: Resolver = graph._resolver
+    store = res.store
+    covered = np.zeros(max(len(store), 1), dtype=bool)
+    for g in groups:
+        covered[np.fromiter((r for i in range(len(g)) for r in g.unit_roots([i])), dtype=np.int64)] = True
+    members = res.span[:, 1] - res.span[:, 0]
+    wanted = set(graph.param_names) | (set(graph.buffer_names) if include_buffers else set())
+    cache: dict[int, tuple[str, str, str] | None] = {}
+
+    def why(r: int) -> tuple[str, str, str] | None:
+        """(op, module, reason) for an uncovered class; None when it is inert."""
+        if r in cache:
+            return cache[r]
+        out: tuple[str, str, str] | None
+        if r in res.pinned:
+            op, mod = res.pin_site.get(r, ("", ""))
+            out = (op, mod, res.pinned[r])
+        else:
+            out = None
+            if r in res.touch or res.is_element[r]:
+                try:
+                    res.closure([r])
+                except InvalidRemoval as exc:
+                    if exc.root is not None and exc.root in res.pinned:
+                        op, mod = res.pin_site.get(exc.root, ("", ""))
+                        out = (op, mod, f"removing it would remove kept labels: {exc}")
+                    else:
+                        out = ("structure", "", str(exc))
+                if out is None and res.is_element[r]:
+                    out = ("structure", "", "inside a reshape whose parts cannot be removed on their own")
+            if out is None and (include_inert or members[r] > 1 or res.kind_code[r] >= 0):
+                out = ("structure", "", "no op makes these indices a removable unit (not an output dim of any "
+                                        "parameter, nor coupled to one)")
+        cache[r] = out
+        return out
+
+    records: list[Blocked] = []
+    seen = set()
+    for (name, dim), labels in store.param_dims.items():
+        seen.add(name)
+        if name not in wanted:
+            continue
+        roots = res.root[labels]
+        open_idx = np.flatnonzero(~covered[roots])
+        by_reason: dict[tuple[str, str, str], list[int]] = {}
+        for i in open_idx.tolist():
+            w = why(int(roots[i]))
+            if w is not None:
+                by_reason.setdefault(w, []).append(i)
+        for (op, mod, reason), idx in by_reason.items():
+            records.append(Blocked(name, dim, int(labels.size), idx, op, mod, reason))
+    for name in graph.param_names:
+        if name not in seen:
+            shape = graph.shapes.get(name, ())
+            owner = name.rsplit(".", 1)[0] if "." in name else ""
+            for d, size in enumerate(shape):
+                if size > 1:
+                    records.append(Blocked(name, d, size, list(range(size)), "unused", owner,
+                                           "the parameter is not used by the traced forward"))
+    order = {n: i for i, n in enumerate(graph.param_names + graph.buffer_names)}
+    records.sort(key=lambda b: (order.get(b.tensor, 1 << 30), b.dim, b.indices[:1]))
+    return records

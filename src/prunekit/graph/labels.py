@@ -41,6 +41,17 @@ class Counter:
 
 
 @dataclass
+class Renumber:
+    """An integer index buffer whose *values* index a prunable dim (``x[:, perm]``,
+    ``x.index_select(1, perm)``): ``labels[v]`` is the label of value ``v``. Removing those
+    labels removes the buffer's positions holding them and renumbers the remaining values
+    (see :func:`prunekit.graph.rules.indexing.renumber_index`); soft application leaves it."""
+
+    buffer: str
+    labels: np.ndarray
+
+
+@dataclass
 class LabelStore:
     _parent: np.ndarray = field(default_factory=lambda: np.zeros(1024, dtype=np.int64))
     _n: int = 0
@@ -48,6 +59,9 @@ class LabelStore:
     _kind: np.ndarray = field(default_factory=lambda: np.zeros(1024, dtype=np.int16))  # codes into kind_names
     kind_names: list[str] = field(default_factory=lambda: ["channel"])
     pinned: dict[int, str] = field(default_factory=dict)
+    pin_sites: dict[int, tuple[str, str]] = field(default_factory=dict)  # label -> (op, module) that pinned it
+    context: tuple[str, str] = ("", "")  # (op, module path) of the op rule running now; the tracer sets it
+    renumber: list["Renumber"] = field(default_factory=list)
     inexact: set[int] = field(default_factory=set)
     products: list[Product] = field(default_factory=list)
     counters: list[Counter] = field(default_factory=list)
@@ -144,9 +158,15 @@ class LabelStore:
             parent[hi] = lo  # duplicates: one write wins, the loop hooks the rest
 
     # -- constraints --------------------------------------------------------------
-    def pin(self, labels: np.ndarray, reason: str) -> None:
+    def pin(self, labels: np.ndarray, reason: str, site: tuple[str, str] | None = None) -> None:
+        """Keep ``labels``; ``reason`` and ``site`` (op, module path; default: the op being traced)
+        explain it later (:meth:`DependencyGraph.blocked`). The first reason of a label wins."""
+        site = self.context if site is None else site
+        pinned, sites = self.pinned, self.pin_sites
         for lab in np.asarray(labels).reshape(-1).tolist():
-            self.pinned.setdefault(lab, reason)
+            if lab not in pinned:
+                pinned[lab] = reason
+                sites[lab] = site
 
     def mark_inexact(self, labels: np.ndarray) -> None:
         self.inexact.update(np.asarray(labels).reshape(-1).tolist())

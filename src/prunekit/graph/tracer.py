@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -27,6 +27,8 @@ from torch.overrides import TorchFunctionMode
 from ..errors import UnsupportedOpError
 from ..measure.counting import MacCounter
 from .info import TensorInfo
+if TYPE_CHECKING:
+    from .groups import Blocked
 from .walk import Walk, eval_mode, walk
 from .labels import LabelStore
 from .registry import NEUTRAL_OPS, OP_RULES, op_name
@@ -99,6 +101,16 @@ class DependencyGraph:
 
         return build_groups(self, kinds)
 
+    def blocked(self, include_inert: bool = False, include_buffers: bool = False) -> list["Blocked"]:
+        """Every parameter dim (or the part of it) that is in no group, with the op and module
+        that kept it (:class:`~prunekit.graph.groups.Blocked`: tensor, dim, indices, op, module,
+        reason; ``str()`` reads "`stem.weight` dim 0 (8 of 16 kept): pinned by op `getitem` in
+        module `<top-level forward>`: ..."). Kernel-size dims and other dims no op couples are
+        left out unless ``include_inert``."""
+        from .groups import blocked_dims
+
+        return blocked_dims(self, include_inert, include_buffers)
+
 
 # Ops whose outputs are *sites* for activation statistics, and the kind of each site.
 SITE_KINDS: dict[str, str] = {
@@ -144,6 +156,14 @@ class Tracer(TorchFunctionMode):
         self.size_sources: dict[int, list[np.ndarray]] = {}
         self.sites: list[Site] = []
         self.execute: Callable[[Any, tuple, dict], Any] = _call  # meta_forward swaps in the shape-only executor
+        # integer buffers (candidate index permutations) by name -> the real tensor (values are known
+        # even when tracing on meta stand-ins); how often each was read by any op, and by a rule that
+        # records it in ``store.renumber`` (a buffer read elsewhere too cannot be renumbered)
+        self.index_buffers: dict[str, torch.Tensor] = {
+            n: b for n, b in walked.buffers.items()
+            if b.dim() == 1 and not b.is_floating_point() and not b.is_complex() and b.dtype != torch.bool}
+        self.buffer_reads: dict[str, int] = {}
+        self.renumber_reads: dict[str, int] = {}
 
     def current_module(self) -> nn.Module | None:
         return self.modules.get(self.module_path)
@@ -178,10 +198,10 @@ class Tracer(TorchFunctionMode):
         self.infos[id(t)] = inf
         self._alive[id(t)] = t
 
-    def pin_info(self, inf: TensorInfo | None, reason: str) -> None:
+    def pin_info(self, inf: TensorInfo | None, reason: str, site: tuple[str, str] | None = None) -> None:
         if inf is not None:
             for lab in inf.all_labels():
-                self.store.pin(lab, reason)
+                self.store.pin(lab, reason, site)
 
     def unsupported_op(self, name: str, tensors: Sequence[torch.Tensor], reason: str) -> None:
         for t in tensors:
@@ -237,6 +257,12 @@ class Tracer(TorchFunctionMode):
                 if not any(t is i for i in ins):
                     self.set_info(t, None)
             return
+        self.store.context = (name, self.module_path)
+        if self.index_buffers:
+            for t in ins:
+                n = self.names.get(id(t))
+                if n is not None and n in self.index_buffers:
+                    self.buffer_reads[n] = self.buffer_reads.get(n, 0) + 1
         rule = OP_RULES.get(name)
         if rule is None or name == "iter":
             self.unsupported_op(name, ins, "no rule for this op")
@@ -299,16 +325,68 @@ def _traced_run(model: nn.Module, inputs: tuple, kwargs: dict, meta: bool, walke
     return tracer, out
 
 
+def _module_paths(model: nn.Module, items: Iterable[str | nn.Module], option: str) -> list[tuple[str, nn.Module]]:
+    """``(path, module)`` for every module named or given in ``items`` (a module object registered
+    under several paths is listed once per path); a name or object that matches nothing raises."""
+    every = list(model.named_modules(remove_duplicate=False))
+    by_name = dict(every)
+    out: list[tuple[str, nn.Module]] = []
+    for item in items:
+        if isinstance(item, nn.Module):
+            found = [(p, m) for p, m in every if m is item]
+            if not found:
+                raise KeyError(f"{option}: the module object {type(item).__name__} is not a submodule of "
+                               f"{type(model).__name__}")
+            out.extend(found)
+        else:
+            if item not in by_name:
+                raise KeyError(f"{option} module {item!r} is not a submodule of {type(model).__name__}")
+            out.append((item, by_name[item]))
+    return out
+
+
+def output_dims(module: nn.Module, key: str, param: torch.Tensor) -> tuple[int, ...]:
+    """The dims of ``module``'s own parameter ``key`` that index the module's *outputs*.
+
+    Linear/Bilinear/Conv: weight dim 0; ConvTranspose: weight dim 1 (out_channels / groups); biases
+    dim 0; Embedding/EmbeddingBag: weight dim 1 (embedding_dim; dim 0 is the vocabulary, an input
+    range); MultiheadAttention: in_proj and q/k/v weights and biases dim 0, ``bias_k``/``bias_v``
+    dim 2 (its out_proj is a submodule, a Linear). Per-channel modules (norms, PReLU, a layer-scale
+    vector) have one channel dim that is both input and output: it is kept, so their inputs are kept
+    too. Any other module: dim 0 of each parameter (PyTorch's out-first convention).
+    """
+    if param.dim() == 0:
+        return ()
+    if isinstance(module, nn.modules.conv._ConvTransposeNd) and key == "weight":
+        return (1,)
+    if isinstance(module, (nn.Embedding, nn.EmbeddingBag)) and key == "weight":
+        return (1,)
+    if isinstance(module, nn.MultiheadAttention) and key in ("bias_k", "bias_v"):
+        return (2,)
+    return (0,)
+
+
 def trace(model: nn.Module, example_inputs: Any = (), example_kwargs: Mapping[str, Any] | None = None,
           ignore: Iterable[str | nn.Module] = (), strict: bool = False,
-          counter: MacCounter | None = None) -> DependencyGraph:
+          counter: MacCounter | None = None, keep_outputs: Iterable[str | nn.Module] = ()) -> DependencyGraph:
     """Run ``model`` once on the example inputs and return its dependency graph.
 
-    ``ignore`` lists modules (or their dotted paths) whose parameters must keep their shape.
+    ``ignore`` lists modules (or their dotted paths) whose parameters must keep their shape:
+    every dim of every parameter of the module and its submodules, inputs included (so ignoring
+    a transformer's classifier keeps the whole residual width feeding it).
+    ``keep_outputs`` lists modules (or paths) whose *outputs* keep their size while their inputs
+    stay prunable -- Torch-Pruning's ``ignored_layers`` meaning. For the module and each of its
+    submodules, the output dims of its own parameters are kept (see :func:`output_dims`: weight
+    dim 0 of Linear/Conv, dim 1 of ConvTranspose and Embedding, bias dim 0; a norm's single
+    channel dim is both its input and its output, so it is kept). A name or object that matches
+    no submodule raises ``KeyError`` for either option; a ``keep_outputs`` module without
+    parameters raises ``ValueError`` (there would be nothing to keep).
+
     Model inputs and outputs are never pruned. With ``strict=True`` an op without a rule
     raises :class:`UnsupportedOpError` naming the op and module path; otherwise the dims it
-    touches are simply kept and listed in ``graph.unsupported``. With ``counter`` the traced
-    forward's MACs are counted too (one forward for both).
+    touches are simply kept and listed in ``graph.unsupported``; ``graph.blocked()`` explains
+    every parameter dim left out of all groups (op and module that kept it). With ``counter``
+    the traced forward's MACs are counted too (one forward for both).
 
     >>> import torchvision
     >>> g = trace(torchvision.models.resnet18(), torch.randn(1, 3, 64, 64))
@@ -318,6 +396,8 @@ def trace(model: nn.Module, example_inputs: Any = (), example_kwargs: Mapping[st
     if isinstance(example_inputs, torch.Tensor) or not isinstance(example_inputs, (tuple, list)):
         example_inputs = (example_inputs,)
     example_kwargs = dict(example_kwargs or {})
+    ignored = _module_paths(model, ignore, "ignored")
+    kept = _module_paths(model, keep_outputs, "keep_outputs")
     walked = walk(model)
     with eval_mode(walked.modules.values()):
         try:  # shapes are all we need: run on the meta device (no compute)
@@ -327,22 +407,36 @@ def trace(model: nn.Module, example_inputs: Any = (), example_kwargs: Mapping[st
                 counter.flops = 0  # forget the partial meta count
             tracer, out = _traced_run(model, example_inputs, example_kwargs, False, walked, counter)
     store = tracer.store
-    for t in iter_tensors(out):
-        tracer.pin_info(tracer.infos.get(id(t)), "model output")
-    ignore_paths = set()
-    modules = walked.modules
-    for item in ignore:
-        if isinstance(item, nn.Module):
-            ignore_paths.update(p for p, m in modules.items() if m is item)
-        else:
-            if item not in modules:
-                raise KeyError(f"ignored module {item!r} is not a submodule of {type(model).__name__}")
-            ignore_paths.add(item)
-    if ignore_paths:
-        for (name, dim), labels in store.param_dims.items():
-            owner = name.rsplit(".", 1)[0] if "." in name else ""
-            if any(owner == p or owner.startswith(p + ".") or p == "" for p in ignore_paths):
-                store.pin(labels, f"ignored module {owner}")
+    for k, t in enumerate(iter_tensors(out)):
+        tracer.pin_info(tracer.infos.get(id(t)), f"model output {k} keeps its shape", site=("output", ""))
+    _check_renumbered(tracer)
+    name_of = {id(p): n for n, p in walked.params.items()}
+    name_of.update({id(b): n for n, b in walked.buffers.items() if id(b) not in name_of})
+    for path, mod in ignored:
+        for sub_path, sub in mod.named_modules(prefix=path, remove_duplicate=False):
+            for key, t in list(sub._parameters.items()) + list(sub._buffers.items()):
+                name = name_of.get(id(t)) if t is not None else None
+                for d in range(t.dim() if name is not None else 0):
+                    labels = store.param_dims.get((name, d))
+                    if labels is not None:
+                        store.pin(labels, f"module `{sub_path}` is ignored (ignore=): all its dims are kept",
+                                  site=("ignore", sub_path))
+    for path, mod in kept:
+        found = False
+        for sub_path, sub in mod.named_modules(prefix=path, remove_duplicate=False):
+            for key, t in sub._parameters.items():
+                name = name_of.get(id(t)) if t is not None else None
+                if name is None:
+                    continue
+                found = True
+                for d in output_dims(sub, key, t):
+                    labels = store.param_dims.get((name, d))
+                    if labels is not None:
+                        store.pin(labels, f"output of `{sub_path}` is kept (keep_outputs=)",
+                                  site=("keep_outputs", sub_path))
+        if not found:
+            raise ValueError(f"keep_outputs module {path!r} ({type(mod).__name__}) has no parameters: "
+                             "there are no output dims to keep")
     if strict and tracer.unsupported:
         raise UnsupportedOpError("; ".join(str(u) for u in tracer.unsupported))
     return DependencyGraph(
@@ -354,3 +448,17 @@ def trace(model: nn.Module, example_inputs: Any = (), example_kwargs: Mapping[st
         output_shapes=[tuple(t.shape) for t in iter_tensors(out)],
         sites=tracer.sites,
     )
+
+
+def _check_renumbered(tracer: Tracer) -> None:
+    """An index buffer that other ops read too (its values used as data) cannot be renumbered."""
+    store = tracer.store
+    keep = []
+    for r in store.renumber:
+        total, ours = tracer.buffer_reads.get(r.buffer, 0), tracer.renumber_reads.get(r.buffer, 0)
+        if total != ours:
+            store.pin(r.labels, f"index buffer `{r.buffer}` is also read by other ops, so it cannot be renumbered",
+                      site=("index", r.buffer.rsplit(".", 1)[0] if "." in r.buffer else ""))
+        else:
+            keep.append(r)
+    store.renumber[:] = keep
