@@ -15,7 +15,7 @@ from .common import arg, couple, norm_dim, pin_all
 HEAD_COUNT_ATTRS = ("num_heads", "num_attention_heads", "n_head", "n_heads", "heads", "num_key_value_heads",
                     "n_kv_heads", "num_kv_heads", "n_kv_head")
 HEAD_DIM_ATTRS = ("head_dim", "attention_head_size", "head_size", "dim_head", "d_head", "d_k", "d_kv")
-TOTAL_ATTRS = ("all_head_size", "split_size", "inner_dim", "inner_size", "hidden_size_per_partition")
+TOTAL_ATTRS = ("all_head_size", "split_size", "inner_dim", "inner_size", "hidden_size_per_partition", "attn_dim")
 WIDTH_ATTRS = TOTAL_ATTRS + ("hidden_dim", "hidden_size", "embed_dim", "dim", "d_model", "num_features", "channels",
                              "in_channels", "out_channels", "width", "n_embd", "num_channels", "nf")
 
@@ -140,7 +140,7 @@ def _literal_width(tracer, labels, d, out_shape, requested, merged=None):
         return
     if tracer.size_read_from(int(out_shape[d]), labels, merged):
         return  # the size was read from this very dim (``x.view(-1, x.size(-1))``) or its split parts
-    attr = _module_attr(tracer, int(out_shape[d]), WIDTH_ATTRS)
+    attr = _module_attr(tracer, int(out_shape[d]), WIDTH_ATTRS + HEAD_COUNT_ATTRS + HEAD_DIM_ATTRS)
     if attr is not None:
         tracer.store.add_counter(tracer.module_path, attr, labels)
     elif merged is not None or -1 in requested:
@@ -157,7 +157,9 @@ def _literal_width(tracer, labels, d, out_shape, requested, merged=None):
 def _split_axes(tracer, grid, outs, sizes_out, requested):
     store = tracer.store
     n = len(outs)
-    block_has_infer = requested is not None and any(requested[d] == -1 for d in outs if d < len(requested))
+    # a literal last size is assumed read from the tensor's shape only when nothing is inferred: with a -1
+    # anywhere (``view(B, heads, 3 * head_dim, -1)``) a stale literal would be absorbed silently
+    block_has_infer = requested is not None and -1 in requested
     axes: list[np.ndarray | None] = []
     for k, d in enumerate(outs):
         size = sizes_out[k]
@@ -170,6 +172,8 @@ def _split_axes(tracer, grid, outs, sizes_out, requested):
             continue
         names = HEAD_DIM_ATTRS if kind == "head_dim" else HEAD_COUNT_ATTRS
         attr = _module_attr(tracer, size, names)
+        if attr is not None and kind == "split" and n >= 2 and sizes_out[n - 2] == size:
+            attr = None  # ``(3, heads, head_dim)`` with 3 heads: the count belongs to the head position
         if attr is not None:
             ax = store.new(size, kind, True)
             store.add_counter(tracer.module_path, attr, ax)
@@ -204,8 +208,41 @@ def reshape(tracer, name, args, kwargs, out):
     if requested is not None and len(requested) != out.dim():
         requested = None
     labels = reshape_labels(tracer, inf, x.shape, out.shape, requested)
+    if requested is not None:
+        _pin_tuple_attr_shape(tracer, name, args, kwargs, requested, labels)
     target = x if name.endswith("_") else out
     _set(tracer, target, labels, inf.nz)
+
+
+def _tuple_attr(tracer, shape: Any) -> str | None:
+    """The attribute of the current module that holds the tuple ``shape`` (``view(self.bias_shape)``)."""
+    mod = tracer.current_module()
+    if mod is None or not isinstance(shape, (tuple, list, torch.Size)) or len(shape) < 2:
+        return None
+    here = tracer.module_path
+    for path, m in tracer.modules.items():  # the very object, here or in a submodule (``self.rel_pos.get_bias()``)
+        if path == here or (path.startswith(here + ".") if here else True):
+            for n, v in vars(m).items():
+                if v is shape:
+                    return f"{path}.{n}" if path else n
+    for n, v in vars(mod).items():  # an equal tuple of the module itself (``view(*self.shape)``)
+        if isinstance(v, (tuple, list, torch.Size)) and not n.startswith("_") and list(v) == list(shape):
+            return f"{here}.{n}" if here else n
+    return None
+
+
+def _pin_tuple_attr_shape(tracer, name, args, kwargs, requested, labels) -> None:
+    """A reshape to a shape stored as a tuple attribute (timm's ``Scale.shape``, ``RelPosBias.bias_shape``):
+    its literal sizes of prunable dims would go stale after pruning and no counter can rewrite one
+    element of a tuple, so those dims are kept, naming the op, module and attribute."""
+    shape = args[1] if len(args) == 2 else (tuple(args[1:]) if len(args) > 2 else kwargs.get("shape", kwargs.get("size")))
+    attr = _tuple_attr(tracer, shape)
+    if attr is None:
+        return
+    for d, lab in labels.items():
+        if d < len(requested) and requested[d] != -1:
+            tracer.store.pin(lab, f"{name} in {tracer.module_path or '<top>'} to the shape stored in tuple attribute `{attr}` "
+                                  f"(dim {d} of size {requested[d]} cannot be rewritten)")
 
 
 def _permute(tracer, x, out, perm, target=None):
@@ -257,7 +294,31 @@ def expand(tracer, name, args, kwargs, out):
     inf = tracer.info(x)
     off = out.dim() - x.dim()
     labels = {d + off: lab for d, lab in inf.labels.items() if x.shape[d] == out.shape[d + off]}
+    if name == "expand_as":  # broadcast to another tensor: its labels on the grown dims
+        oinf = tracer.info(args[1])
+        for d, lab in (oinf.labels.items() if oinf is not None else ()):
+            labels.setdefault(d, lab)
+    elif name == "expand":
+        _expanded_counts(tracer, x, out, _flat_shape(args, 1), labels)
     _set(tracer, out, labels, inf.nz)
+
+
+def _expanded_counts(tracer, x, out, sizes: list[int] | None, labels: dict[int, np.ndarray]) -> None:
+    """A dim grown from 1 to a module's count (``mask.expand(B, -1, self.num_heads, -1, -1)``, Swin's
+    shifted-window mask) takes fresh labels tied to that attribute, so it couples with the heads it
+    meets instead of pinning them; any other grown size stays unlabelled (kept)."""
+    if sizes is None or len(sizes) != out.dim():
+        return
+    off = out.dim() - x.dim()
+    for d, size in enumerate(sizes):
+        grown = d < off or x.shape[d - off] == 1
+        if d in labels or not grown or size in (-1, 1) or out.shape[d] != size:
+            continue
+        attr = _module_attr(tracer, size, HEAD_COUNT_ATTRS)
+        if attr is not None:
+            lab = tracer.store.new(size, "channel", False)
+            tracer.store.add_counter(tracer.module_path, attr, lab)
+            labels[d] = lab
 
 
 @op_rule("repeat", "tile")
