@@ -96,6 +96,10 @@ class ShapeOnly(TorchFunctionMode):
             out = _meta_adaptive_pool(_ADAPTIVE_POOL[name], *args, **kwargs)
             if out is not None:
                 return out
+        if meta_first and name in _RNN_GATES:
+            out = _meta_rnn(_RNN_GATES[name], *args, _counter=self.counter)
+            if out is not None:
+                return out
         if meta_first and name in SHAPE_PRESERVING:
             if name.endswith("_") or kwargs.get("inplace") or (name in ("relu", "relu6", "hardtanh", "silu",
                                                                         "hardswish", "leaky_relu", "elu", "selu",
@@ -232,6 +236,48 @@ def _meta_linear(x, weight, bias=None, *, _counter: MacCounter | None = None):
     out = torch.empty((*x.shape[:-1], n_out), device="meta", dtype=x.dtype)
     _add_flops(_counter, lambda: 2 * x.numel() * n_out)
     return out
+
+
+_RNN_GATES = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}
+
+
+def _meta_rnn(gates: int, x, hx, params, has_biases, num_layers, dropout, train, bidirectional, batch_first=False,
+              *, _counter: MacCounter | None = None):
+    """``_VF.lstm`` / ``gru`` / ``rnn_tanh`` / ``rnn_relu`` on meta tensors by shape (torch runs every
+    time step's gate ops through Python meta kernels: seconds for one long sequence). Weight and
+    state shapes are checked as torch checks them; FLOPs are the unfused path's ``addmm`` calls,
+    ``2 * T * B`` per element of every weight matrix (ih, hh, hr). ``None`` to let torch do it
+    (packed sequences, unbatched input, other devices)."""
+    if isinstance(hx, torch.Tensor) and hx.dim() == 1 and not hx.is_floating_point():
+        return None  # packed: (data, batch_sizes, hx, params, ...)
+    params = list(params)
+    dirs = 2 if bidirectional else 1
+    n_bias = 2 if has_biases else 0
+    per = len(params) // max(num_layers * dirs, 1)
+    if x.dim() != 3 or per * num_layers * dirs != len(params) or per not in (2 + n_bias, 3 + n_bias) \
+            or not all(isinstance(p, torch.Tensor) and p.is_meta for p in params):
+        return None
+    hidden = params[0].shape[0] // gates
+    out_size = params[per - 1].shape[0] if per == 3 + n_bias else hidden  # proj_size or hidden_size
+    in_size = x.shape[2]
+    for k in range(num_layers * dirs):
+        w = params[k * per:(k + 1) * per]
+        want = [(gates * hidden, in_size if k < dirs else dirs * out_size), (gates * hidden, out_size)]
+        want += [(gates * hidden,)] * n_bias + ([(out_size, hidden)] if per == 3 + n_bias else [])
+        if [tuple(t.shape) for t in w] != want:
+            raise RuntimeError(f"recurrent weights {[tuple(t.shape) for t in w]} do not fit {want} "
+                               f"(layer {k // dirs}, input size {in_size}, hidden size {hidden})")
+    T, B = (x.shape[1], x.shape[0]) if batch_first else (x.shape[0], x.shape[1])
+    states = list(hx) if isinstance(hx, (tuple, list)) else [hx]
+    sizes = [out_size, hidden][:len(states)]
+    for h, size in zip(states, sizes):
+        if tuple(h.shape) != (num_layers * dirs, B, size):
+            raise RuntimeError(f"recurrent state of shape {tuple(h.shape)}, expected {(num_layers * dirs, B, size)}")
+    out_shape = (B, T, dirs * out_size) if batch_first else (T, B, dirs * out_size)
+    outs = [torch.empty(out_shape, device="meta", dtype=x.dtype)]
+    outs += [torch.empty(tuple(h.shape), device="meta", dtype=h.dtype) for h in states]
+    _add_flops(_counter, lambda: 2 * T * B * sum(p.numel() for p in params if p.dim() == 2))
+    return tuple(outs)
 
 
 def _inplace_arg(name: str, args: tuple) -> bool:
