@@ -163,3 +163,12 @@ def test_an_interrupt_during_the_check_restores_the_model(interrupt, mode):
     with pytest.raises(interrupt):
         apply_plan(m, plan, mode, check=check)
     assert _same_state(m, state) and m[0].out_channels == 16
+
+
+def test_a_failing_forward_names_its_module():
+    m = nn.Sequential(nn.Conv2d(3, 8, 1), nn.ReLU(), nn.Sequential(nn.Conv2d(8, 4, 1))).eval()
+    plan = Plan(removed={"0.weight": {0: [1, 2]}, "0.bias": {0: [1, 2]}})  # the reader's columns not cut
+    state = _state(m)
+    with pytest.raises(prunekit.ApplyError, match=r"in module `2.0` \(Conv2d\)"):
+        apply_plan(m, plan, example_inputs=torch.randn(1, 3, 4, 4))
+    assert _same_state(m, state)

@@ -21,9 +21,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import ApplyError, PlanError, VerificationError
+from .errors import ApplyError, PlanError, PrunekitError, VerificationError
 from .graph.groups import Group, Resolver
-from .graph.walk import Walk, walk
+from .graph.walk import ModuleStack, Walk, walk
 from .layers import update_module
 
 PLAN_VERSION = 1
@@ -216,7 +216,17 @@ def apply_plan(model: nn.Module, plan: Plan, mode: str = "hard",
 
     def run_checks(m: nn.Module) -> None:
         for c in checks:
-            c(m)
+            stack = ModuleStack(m)
+            try:
+                with stack:
+                    c(m)
+            except (PrunekitError, AssertionError):
+                raise
+            except Exception as exc:  # name the module whose forward failed (e.g. a size mismatch)
+                if stack.failed_in is None:
+                    raise
+                where = f"in module `{stack.failed_in or '<root>'}` ({type(_module(m, stack.failed_in)).__name__})"
+                raise RuntimeError(f"{where}: {type(exc).__name__}: {exc}") from exc
 
     try:
         if mode == "soft":
@@ -235,6 +245,10 @@ def apply_plan(model: nn.Module, plan: Plan, mode: str = "hard",
                f"{'outputs not finite (NaN or inf)' if not math.isfinite(err) else f'relative error {err:.3g}'}"
                f"{f'; first diverging module: {where}' if where else ''}")
         raise VerificationError(msg, err, where) from exc.__cause__
+
+
+def _module(model: nn.Module, path: str) -> nn.Module:
+    return model.get_submodule(path) if path else model
 
 
 def _no_meta(model: nn.Module, was_meta: set[int]) -> None:

@@ -58,3 +58,48 @@ def eval_mode(modules: Iterable[nn.Module]) -> Iterator[None]:
     finally:
         for m in flipped:
             m.training = True
+
+
+class ModuleStack:
+    """Tracks which module's forward is running, so an error can name it: ``failed_in`` is the
+    innermost module whose forward an exception propagated out of (``None`` if none did)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.stack: list[str] = []
+        self.failed_in: str | None = None
+        self._handles: list = []
+
+    def __enter__(self) -> "ModuleStack":
+        for path, mod in self.model.named_modules():
+            def pre(m, a, path=path):
+                self.stack.append(path)
+
+            def post(m, a, o, path=path):
+                if self.stack and self.stack[-1] == path:
+                    self.stack.pop()
+
+            self._handles.append(mod.register_forward_pre_hook(pre))
+            self._handles.append(mod.register_forward_hook(post, always_call=True))
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+        if exc is not None and self.failed_in is None:
+            self.failed_in = self._innermost(tb)
+
+    def _innermost(self, tb) -> str | None:
+        """The innermost module on the stack when the error was raised (hooks marked ``always_call``
+        pop on the way out, so the stack itself is empty by now: read the frames instead)."""
+        paths = {id(m): p for p, m in self.model.named_modules()}
+        found = None
+        while tb is not None:
+            frame = tb.tb_frame
+            if frame.f_code.co_name in ("forward", "_call_impl"):
+                obj = frame.f_locals.get("self")
+                if obj is not None and id(obj) in paths:
+                    found = paths[id(obj)]
+            tb = tb.tb_next
+        return found
