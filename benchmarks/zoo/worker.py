@@ -1,0 +1,166 @@
+"""One zoo model, both tools, in the calling process: returns the row the benchmark records."""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import signal
+import time
+import traceback
+import warnings
+from typing import Any
+
+import torch
+
+from . import measure
+from .spec import Spec
+from .tp_run import prune_tp
+
+TOL = 1e-4  # relative: max |pruned - soft reference| / max |soft reference|
+_KNOWN_RESULT_FIELDS = {"plan", "before", "after", "groups", "unsupported", "warnings", "seconds", "config"}
+
+
+def _err(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {str(exc)[:400]}"
+
+
+def keep_option() -> str:
+    """``keep_outputs`` (Torch-Pruning's ignored_layers meaning) where PruneConfig has it, else ``ignore``."""
+    from prunekit import PruneConfig
+
+    return "keep_outputs" if "keep_outputs" in PruneConfig.__dataclass_fields__ else "ignore"
+
+
+def _run_prunekit(model, inputs, heads, original, base_macs, row: dict[str, Any]) -> None:
+    import prunekit
+
+    option = keep_option()
+    row["pk_keep_option"] = option
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        t0 = time.perf_counter()
+        try:
+            result = prunekit.prune_(model, inputs, ratio=0.5, **{option: tuple(heads)})
+        except Exception as exc:  # noqa: BLE001 - the benchmark records failures
+            row["pk_time_s"] = time.perf_counter() - t0
+            row.update(pk_status="error", pk_error=_err(exc), pk_verified=False, pk_silently_wrong=False)
+            row["pk_traceback"] = traceback.format_exc()[-1500:]
+            return
+        row["pk_time_s"] = time.perf_counter() - t0
+    plan = result.plan
+    row["pk_status"] = "nothing pruned" if plan.is_empty() else "pruned"
+    row["pk_groups"] = len(result.groups)
+    row["pk_groups_pruned"] = len(plan.groups)
+    row["pk_group_kinds"] = sorted({g["kind"] for g in plan.groups if isinstance(g, dict) and "kind" in g})
+    row["pk_exact"] = bool(plan.exact)
+    row["pk_unsupported"] = [str(u)[:300] for u in result.unsupported]
+    row["pk_warnings"] = list(dict.fromkeys([str(w)[:300] for w in result.warnings]
+                                            + [str(w.message)[:300] for w in caught]))
+    row["pk_reported_macs_ratio"] = result.macs_ratio
+    extra = {f.name: str(getattr(result, f.name))[:600] for f in dataclasses.fields(result)
+             if f.name not in _KNOWN_RESULT_FIELDS}
+    if extra:
+        row["pk_result_extra"] = extra  # fields added to PruneResult since this script was written
+    _verify_prunekit(model, inputs, original, plan, base_macs, row)
+
+
+def _verify_prunekit(model, inputs, original, plan, base_macs, row: dict[str, Any]) -> None:
+    """Check the returned model ourselves: no meta tensors, finite outputs, equal to the soft-zeroed original."""
+    import prunekit
+
+    problems: list[str] = []
+    meta = measure.meta_tensors(model)
+    if meta:
+        problems.append(f"{len(meta)} tensors left on meta ({', '.join(meta[:3])})")
+    try:
+        out = measure.forward(model, inputs)
+    except Exception as exc:  # noqa: BLE001
+        problems.append(f"returned model fails to run: {_err(exc)}")
+        out = None
+    if out is not None and not measure.finite(out):
+        problems.append("returned model outputs NaN/inf")
+    rel = math.nan
+    if out is not None and (plan.exact or plan.is_empty()):
+        try:
+            ref_model = original if plan.is_empty() else prunekit.apply_plan(copy.deepcopy(original), plan, "soft")
+            rel = measure.relative_error(out, measure.forward(ref_model, inputs))
+            if not rel <= TOL:
+                problems.append(f"differs from the soft-zeroed original: rel. error {rel:.3g}")
+        except Exception as exc:  # noqa: BLE001 - cannot judge: not verified, not counted as silently wrong
+            row["pk_verify_note"] = f"soft reference failed: {_err(exc)}"
+    row["pk_rel_error"] = rel
+    row["pk_problems"] = problems
+    row["pk_verified"] = not problems and "pk_verify_note" not in row
+    row["pk_silently_wrong"] = bool(problems)
+    if out is not None and not any("meta" in p or "fails" in p for p in problems):
+        try:
+            row["pk_macs_ratio"] = measure.safe_ratio(measure.macs(model, inputs), base_macs)
+            row["pk_params_ratio"] = measure.safe_ratio(measure.params(model), measure.params(original))
+        except Exception as exc:  # noqa: BLE001
+            row["pk_macs_error"] = _err(exc)
+
+
+class _TPTimeout(Exception):
+    pass
+
+
+def _alarm(_signum, _frame):
+    raise _TPTimeout
+
+
+def _run_tp(original, inputs, heads, base_macs, row: dict[str, Any], limit_s: int) -> None:
+    """Torch-Pruning under its own time limit (SIGALRM): its group search can run for hours (tiny Llama)."""
+    model = copy.deepcopy(original)
+    old = signal.signal(signal.SIGALRM, _alarm)
+    signal.alarm(limit_s)
+    t0 = time.perf_counter()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            prune_tp(model, inputs, heads)
+    except _TPTimeout:
+        row["tp_time_s"] = time.perf_counter() - t0
+        row.update(tp_status="error", tp_error=f"timeout > {limit_s}s (in its dependency-group search)")
+        return
+    except Exception as exc:  # noqa: BLE001
+        row["tp_time_s"] = time.perf_counter() - t0
+        row.update(tp_status="error", tp_error=_err(exc))
+        return
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+    row["tp_time_s"] = time.perf_counter() - t0
+    changed = measure.params(model) != measure.params(original)
+    try:
+        out = measure.forward(model, inputs)
+        ref = measure.forward(original, inputs)
+    except Exception as exc:  # noqa: BLE001
+        row.update(tp_status="error", tp_error=f"pruned model fails to run: {_err(exc)}")
+        return
+    if [t.shape for t in out] != [t.shape for t in ref]:
+        row.update(tp_status="error", tp_error="output shape changed")
+        return
+    row["tp_status"] = "pruned" if changed else "nothing pruned"
+    row["tp_finite"] = measure.finite(out)
+    row["tp_macs_ratio"] = measure.safe_ratio(measure.macs(model, inputs), base_macs)
+    row["tp_params_ratio"] = measure.safe_ratio(measure.params(model), measure.params(original))
+
+
+def run_model(spec: Spec, tools: tuple[str, ...] = ("prunekit", "torch_pruning"), tp_limit_s: int = 60) -> dict[str, Any]:
+    torch.set_num_threads(1)
+    row: dict[str, Any] = {"model": spec.name, "family": spec.family}
+    try:
+        built = spec.build()
+    except Exception as exc:  # noqa: BLE001
+        row["build_error"] = _err(exc)
+        return row
+    model, inputs = built.model, built.inputs
+    row["heads"] = built.heads
+    row["params"] = measure.params(model)
+    original = copy.deepcopy(model)
+    row["macs"] = base_macs = measure.macs(original, inputs)
+    if "prunekit" in tools:
+        _run_prunekit(model, inputs, built.heads, original, base_macs, row)
+    if "torch_pruning" in tools:
+        _run_tp(original, inputs, built.heads, base_macs, row, tp_limit_s)
+    return row
