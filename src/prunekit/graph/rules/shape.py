@@ -214,8 +214,8 @@ def reshape(tracer, name, args, kwargs, out):
     _set(tracer, target, labels, inf.nz)
 
 
-def _tuple_attr(tracer, shape: Any) -> str | None:
-    """The attribute of the current module that holds the tuple ``shape`` (``view(self.bias_shape)``)."""
+def _tuple_attr(tracer, shape: Any) -> tuple[str, bool] | None:
+    """The attribute holding the tuple ``shape`` (``view(self.bias_shape)``), and whether it is that very object."""
     mod = tracer.current_module()
     if mod is None or not isinstance(shape, (tuple, list, torch.Size)) or len(shape) < 2:
         return None
@@ -224,10 +224,10 @@ def _tuple_attr(tracer, shape: Any) -> str | None:
         if path == here or (path.startswith(here + ".") if here else True):
             for n, v in vars(m).items():
                 if v is shape:
-                    return f"{path}.{n}" if path else n
+                    return (f"{path}.{n}" if path else n), True
     for n, v in vars(mod).items():  # an equal tuple of the module itself (``view(*self.shape)``)
         if isinstance(v, (tuple, list, torch.Size)) and not n.startswith("_") and list(v) == list(shape):
-            return f"{here}.{n}" if here else n
+            return (f"{here}.{n}" if here else n), False
     return None
 
 
@@ -236,11 +236,14 @@ def _pin_tuple_attr_shape(tracer, name, args, kwargs, requested, labels) -> None
     its literal sizes of prunable dims would go stale after pruning and no counter can rewrite one
     element of a tuple, so those dims are kept, naming the op, module and attribute."""
     shape = args[1] if len(args) == 2 else (tuple(args[1:]) if len(args) > 2 else kwargs.get("shape", kwargs.get("size")))
-    attr = _tuple_attr(tracer, shape)
-    if attr is None:
+    found = _tuple_attr(tracer, shape)
+    if found is None:
         return
+    attr, same_object = found
     for d, lab in labels.items():
         if d < len(requested) and requested[d] != -1:
+            if not same_object and _module_attr(tracer, requested[d], WIDTH_ATTRS + HEAD_COUNT_ATTRS + HEAD_DIM_ATTRS):
+                continue  # equal sizes given one by one, this one from an int attribute (rewritten)
             tracer.store.pin(lab, f"{name} in {tracer.module_path or '<top>'} to the shape stored in tuple attribute `{attr}` "
                                   f"(dim {d} of size {requested[d]} cannot be rewritten)")
 
