@@ -549,3 +549,19 @@ def blocked_dims(graph, include_inert: bool = False, include_buffers: bool = Fal
     order = {n: i for i, n in enumerate(graph.param_names + graph.buffer_names)}
     records.sort(key=lambda b: (order.get(b.tensor, 1 << 30), b.dim, b.indices[:1]))
     return records
+
+
+def index_renumbering(res: Resolver, closure: Iterable[int]) -> dict[str, list[int]]:
+    """For a removal ``closure`` (label classes, as from :meth:`Resolver.closure`): every index
+    buffer recorded in ``store.renumber`` that it touches -> the sorted values it removes. A hard
+    apply replaces each such buffer by ``renumber_index(buffer, values)``
+    (:mod:`prunekit.graph.rules.indexing`); a soft apply leaves it as it is."""
+    gone = np.zeros(max(len(res.root), 1), dtype=bool)
+    roots = np.fromiter(closure, dtype=np.int64)
+    gone[roots] = True
+    out: dict[str, list[int]] = {}
+    for r in res.store.renumber:
+        values = np.flatnonzero(gone[res.root[r.labels]])
+        if values.size:
+            out[r.buffer] = values.tolist()
+    return out
