@@ -67,13 +67,29 @@ def index_keeps(size: int, index: int) -> np.ndarray:
     return keep
 
 
-def _pin_kept(tracer, lab: np.ndarray, keep: np.ndarray | None, reason: str) -> None:
-    """Pin the ``keep`` positions of ``lab`` (all for ``None``). A dim whose size the forward has
-    read (``y.shape[1] // 2``) may have its bound computed from that size, which a pruned model
-    recomputes: then every position is kept."""
-    if keep is not None and keep.any() and not keep.all() and tracer.size_read_from(int(lab.size), lab):
+def _maybe_computed(tracer, size: int, bounds: Sequence[int]) -> bool:
+    """Could these bounds have been computed from a prunable size the forward read (``y.shape[1] // 2``,
+    ``c = skip.size(1)``)? A pruned model recomputes them. Conservative: any labelled size read that
+    equals this dim's size, equals a bound, or is a small multiple of one."""
+    reads = tracer.size_sources
+    if not reads:
+        return False
+    pos = [b if b >= 0 else size + b for b in bounds]
+    for v in reads:
+        if v == size:
+            return True
+        for b in pos:
+            if b > 1 and (v == b or (v % b == 0 and v // b <= 16)):
+                return True
+    return False
+
+
+def _pin_kept(tracer, lab: np.ndarray, keep: np.ndarray | None, reason: str, bounds: Sequence[int] = ()) -> None:
+    """Pin the ``keep`` positions of ``lab`` (all for ``None``). Where a bound may be computed from a
+    size the forward read (:func:`_maybe_computed`), every position is kept."""
+    if keep is not None and keep.any() and not keep.all() and _maybe_computed(tracer, int(lab.size), bounds):
         keep = None
-        reason += "; the forward read this dim's size, so the bound may be computed from it"
+        reason += "; the forward read a size these bounds may be computed from"
     if keep is None:
         tracer.store.pin(lab, reason)
     elif keep.any():
@@ -164,7 +180,8 @@ def select(tracer, name, args, kwargs, out):
                 keep[start:] = True
         _pin_kept(tracer, inf.labels[dim], keep,
                   f"{name} at a fixed {'index' if name == 'select' else 'range'} in {_where(tracer)}: "
-                  "the indices up to it keep their positions")
+                  "the indices up to it keep their positions",
+                  [b for b in (index, arg(args, kwargs, 3, "length")) if isinstance(b, int)])
     if name == "select":
         labels = {(d if d < dim else d - 1): l for d, l in inf.labels.items() if d != dim}
     else:
@@ -231,7 +248,7 @@ def getitem(tracer, name, args, kwargs, out):
             if lab is not None:
                 _pin_kept(tracer, lab, index_keeps(x.shape[d_in], it),
                           f"`x[{it}]` on dim {d_in} in {where}: a position fixed in the code; "
-                          "the indices up to it keep their positions")
+                          "the indices up to it keep their positions", [it])
             d_in += 1
             continue
         if isinstance(it, slice):
@@ -242,7 +259,8 @@ def getitem(tracer, name, args, kwargs, out):
                           ("" if it.step is None else f":{it.step}")
                 _pin_kept(tracer, lab, bound_keeps(size, it.start, it.stop, it.step),
                           f"slice `[{written}]` on dim {d_in} in {where}: its bounds are fixed in the code, "
-                          "so the indices that position them are kept")
+                          "so the indices that position them are kept",
+                          [b for b in (it.start, it.stop) if isinstance(b, int)])
                 if not advanced or gather:
                     labels[d_out] = lab[start:stop:step]
             d_in += 1
