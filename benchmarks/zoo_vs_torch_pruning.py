@@ -8,8 +8,9 @@ recorded per row); then Torch-Pruning 1.6.1 ``MagnitudePruner`` (L2, ratio 0.5, 
 
 prunekit's returned model is checked here, not by prunekit: no tensor left on ``meta``, every output finite
 and, for an exact plan, equal to ``prunekit.apply_plan(copy.deepcopy(original), plan, "soft")`` within 1e-4
-relative (max abs difference / max abs reference). A model prunekit returned without raising that fails
-any of these is *silently wrong*. MACs are torch ``FlopCounterMode`` FLOPs / 2 on real forwards of the
+relative (max abs difference / max abs reference), and for every plan (approximate ones too) equal to the
+same plan applied hard to a fresh copy. A model prunekit returned without raising that fails any of these
+is *silently wrong*. MACs are torch ``FlopCounterMode`` FLOPs / 2 on real forwards of the
 original and the pruned models (plus analytic MACs for fused LSTM/GRU/RNN kernels, which it does not count).
 Prune time is the wall time of the prune call (prunekit's includes its own verification and MAC count;
 Torch-Pruning's is pruner construction + ``step()``).
@@ -131,7 +132,11 @@ def summarize(rows: list[dict]) -> dict:
          "pk_errors": [r["model"] for r in rows if r.get("pk_status") == "error" or "crash" in r],
          "pk_nothing": [r["model"] for r in rows if r.get("pk_status") == "nothing pruned"],
          "approximate": [r["model"] for r in ok if not r.get("pk_exact", True)]}
+    pk_ok = {r["model"] for r in ok}
+    tp_ok = {r["model"] for r in rows if r.get("tp_status") == "pruned" and r.get("tp_finite")}
+    s["only_pk"], s["only_tp"] = sorted(pk_ok - tp_ok), sorted(tp_ok - pk_ok)
     if both:
+        s["pk_leq_tp"] = sum(r["pk_macs_ratio"] <= r["tp_macs_ratio"] + 1e-9 for r in both)
         s["median_macs_pk"] = statistics.median(r["pk_macs_ratio"] for r in both)
         s["median_macs_tp"] = statistics.median(r["tp_macs_ratio"] for r in both)
     if timed:
@@ -140,6 +145,28 @@ def summarize(rows: list[dict]) -> dict:
         s["median_time_tp"] = statistics.median(r["tp_time_s"] for r in timed)
         s["median_time_ratio"] = statistics.median(r["pk_time_s"] / max(r["tp_time_s"], 1e-9) for r in timed)
     return s
+
+
+def _failures(rows: list[dict]) -> list[str]:
+    """prunekit's problems, one line per model, under the kind of problem: what the engine fixes next."""
+    kinds = {"silently wrong": [], "error or crash": [], "nothing pruned": [], "pruned, not verifiable": []}
+    for r in rows:
+        if r.get("pk_silently_wrong"):
+            kinds["silently wrong"].append(f"{r['model']}: {'; '.join(r['pk_problems'])}")
+        elif "crash" in r or "build_error" in r or r.get("pk_status") == "error":
+            kinds["error or crash"].append(f"{r['model']}: {r.get('crash') or r.get('build_error') or r['pk_error']}")
+        elif r.get("pk_status") == "nothing pruned":
+            kinds["nothing pruned"].append(f"{r['model']}: {_reason(r)}")
+        elif r.get("pk_status") == "pruned" and not r.get("pk_verified"):
+            kinds["pruned, not verifiable"].append(f"{r['model']}: {r.get('pk_verify_note', '')}")
+    out = ["", "## prunekit problems by kind", ""]
+    for kind, items in kinds.items():
+        out.append(f"- **{kind}** ({len(items)})" + ("" if items else ": none"))
+        out += [f"  - {i[:300]}".replace("|", "/") for i in items]
+    kept = [r for r in rows if r.get("pk_unsupported")]
+    out.append(f"- **pruned with dims kept by unsupported ops** ({len(kept)})" + ("" if kept else ": none"))
+    out += [f"  - {r['model']}: {'; '.join(r['pk_unsupported'])[:300]}".replace("|", "/") for r in kept]
+    return out
 
 
 def write(rows: list[dict], args, out: str) -> str:
@@ -159,7 +186,8 @@ def write(rows: list[dict], args, out: str) -> str:
              f"({s['pruned_verified_pct']:.1f}%)**; {len(s['approximate'])} of them approximate plans (normalization "
              f"over a pruned dim: finite check only)",
              f"- silently wrong (returned without error, but not finite / differs from the soft reference / "
-             f"tensors on meta / fails to run): **{len(s['silently_wrong'])}**"
+             f"differs from its plan replayed on a copy / tensors on meta / fails to run): "
+             f"**{len(s['silently_wrong'])}**"
              + (f": {', '.join(s['silently_wrong'])}" if s["silently_wrong"] else ""),
              f"- prunekit errors or crashes: {len(s['pk_errors'])}"
              + (f" ({', '.join(s['pk_errors'])})" if s["pk_errors"] else ""),
@@ -167,12 +195,16 @@ def write(rows: list[dict], args, out: str) -> str:
              + (f" ({', '.join(s['pk_nothing'])})" if s["pk_nothing"] else "")]
     if "median_macs_pk" in s:
         lines.append(f"- median MACs ratio where both pruned (prunekit verified, TP finite), {s['both_pruned']} "
-                     f"models: prunekit **{s['median_macs_pk']:.3f}** vs Torch-Pruning **{s['median_macs_tp']:.3f}**")
+                     f"models: prunekit **{s['median_macs_pk']:.3f}** vs Torch-Pruning **{s['median_macs_tp']:.3f}**; prunekit "
+                     f"removes at least as much on {s['pk_leq_tp']} of them")
+    lines.append(f"- pruned (and verified) by prunekit only: {len(s['only_pk'])}; pruned (finite) by Torch-Pruning "
+                 f"only: {len(s['only_tp'])}" + (f" ({', '.join(s['only_tp'])})" if s["only_tp"] else ""))
     if "median_time_pk" in s:
         lines.append(f"- median prune time over the {s['timed']} models both ran without error: prunekit "
                      f"{s['median_time_pk']:.2f}s vs Torch-Pruning {s['median_time_tp']:.2f}s (ratio of medians "
                      f"{s['median_time_pk'] / max(s['median_time_tp'], 1e-9):.2f}; median per-model ratio "
                      f"**{s['median_time_ratio']:.2f}**)")
+    lines += _failures(rows)
     lines += ["", "## Per model", "",
               "| model | family | MACs | prunekit | pk MACs | pk s | pk rel. err | kept (unsupported ops) | "
               "Torch-Pruning | TP MACs | TP s |",

@@ -65,7 +65,8 @@ def _run_prunekit(model, inputs, heads, original, base_macs, row: dict[str, Any]
 
 
 def _verify_prunekit(model, inputs, original, plan, base_macs, row: dict[str, Any]) -> None:
-    """Check the returned model ourselves: no meta tensors, finite outputs, equal to the soft-zeroed original."""
+    """Check the returned model ourselves: no meta tensors, finite outputs, equal to the soft-zeroed original
+    (exact plans) and, for every plan, equal to the same plan applied hard to a fresh copy."""
     import prunekit
 
     problems: list[str] = []
@@ -89,6 +90,14 @@ def _verify_prunekit(model, inputs, original, plan, base_macs, row: dict[str, An
         except Exception as exc:  # noqa: BLE001 - cannot judge: not verified, not counted as silently wrong
             row["pk_verify_note"] = f"soft reference failed: {_err(exc)}"
     row["pk_rel_error"] = rel
+    if out is not None and not plan.is_empty():  # every plan, approximate too: the returned model is its replay
+        try:
+            replay = measure.forward(prunekit.apply_plan(copy.deepcopy(original), plan, "hard"), inputs)
+            row["pk_replay_error"] = rep = measure.relative_error(out, replay)
+            if not rep <= TOL:
+                problems.append(f"differs from its own plan replayed on a copy: rel. error {rep:.3g}")
+        except Exception as exc:  # noqa: BLE001
+            row["pk_replay_note"] = f"replay failed: {_err(exc)}"
     row["pk_problems"] = problems
     row["pk_verified"] = not problems and "pk_verify_note" not in row
     row["pk_silently_wrong"] = bool(problems)
