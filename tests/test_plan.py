@@ -113,3 +113,27 @@ def test_tied_weights_stay_tied():
     prunekit.prune_(model, (), example_kwargs={"input_ids": ids}, ratio=0.5)
     assert model.lm_head.weight is model.transformer.wte.weight
     assert model.transformer.wte.weight.shape[1] < 16
+
+
+def test_plan_rewrites_one_element_of_a_tuple_attribute():
+    """A stored view shape such as timm's ``Scale.shape = (C, 1, 1)``: ``shape[0]`` is rewritten alone."""
+    from torch import nn as _nn
+
+    class Scale(_nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = _nn.Conv2d(3, 8, 1)
+            self.scale = _nn.Parameter(torch.rand(8))
+            self.shape = (8, 1, 1)
+            self.out = _nn.Conv2d(8, 2, 1)
+
+        def forward(self, x):
+            return self.out(self.conv(x) * self.scale.view(self.shape))  # (B, C, H, W) * (C, 1, 1)
+
+    m = Scale()
+    plan = prunekit.Plan(removed={"conv.weight": {0: [0, 3]}, "conv.bias": {0: [0, 3]}, "scale": {0: [0, 3]},
+                                  "out.weight": {1: [0, 3]}}, attrs=[("", "shape[0]", 6)])
+    prunekit.apply_plan(m, plan, example_inputs=torch.randn(1, 3, 2, 2))
+    assert m.shape == (6, 1, 1) and isinstance(m.shape, tuple)
+    with pytest.raises(prunekit.PlanError, match="shape"):
+        prunekit.apply_plan(Scale(), prunekit.Plan(attrs=[("", "shape[5]", 6)]))

@@ -152,8 +152,13 @@ def _validate(model: nn.Module, plan: Plan, walked: Walk) -> dict[str, torch.Ten
                 raise PlanError(f"plan removes every index of {name} dim {dim}")
     modules = walked.modules
     for mod, attr, _ in plan.attrs:
-        if mod not in modules or not hasattr(modules[mod], attr):
+        base, index = _split_attr(attr)
+        if mod not in modules or not hasattr(modules[mod], base):
             raise PlanError(f"plan sets {mod}.{attr}, which {type(model).__name__} does not have")
+        if index is not None:
+            seq = getattr(modules[mod], base)
+            if not isinstance(seq, (tuple, list)) or not -len(seq) <= index < len(seq):
+                raise PlanError(f"plan sets {mod}.{attr}, but {mod}.{base} is {seq!r}")
     return tensors
 
 
@@ -247,6 +252,14 @@ def apply_plan(model: nn.Module, plan: Plan, mode: str = "hard",
         raise VerificationError(msg, err, where) from exc.__cause__
 
 
+def _split_attr(attr: str) -> tuple[str, int | None]:
+    """``"shape[0]"`` -> ``("shape", 0)``; ``"num_heads"`` -> ``("num_heads", None)``."""
+    if attr.endswith("]") and "[" in attr:
+        base, _, index = attr[:-1].partition("[")
+        return base, int(index)
+    return attr, None
+
+
 def _module(model: nn.Module, path: str) -> nn.Module:
     return model.get_submodule(path) if path else model
 
@@ -305,8 +318,14 @@ def _apply_hard(model, plan, tensors, slots, modules, check):
         _rebind_tied(slots, new)
         for mod_path, attr, value in plan.attrs:
             mod = modules[mod_path]
-            undo.append((mod, attr, getattr(mod, attr), "attr"))
-            setattr(mod, attr, value)
+            base, index = _split_attr(attr)
+            old = getattr(mod, base)
+            undo.append((mod, base, old, "attr"))
+            if index is not None:  # one element of a tuple attribute, e.g. a stored view shape
+                items = list(old)
+                items[index] = value
+                value = type(old)(items)
+            setattr(mod, base, value)
             touched.add(mod_path)
         for path in sorted(touched):
             mod = modules.get(path)
