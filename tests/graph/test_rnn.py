@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 from torch import nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+from torch.nn.utils.rnn import pack_padded_sequence, pack_sequence, pad_packed_sequence, unpack_sequence
 from torch.utils.flop_counter import FlopCounterMode
 
 import prunekit
@@ -73,6 +73,11 @@ def flat(out):
     return out if isinstance(out, torch.Tensor) else torch.cat([t.reshape(-1) for t in out])
 
 
+def run(model, x):
+    """``model``'s outputs on ``x`` (one input, or a tuple of them), flattened into one tensor."""
+    return flat(model(*x) if isinstance(x, tuple) else model(x))
+
+
 def assert_consistent(rnn: nn.RNNBase, cell, hidden, proj=0):
     """Every layer and direction has ``hidden`` units (and ``proj`` projections), as the attributes say."""
     g = GATES[cell]
@@ -117,15 +122,15 @@ def prune_and_check(build, x, cell, proj=0):
         assert 0 < new_proj < proj
     assert_consistent(model.rnn, cell, hidden, new_proj)
     with torch.no_grad():
-        y = flat(model(x))
-        soft = flat(apply_plan(copy.deepcopy(original), r.plan, "soft")(x))
+        y = run(model, x)
+        soft = run(apply_plan(copy.deepcopy(original), r.plan, "soft"), x)
     assert torch.isfinite(y).all() and torch.isfinite(soft).all()
     torch.testing.assert_close(y, soft, rtol=1e-4, atol=1e-5)
     fresh = build().eval()
     apply_plan(fresh, r.plan)
     fresh.load_state_dict(model.state_dict())
     with torch.no_grad():
-        torch.testing.assert_close(flat(fresh(x)), y)
+        torch.testing.assert_close(run(fresh, x), y)
     return model, r
 
 
@@ -300,6 +305,44 @@ def test_unsorted_packed_sequence():
     prune_and_check(M, x, nn.LSTM)
 
 
+class PackSequence(nn.Module):
+    """``pack_sequence`` of separately embedded sequences (pad_sequence + packing) and ``unpack_sequence``."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(VOCAB, IN)
+        self.rnn = nn.GRU(IN, HIDDEN, 2, bidirectional=True)
+        self.head = nn.Linear(2 * HIDDEN, 3)
+
+    def forward(self, a, b, c):
+        out, _ = self.rnn(pack_sequence([self.emb(a), self.emb(b), self.emb(c)]))
+        return torch.stack([self.head(t.mean(0)) for t in unpack_sequence(out)])
+
+
+class Unbatched(nn.Module):
+    """A 2-d input (the module adds and removes the batch dim) after a Linear, with projections."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(5, IN)
+        self.rnn = nn.LSTM(IN, HIDDEN, 2, proj_size=4)
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x):
+        out, (h, _) = self.rnn(torch.relu(self.lin(x)))
+        return self.head(out[-1]) + self.head(h[-1])
+
+
+@pytest.mark.parametrize("build,x", [
+    (PackSequence, (torch.tensor([1, 2, 3, 4, 5]), torch.tensor([6, 7, 8, 9]), torch.tensor([10, 11]))),
+    (Unbatched, (torch.randn(T, 5),)),
+], ids=["pack_sequence", "unbatched_proj"])
+def test_sequence_utilities_and_unbatched(build, x):
+    model, _ = prune_and_check(build, x, type(build().rnn), proj=getattr(build().rnn, "proj_size", 0))
+    if isinstance(model, Unbatched):
+        assert model.lin.out_features == model.rnn.input_size < IN  # the input width is pruned too
+
+
 # -- negative controls: a wrong plan must be caught ----------------------------------------------
 
 
@@ -309,7 +352,7 @@ def _oracle_or_inf(model, plan, x):
         err = prunekit.soft_hard_error(model, plan, x)
         hard = apply_plan(copy.deepcopy(model), plan)
         with torch.no_grad():
-            if not torch.isfinite(flat(hard(x))).all():
+            if not torch.isfinite(run(hard, x)).all():
                 return math.inf
         return err
     except Exception:  # noqa: BLE001 - a plan that does not even run is as wrong as it gets
