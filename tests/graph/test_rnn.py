@@ -15,7 +15,7 @@ from torch.utils.flop_counter import FlopCounterMode
 import prunekit
 from prunekit.graph.execute import meta_forward
 from prunekit.graph.tracer import trace
-from prunekit.measure.counting import MacCounter
+from prunekit.measure.counting import RNN_FLOP_FORMULAS, MacCounter
 from prunekit.plan import Plan, apply_plan
 
 GATES = {nn.LSTM: 4, nn.GRU: 3, nn.RNN: 1}
@@ -424,3 +424,20 @@ def test_macs_counted(cell, proj, packed):
         rnn(x)
     fused = cell is nn.LSTM and not proj and not packed  # FlopCounterMode has no formula for mkldnn_rnn_layer
     assert fcm.get_total_flops() // 2 == (0 if fused else counter.macs)
+    with FlopCounterMode(display=False, custom_mapping=RNN_FLOP_FORMULAS) as fcm:
+        rnn(x)
+    assert fcm.get_total_flops() // 2 == counter.macs
+
+
+@pytest.mark.parametrize("batch_sizes", [[], [3, 3, 2, 2, 1]])
+def test_cudnn_rnn_formula(batch_sizes):
+    """``aten._cudnn_rnn`` (no GPU here): the formula on the op's argument shapes, padded and packed."""
+    rnn = nn.LSTM(IN, HIDDEN, 2, bidirectional=True, proj_size=3)
+    weights = [p for p in rnn.parameters()]
+    x = torch.empty(11, IN) if batch_sizes else torch.empty(T, B, IN)
+    steps = 11 if batch_sizes else T * B
+    rest = [0, None, None, None, 2, HIDDEN, 3, 2, False, 0.0, False, True, batch_sizes, None]
+    flops = RNN_FLOP_FORMULAS[torch.ops.aten._cudnn_rnn](x, weights, *rest)
+    assert flops == 2 * _analytic_macs(rnn, steps)
+    shapes = RNN_FLOP_FORMULAS[torch.ops.aten._cudnn_rnn](x.shape, [w.shape for w in weights], *rest)
+    assert shapes == flops

@@ -14,6 +14,7 @@ matmuls of the unfused path that the meta device and packed sequences run.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -62,15 +63,20 @@ def _cpu_sdpa_flops(query, key, value, *args, out_val=None, **kwargs) -> int:
     return sdpa_flop_count(query.shape, key.shape, value.shape)
 
 
-def _rnn_steps(x: torch.Tensor, packed: bool) -> int:
+def _shape_of(x: Any) -> tuple[int, ...]:
+    return tuple(x.shape) if isinstance(x, torch.Tensor) else tuple(x)
+
+
+def _rnn_steps(x: Any, packed: bool) -> int:
     """Rows the recurrent matmuls run over: time x batch, or the packed data's rows."""
-    return x.shape[0] if packed else x.numel() // max(x.shape[-1], 1)
+    shape = _shape_of(x)
+    return shape[0] if packed else math.prod(shape[:-1])
 
 
 def _mkldnn_rnn_layer_flops(input, weight0, weight1, *args, out_val=None, **kwargs) -> int:
     """``aten.mkldnn_rnn_layer`` (one layer and direction of a CPU ``nn.LSTM``): the input and hidden
     matmuls at every step, ``2 * steps * (w_ih + w_hh)``, as the ``addmm`` calls of the unfused path count."""
-    return 2 * _rnn_steps(input, False) * (weight0.numel() + weight1.numel())
+    return 2 * _rnn_steps(input, False) * (math.prod(_shape_of(weight0)) + math.prod(_shape_of(weight1)))
 
 
 def _cudnn_rnn_flops(input, weight, *args, out_val=None, **kwargs) -> int:
@@ -78,7 +84,13 @@ def _cudnn_rnn_flops(input, weight, *args, out_val=None, **kwargs) -> int:
     (``weight_ih``, ``weight_hh``, ``weight_hr``; the 1-d biases are not matmuls)."""
     batch_sizes = args[12] if len(args) > 12 else kwargs.get("batch_sizes")
     steps = _rnn_steps(input, bool(batch_sizes is not None and len(batch_sizes)))
-    return 2 * steps * sum(w.numel() for w in weight if w.dim() == 2)
+    return 2 * steps * sum(math.prod(_shape_of(w)) for w in weight if len(_shape_of(w)) == 2)
+
+
+# Formulas for the fused recurrent kernels, usable as ``FlopCounterMode(custom_mapping=RNN_FLOP_FORMULAS)``
+# (they take tensors or, as FlopCounterMode passes them, shapes).
+RNN_FLOP_FORMULAS = {torch.ops.aten.mkldnn_rnn_layer: _mkldnn_rnn_layer_flops,
+                     torch.ops.aten._cudnn_rnn: _cudnn_rnn_flops}
 
 
 _MISSING_RULES = {  # ops whose FLOPs torch's registry does not know (looked up after it)
