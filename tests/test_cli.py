@@ -40,6 +40,14 @@ def test_workflow_demo_quick(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "6/6 report written" in out and "accuracy" in out and "latency" in out
     assert (tmp_path / "report" / "report.html").exists() and (tmp_path / "report" / "summary.json").exists()
+    import json
+
+    acc = {c["step"]: c["accuracy"] for c in json.loads((tmp_path / "report" / "summary.json").read_text())["cycles"]}
+    # 10 classes: chance is 0.1. Measured on MNIST-5k: unpruned 0.58, pruned 0.09, recovered 0.57 (before the
+    # batch-norm re-estimation in the demo the recovery ended at chance, 0.09, and this test still passed)
+    assert acc["unpruned"] >= 0.4
+    assert acc["recovered"] >= 0.4, acc
+    assert acc["recovered"] >= acc["unpruned"] - 0.1, acc
 
 
 def test_demo_help_names_the_fallback_dataset():

