@@ -97,3 +97,51 @@ def test_macs_target_keeps_the_given_ratios_and_searches_the_rest():
     assert after["conv1"] == widths["conv1"] and after["layer4.1.conv2"] == widths["layer4.1.conv2"]
     assert after["layer1.0.conv1"] < widths["layer1.0.conv1"]  # the block-internal channels took the cut
     assert dict(result.config.ratios) == {p: 0.0 for p in stream} and result.config.ratio > 0.4
+
+
+class _TinyViT(nn.Module):
+    """Residual stream of width 32 through two MLP blocks, then a classifier."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Linear(12, 32)
+        self.blocks = nn.ModuleList(nn.Sequential(nn.Linear(32, 64), nn.GELU(), nn.Linear(64, 32)) for _ in range(2))
+        self.head = nn.Linear(32, 5)
+
+    def forward(self, x):
+        x = self.embed(x)  # (B, N, 32)
+        for b in self.blocks:
+            x = x + b(x)
+        return self.head(x.mean(1))  # (B, 5)
+
+
+def test_keep_outputs_keeps_only_the_heads_outputs():
+    x = torch.randn(2, 7, 12)
+    kept = _TinyViT().eval()
+    r = prunekit.prune_(kept, x, ratio=0.5, keep_outputs=["head"])
+    assert kept.head.out_features == 5 and kept.head.in_features == 16 and kept.embed.out_features == 16
+    assert r.verified["checked"] == "exact"
+    ignored = _TinyViT().eval()
+    r2 = prunekit.prune_(ignored, x, ratio=0.5, ignore=["head"])
+    assert ignored.head.in_features == 32  # ignore= pins the head's inputs too: the residual width stays
+    assert r.macs_ratio < r2.macs_ratio
+    assert any(b.op == "ignore" and b.tensor == "embed.weight" for b in r2.blocked)  # the reason is on record
+    assert prunekit.PruneConfig.from_json(prunekit.PruneConfig(keep_outputs=("head",)).to_json()).keep_outputs == ("head",)
+    with pytest.raises(KeyError):
+        prunekit.prune_(_TinyViT().eval(), x, ratio=0.5, keep_outputs=["hed"])
+
+
+def test_nothing_pruned_says_why():
+    class Perm(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Linear(4, 8)
+            self.b = nn.Linear(8, 3)
+
+        def forward(self, x):
+            return self.b(torch.sort(self.a(x), dim=-1).values)  # sorting along the features: no group
+
+    with pytest.warns(UserWarning, match=r"nothing was pruned: op `sort` in module"):
+        r = prunekit.prune_(Perm().eval(), torch.randn(2, 4), ratio=0.5)
+    assert not r.plan.groups and any("sort" in str(b) for b in r.blocked)
+    assert "kept: op `sort`" in r.summary()

@@ -16,7 +16,7 @@ from .config import PruneConfig
 from .criteria import CachedScores, Criterion
 from .errors import ApplyError, PlanError
 from .graph.execute import meta_forward
-from .graph.groups import Group
+from .graph.groups import Blocked, Group
 from .graph.tracer import DependencyGraph, Unsupported, iter_tensors, trace
 from .graph.walk import eval_mode
 from .measure import Counts
@@ -36,6 +36,29 @@ class PruneResult:
     seconds: float = 0.0
     config: PruneConfig | None = None  # as applied (with ``macs=``: the ratio found)
     verified: dict[str, Any] = field(default_factory=dict)  # what the returned model was checked for
+    graph: DependencyGraph | None = field(default=None, repr=False, compare=False)
+    _blocked: list[Blocked] | None = field(default=None, init=False, repr=False, compare=False)
+
+    @property
+    def blocked(self) -> list[Blocked]:
+        """Every parameter dim (or part of one) that no group could remove, with the op and module
+        that kept it (model outputs, ``ignore=`` and ``keep_outputs=`` included)."""
+        if self._blocked is None:
+            self._blocked = self.graph.blocked() if self.graph is not None else []
+        return self._blocked
+
+    def kept_reasons(self, limit: int = 8) -> list[str]:
+        """Why dims were kept, one line per (op, module, reason), most dims first; the model's
+        outputs and the user's own ``ignore`` / ``keep_outputs`` are left out (they were asked for)."""
+        counts: dict[tuple[str, str, str], int] = {}
+        for b in self.blocked:
+            if b.op in ("output", "ignore", "keep_outputs"):
+                continue
+            key = (b.op, b.module, b.reason)
+            counts[key] = counts.get(key, 0) + 1
+        lines = [f"op `{op}` in module `{mod or '<top-level forward>'}`: {why} ({n} parameter dim{'s' * (n != 1)})"
+                 for (op, mod, why), n in sorted(counts.items(), key=lambda kv: -kv[1])]
+        return lines[:limit] + ([f"... and {len(lines) - limit} more (result.blocked)"] if len(lines) > limit else [])
 
     @property
     def macs_ratio(self) -> float:
@@ -63,6 +86,8 @@ class PruneResult:
             lines.append("verified: outputs finite (approximate groups: not comparable to the zeroed original)")
         for u in self.unsupported:
             lines.append(f"kept (unsupported): {u}")
+        for why in self.kept_reasons(5 if self.plan.groups else 8):
+            lines.append(f"kept: {why}")
         for wmsg in self.warnings:
             lines.append(f"warning: {wmsg}")
         return "\n".join(lines)
@@ -165,7 +190,8 @@ class PrunedCopies:
         self.criterion = criterion if isinstance(criterion, CachedScores) else CachedScores(
             criterion if criterion is not None else config.criterion)
         flops = MacCounter()
-        self.graph = trace(model, self.inputs, self.kwargs, ignore=config.ignore, strict=config.strict, counter=flops)
+        self.graph = trace(model, self.inputs, self.kwargs, ignore=config.ignore, strict=config.strict, counter=flops,
+                           keep_outputs=config.keep_outputs)
         self.before = Counts(sum(p.numel() for p in model.parameters()), flops.macs)
         self.groups = self.graph.groups(config.kinds)
 
@@ -247,9 +273,14 @@ def _prune(model: nn.Module, example_inputs: Any, config: PruneConfig, example_k
     if "macs" not in measured:  # nothing was applied
         check(model)
     after = Counts(sum(p.numel() for p in model.parameters()), measured["macs"])
+    result = PruneResult(plan, before, after, groups, graph.unsupported, notes, time.perf_counter() - t0, config,
+                         dict(verified), graph)
+    if not plan.groups and (config.ratio > 0 or config.ratios or config.threshold is not None):
+        reasons = result.kept_reasons(3)
+        notes.append("nothing was pruned" + (": " + "; ".join(reasons) if reasons else
+                                             f" ({len(groups)} groups, none selected at this config)"))
     for n in notes:
         warnings.warn(n)
     if graph.unsupported:
         warnings.warn("kept the dims touched by unsupported ops: " + "; ".join(map(str, graph.unsupported[:5])))
-    return PruneResult(plan, before, after, groups, graph.unsupported, notes, time.perf_counter() - t0, config,
-                       dict(verified))
+    return result

@@ -23,7 +23,11 @@ class PruneConfig:
                                  "'<tensor>:<dim>' of its first tensor, ratio), first match wins"})
     round_to: int = field(default=1, metadata={"help": "keep a multiple of this many channels per group"})
     max_ratio: float = field(default=0.9, metadata={"help": "never remove more than this fraction of a group"})
-    ignore: tuple[str, ...] = field(default=(), metadata={"help": "module paths whose tensors keep their shape"})
+    ignore: tuple[str, ...] = field(default=(), metadata={"help": "module paths whose tensors keep their shape "
+                                                                  "(inputs and outputs)"})
+    keep_outputs: tuple[str, ...] = field(default=(), metadata={
+        "help": "module paths whose outputs keep their size while their inputs may be pruned (Torch-Pruning's "
+                "ignored_layers); e.g. the classifier"})
     kinds: tuple[str, ...] = field(default=("channel", "group", "head"),
                                    metadata={"help": f"group kinds to prune, among {KINDS}"})
     min_ratio: float = field(default=0.0, metadata={"help": "never remove less than this fraction of a group"})
@@ -41,7 +45,11 @@ class PruneConfig:
             object.__setattr__(self, "ratios", tuple((str(k), float(v)) for k, v in self.ratios.items()))
         else:
             object.__setattr__(self, "ratios", tuple((str(k), float(v)) for k, v in self.ratios))
-        object.__setattr__(self, "ignore", tuple(self.ignore))
+        for name in ("ignore", "keep_outputs"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                value = (value,)
+            object.__setattr__(self, name, tuple(value))
         object.__setattr__(self, "kinds", tuple(self.kinds))
         for name, r in (("ratio", self.ratio),) + tuple(("ratios", r) for _, r in self.ratios):
             if not 0.0 <= r < 1.0:
@@ -71,6 +79,7 @@ class PruneConfig:
         d = asdict(self)
         d["ratios"] = [list(r) for r in self.ratios]
         d["ignore"] = list(self.ignore)
+        d["keep_outputs"] = list(self.keep_outputs)
         d["kinds"] = list(self.kinds)
         return d
 

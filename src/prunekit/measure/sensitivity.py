@@ -98,7 +98,7 @@ def sensitivity(model: nn.Module, example_inputs: Any, evaluate: Callable[[nn.Mo
     crit = CachedScores(criterion if criterion is not None else config.criterion)
     lat_cfg = LatencyConfig() if latency is True else (latency or None)
     inputs = example_inputs if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
-    graph = trace(model, inputs, example_kwargs, ignore=config.ignore)
+    graph = trace(model, inputs, example_kwargs, ignore=config.ignore, keep_outputs=config.keep_outputs)
     groups = [g for g in graph.groups(config.kinds) if len(g) >= min_units]
     base = count(model, inputs, example_kwargs)
     base_bytes = file_size(model)
