@@ -289,6 +289,26 @@ def test_initial_state_computed_from_units_is_coupled():
     assert prunekit.soft_hard_error(original, r.plan, x) <= 1e-4 and torch.isfinite(model(x)).all()
 
 
+def test_learned_initial_state_is_sliced():
+    """``nn.Parameter`` initial states expanded over the batch: their hidden dim is pruned with the units."""
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.rnn = nn.LSTM(IN, HIDDEN, 2, bidirectional=True)
+            self.h0 = nn.Parameter(torch.randn(4, 1, HIDDEN))
+            self.c0 = nn.Parameter(torch.randn(4, 1, HIDDEN))
+            self.head = nn.Linear(2 * HIDDEN, 3)
+
+        def forward(self, x):
+            h0 = self.h0.expand(-1, x.size(1), -1).contiguous()  # (4, 1, H) -> (4, B, H)
+            c0 = self.c0.expand(-1, x.size(1), -1).contiguous()
+            out, _ = self.rnn(x, (h0, c0))
+            return self.head(out[-1])
+
+    model, _ = prune_and_check(M, torch.randn(T, B, IN), nn.LSTM)
+    assert model.h0.shape == model.c0.shape == (4, 1, model.rnn.hidden_size)
+
+
 def test_unsorted_packed_sequence():
     """``enforce_sorted=False``: the batch is permuted in and out (index_select over the batch dim)."""
     class M(nn.Module):
