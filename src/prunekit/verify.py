@@ -86,7 +86,7 @@ class _Zeroed:
                 t = self.tensors[name]
                 for dim, idx in dims.items():
                     index = torch.tensor(idx, dtype=torch.long, device=t.device)
-                    self.saved.append((t, dim, index, t.index_select(dim, index).clone()))
+                    self.saved.append((t, dim, index, t.index_select(dim, index)))  # a new tensor: a copy
             for t, dim, index, _ in self.saved:
                 t.index_fill_(dim, index, 0)
         return self
