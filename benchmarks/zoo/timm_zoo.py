@@ -29,7 +29,7 @@ TIMM: dict[str, tuple[dict[str, Any], int]] = {
     "coat_tiny": (S64, 64),
     "coatnet_nano_rw_224": (S64, 64),
     "levit_128s": (S64, 64),
-    "efficientformer_l1": ({"img_size": 64}, 64),
+    "efficientformer_l1": ({}, 224),  # attention biases fixed at 7x7: default size only
     "efficientformerv2_s0": (S64, 64),
     "mobilevit_xxs": ({}, 64),
     "edgenext_xx_small": ({}, 64),

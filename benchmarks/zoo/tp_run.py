@@ -69,12 +69,13 @@ def _fix_attributes(attn: list[tuple[nn.Module, list[nn.Linear], int, int]], pru
                 setattr(m, a, width)
 
 
-def prune_tp(model: nn.Module, inputs: tuple, heads: list[str]) -> None:
-    """Prune ``model`` in place with Torch-Pruning (timed by the caller)."""
+def prune_tp(model: nn.Module, inputs: tuple, heads: list[str], with_heads: bool = True) -> None:
+    """Prune ``model`` in place with Torch-Pruning (timed by the caller); ``with_heads=False`` passes no
+    ``num_heads`` (the caller's second try where the attention-aware one raises)."""
     import torch_pruning as tp
 
     ignored = [model.get_submodule(h) for h in heads]
-    attn = attention_layers(model)
+    attn = attention_layers(model) if with_heads else []
     num_heads = {}
     for _m, lins, h, kv in attn:
         if len(lins) == 1:

@@ -14,7 +14,7 @@ import torch
 
 from . import measure
 from .spec import Spec
-from .tp_run import prune_tp
+from .tp_run import attention_layers, prune_tp
 
 TOL = 1e-4  # relative: max |pruned - soft reference| / max |soft reference|
 _KNOWN_RESULT_FIELDS = {"plan", "before", "after", "groups", "unsupported", "warnings", "seconds", "config"}
@@ -117,8 +117,8 @@ def _alarm(_signum, _frame):
     raise _TPTimeout
 
 
-def _run_tp(original, inputs, heads, base_macs, row: dict[str, Any], limit_s: int) -> None:
-    """Torch-Pruning under its own time limit (SIGALRM): its group search can run for hours (tiny Llama)."""
+def _tp_attempt(original, inputs, heads, limit_s: int, with_heads: bool):
+    """One Torch-Pruning run on a fresh copy: (model, seconds, outputs); raises on failure or timeout."""
     model = copy.deepcopy(original)
     old = signal.signal(signal.SIGALRM, _alarm)
     signal.alarm(limit_s)
@@ -126,33 +126,48 @@ def _run_tp(original, inputs, heads, base_macs, row: dict[str, Any], limit_s: in
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            prune_tp(model, inputs, heads)
-    except _TPTimeout:
-        row["tp_time_s"] = time.perf_counter() - t0
-        row.update(tp_status="error", tp_error=f"timeout > {limit_s}s (in its dependency-group search)")
-        return
-    except Exception as exc:  # noqa: BLE001
-        row["tp_time_s"] = time.perf_counter() - t0
-        row.update(tp_status="error", tp_error=_err(exc))
-        return
+            prune_tp(model, inputs, heads, with_heads=with_heads)
     finally:
+        seconds = time.perf_counter() - t0
         signal.alarm(0)
         signal.signal(signal.SIGALRM, old)
-    row["tp_time_s"] = time.perf_counter() - t0
-    changed = measure.params(model) != measure.params(original)
     try:
         out = measure.forward(model, inputs)
-        ref = measure.forward(original, inputs)
     except Exception as exc:  # noqa: BLE001
-        row.update(tp_status="error", tp_error=f"pruned model fails to run: {_err(exc)}")
+        raise RuntimeError(f"pruned model fails to run: {_err(exc)}") from exc
+    return model, seconds, out
+
+
+def _run_tp(original, inputs, heads, base_macs, row: dict[str, Any], limit_s: int) -> None:
+    """Torch-Pruning under its own time limit (SIGALRM: its group search can run for hours on a tiny Llama).
+    Where the attention-aware run (``num_heads``) fails, a second run without ``num_heads`` is recorded."""
+    ref = measure.forward(original, inputs)
+    tries = [True, False] if attention_layers(original) else [False]
+    for with_heads in tries:
+        try:
+            model, seconds, out = _tp_attempt(original, inputs, heads, limit_s, with_heads)
+        except _TPTimeout:
+            why = f"timeout > {limit_s}s (in its dependency-group search)"
+            row.setdefault("tp_error", why)
+            row.setdefault("tp_time_s", float(limit_s))
+            row.setdefault("tp_attempts", []).append(f"num_heads={with_heads}: {why}")
+            continue
+        except Exception as exc:  # noqa: BLE001
+            row.setdefault("tp_error", _err(exc))
+            row.setdefault("tp_attempts", []).append(f"num_heads={with_heads}: {_err(exc)[:200]}")
+            continue
+        if [t.shape for t in out] != [t.shape for t in ref]:
+            row.setdefault("tp_error", "output shape changed")
+            continue
+        if "tp_error" in row:
+            row["tp_note"] = f"with num_heads: {row.pop('tp_error')}; this run without num_heads"
+        row["tp_time_s"] = seconds
+        row["tp_status"] = "pruned" if measure.params(model) != measure.params(original) else "nothing pruned"
+        row["tp_finite"] = measure.finite(out)
+        row["tp_macs_ratio"] = measure.safe_ratio(measure.macs(model, inputs), base_macs)
+        row["tp_params_ratio"] = measure.safe_ratio(measure.params(model), measure.params(original))
         return
-    if [t.shape for t in out] != [t.shape for t in ref]:
-        row.update(tp_status="error", tp_error="output shape changed")
-        return
-    row["tp_status"] = "pruned" if changed else "nothing pruned"
-    row["tp_finite"] = measure.finite(out)
-    row["tp_macs_ratio"] = measure.safe_ratio(measure.macs(model, inputs), base_macs)
-    row["tp_params_ratio"] = measure.safe_ratio(measure.params(model), measure.params(original))
+    row["tp_status"] = "error"
 
 
 def run_model(spec: Spec, tools: tuple[str, ...] = ("prunekit", "torch_pruning"), tp_limit_s: int = 60) -> dict[str, Any]:
