@@ -209,13 +209,14 @@ def reshape(tracer, name, args, kwargs, out):
         requested = None
     labels = reshape_labels(tracer, inf, x.shape, out.shape, requested)
     if requested is not None:
-        _pin_tuple_attr_shape(tracer, name, args, kwargs, requested, labels)
+        _count_tuple_attr_shape(tracer, name, args, kwargs, requested, labels)
     target = x if name.endswith("_") else out
     _set(tracer, target, labels, inf.nz)
 
 
-def _tuple_attr(tracer, shape: Any) -> tuple[str, bool] | None:
-    """The attribute holding the tuple ``shape`` (``view(self.bias_shape)``), and whether it is that very object."""
+def _tuple_attr(tracer, shape: Any) -> tuple[str, str, bool] | None:
+    """The module path and attribute name holding the tuple ``shape`` (``view(self.bias_shape)``), and
+    whether it is that very object."""
     mod = tracer.current_module()
     if mod is None or not isinstance(shape, (tuple, list, torch.Size)) or len(shape) < 2:
         return None
@@ -224,28 +225,27 @@ def _tuple_attr(tracer, shape: Any) -> tuple[str, bool] | None:
         if path == here or (path.startswith(here + ".") if here else True):
             for n, v in vars(m).items():
                 if v is shape:
-                    return (f"{path}.{n}" if path else n), True
+                    return path, n, True
     for n, v in vars(mod).items():  # an equal tuple of the module itself (``view(*self.shape)``)
         if isinstance(v, (tuple, list, torch.Size)) and not n.startswith("_") and list(v) == list(shape):
-            return (f"{here}.{n}" if here else n), False
+            return here, n, False
     return None
 
 
-def _pin_tuple_attr_shape(tracer, name, args, kwargs, requested, labels) -> None:
+def _count_tuple_attr_shape(tracer, name, args, kwargs, requested, labels) -> None:
     """A reshape to a shape stored as a tuple attribute (timm's ``Scale.shape``, ``RelPosBias.bias_shape``):
-    its literal sizes of prunable dims would go stale after pruning and no counter can rewrite one
-    element of a tuple, so those dims are kept, naming the op, module and attribute."""
+    the literal size of every prunable dim is one element of that tuple, rewritten after pruning by a
+    counter on ``attr[d]`` (the plan replaces that element, see :func:`prunekit.plan._split_attr`)."""
     shape = args[1] if len(args) == 2 else (tuple(args[1:]) if len(args) > 2 else kwargs.get("shape", kwargs.get("size")))
     found = _tuple_attr(tracer, shape)
     if found is None:
         return
-    attr, same_object = found
+    owner, attr, same_object = found
     for d, lab in labels.items():
         if d < len(requested) and requested[d] != -1:
             if not same_object and _module_attr(tracer, requested[d], WIDTH_ATTRS + HEAD_COUNT_ATTRS + HEAD_DIM_ATTRS):
                 continue  # equal sizes given one by one, this one from an int attribute (rewritten)
-            tracer.store.pin(lab, f"{name} in {tracer.module_path or '<top>'} to the shape stored in tuple attribute `{attr}` "
-                                  f"(dim {d} of size {requested[d]} cannot be rewritten)")
+            tracer.store.add_counter(owner, f"{attr}[{d}]", lab)
 
 
 def _permute(tracer, x, out, perm, target=None):
