@@ -94,6 +94,7 @@ class Resolver:
         self.kind_code = np.full(max(n, 1), -1, dtype=np.int16)  # per class; -1: not a unit
         self.kind_code[self.active_roots] = store.kind[act[first]]
         self._mask = np.zeros(max(n, 1), dtype=bool)
+        self.failed: dict[int, int | None] = {}  # free root whose closure met a pinned class -> that class
         self.products = []
         self.distinct: list[bool] = []
         self.touch: dict[int, list[int]] = defaultdict(list)
@@ -423,7 +424,8 @@ def build_groups(graph, kinds: Iterable[str] | None = None) -> list[Group]:
     for r in free[in_touch].tolist():
         try:
             key = frozenset(res.closure([r]))
-        except InvalidRemoval:
+        except InvalidRemoval as exc:
+            res.failed[r] = exc.root  # kept because removing it would remove this pinned class
             continue
         if key in seen:  # the same unit reached from another root (e.g. a head in every layer)
             continue
@@ -455,6 +457,8 @@ def build_groups(graph, kinds: Iterable[str] | None = None) -> list[Group]:
     groups.sort(key=lambda g: (order.get(g.root[0], 1 << 30), g.root, g.kind))
     for i, g in enumerate(groups):
         g.id = i
+    if kinds is None:
+        graph._all_groups = (len(graph.store), groups)  # for blocked(), while the store is unchanged
     return groups
 
 
@@ -482,44 +486,66 @@ class Blocked:
                f"{self.reason}"
 
 
-def blocked_dims(graph, include_inert: bool = False, include_buffers: bool = False) -> list[Blocked]:
+def blocked_dims(graph, include_inert: bool = False, include_buffers: bool = False,
+                 groups: list[Group] | None = None) -> list[Blocked]:
     """Every parameter dim (or part of one) that ended in no group, with the op and module that
     kept it. Dims no op couples to anything (a conv's kernel dims) are left out unless
-    ``include_inert``; buffers are left out unless ``include_buffers`` (they follow a parameter)."""
-    groups = build_groups(graph)
+    ``include_inert``; buffers are left out unless ``include_buffers`` (they follow a parameter).
+    ``groups``: the result of ``build_groups(graph)`` (all kinds) when already at hand."""
+    cached = getattr(graph, "_all_groups", None)
+    if groups is None:
+        groups = cached[1] if cached is not None and cached[0] == len(graph.store) else build_groups(graph)
     res: Resolver = graph._resolver
     store = res.store
     covered = np.zeros(max(len(store), 1), dtype=bool)
     for g in groups:
-        covered[np.fromiter((r for i in range(len(g)) for r in g.unit_roots([i])), dtype=np.int64)] = True
+        if g._roots is not None:
+            covered[g._roots] = True
+        else:
+            covered[np.fromiter((r for u in g.units for r in u), dtype=np.int64)] = True
     members = res.span[:, 1] - res.span[:, 0]
     wanted = set(graph.param_names) | (set(graph.buffer_names) if include_buffers else set())
     cache: dict[int, tuple[str, str, str] | None] = {}
+    by_product: dict[int, tuple[str, str, str] | None] = {}
+
+    def pinned(r: int, prefix: str = "") -> tuple[str, str, str]:
+        op, mod = res.pin_site.get(r, ("", ""))
+        return op, mod, prefix + res.pinned[r]
+
+    def through(r: int) -> tuple[str, str, str] | None:
+        """A pinned class that removing ``r`` (or the axis it belongs to) would remove."""
+        if r in res.pinned:
+            return pinned(r)
+        met = res.failed.get(r)
+        if met is not None and met in res.pinned:
+            return pinned(met, "removing it would remove kept indices: ")
+        return None
 
     def why(r: int) -> tuple[str, str, str] | None:
         """(op, module, reason) for an uncovered class; None when it is inert."""
         if r in cache:
             return cache[r]
-        out: tuple[str, str, str] | None
-        if r in res.pinned:
-            op, mod = res.pin_site.get(r, ("", ""))
-            out = (op, mod, res.pinned[r])
-        else:
-            out = None
-            if r in res.touch or res.is_element[r]:
-                try:
-                    res.closure([r])
-                except InvalidRemoval as exc:
-                    if exc.root is not None and exc.root in res.pinned:
-                        op, mod = res.pin_site.get(exc.root, ("", ""))
-                        out = (op, mod, f"removing it would remove kept labels: {exc}")
-                    else:
-                        out = ("structure", "", str(exc))
-                if out is None and res.is_element[r]:
-                    out = ("structure", "", "inside a reshape whose parts cannot be removed on their own")
-            if out is None and (include_inert or members[r] > 1 or res.kind_code[r] >= 0):
-                out = ("structure", "", "no op makes these indices a removable unit (not an output dim of any "
-                                        "parameter, nor coupled to one)")
+        out = through(r)
+        if out is None and res.is_element[r]:  # inside a reshape: the reason is on one of its axes
+            for pi in res.touch.get(r, ()):
+                if pi not in by_product:
+                    found = None
+                    for a in res.products[pi][1]:
+                        for ar in (np.unique(a).tolist() if a is not None else ()):
+                            found = found or through(ar)
+                    by_product[pi] = found
+                out = out or by_product[pi]
+            if out is None:
+                out = ("structure", "", "inside a reshape whose parts cannot be removed on their own")
+        if out is None and r in res.touch:
+            try:
+                res.closure([r])
+            except InvalidRemoval as exc:
+                out = pinned(exc.root, "removing it would remove kept indices: ") \
+                    if exc.root in res.pinned else ("structure", "", str(exc))
+        if out is None and (include_inert or members[r] > 1 or res.kind_code[r] >= 0):
+            out = ("structure", "", "no op makes these indices a removable unit (not an output dim of any "
+                                    "parameter, nor coupled to one)")
         cache[r] = out
         return out
 
@@ -531,9 +557,13 @@ def blocked_dims(graph, include_inert: bool = False, include_buffers: bool = Fal
             continue
         roots = res.root[labels]
         open_idx = np.flatnonzero(~covered[roots])
+        if not open_idx.size:
+            continue
+        uniq, inv = np.unique(roots[open_idx], return_inverse=True)
+        reasons = [why(int(r)) for r in uniq.tolist()]
         by_reason: dict[tuple[str, str, str], list[int]] = {}
-        for i in open_idx.tolist():
-            w = why(int(roots[i]))
+        for i, k in zip(open_idx.tolist(), inv.reshape(-1).tolist()):
+            w = reasons[k]
             if w is not None:
                 by_reason.setdefault(w, []).append(i)
         for (op, mod, reason), idx in by_reason.items():

@@ -101,15 +101,17 @@ class DependencyGraph:
 
         return build_groups(self, kinds)
 
-    def blocked(self, include_inert: bool = False, include_buffers: bool = False) -> list["Blocked"]:
+    def blocked(self, include_inert: bool = False, include_buffers: bool = False,
+                groups: list | None = None) -> list["Blocked"]:
         """Every parameter dim (or the part of it) that is in no group, with the op and module
         that kept it (:class:`~prunekit.graph.groups.Blocked`: tensor, dim, indices, op, module,
         reason; ``str()`` reads "`stem.weight` dim 0 (8 of 16 kept): pinned by op `getitem` in
         module `<top-level forward>`: ..."). Kernel-size dims and other dims no op couples are
-        left out unless ``include_inert``."""
+        left out unless ``include_inert``. ``groups``: ``self.groups()`` (all kinds) if already
+        built; otherwise the last all-kinds result is reused, or groups are built."""
         from .groups import blocked_dims
 
-        return blocked_dims(self, include_inert, include_buffers)
+        return blocked_dims(self, include_inert, include_buffers, groups)
 
 
 # Ops whose outputs are *sites* for activation statistics, and the kind of each site.
