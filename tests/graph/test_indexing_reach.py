@@ -338,3 +338,31 @@ def test_renumber_index():
     x = torch.randn(2, 5)
     keep = [0, 2, 4]
     assert torch.equal(x[:, keep][:, indexing.renumber_index(perm, [1, 3])], x[:, perm][:, [1, 2, 4]])
+
+
+class AttrBound(nn.Module):
+    """A bound read from a size attribute of the module (``hidden_size``, which a hard apply may
+    rewrite): the dim is kept whole."""
+
+    def __init__(self):
+        super().__init__()
+        self.hidden_size = 8
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.f = nn.Conv2d(8, 8, 1)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.head = nn.Linear(16, 4)
+
+    def forward(self, x):
+        x = F.relu(self.stem(x))
+        c = self.hidden_size
+        x = torch.cat([x[:, :c] + self.f(x[:, :c]), x[:, c:]], 1)
+        return self.head(self.pool(x).flatten(1))
+
+
+def test_bound_from_a_size_attribute_keeps_the_dim():
+    model = AttrBound().eval()
+    graph = trace(model, X)
+    assert not any(("stem.weight", 0) in dict(g.signature) for g in graph.groups())
+    why = [b for b in graph.blocked() if (b.tensor, b.dim) == ("stem.weight", 0)]
+    assert why and why[0].indices == list(range(16)) and "may be computed" in why[0].reason
+    _explained(graph)

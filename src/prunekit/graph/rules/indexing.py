@@ -67,11 +67,40 @@ def index_keeps(size: int, index: int) -> np.ndarray:
     return keep
 
 
+# Module attributes a hard apply rewrites (layer handlers, head counters): a bound read from one
+# (``x[:, :self.conv.out_channels]``) changes with the pruned model.
+REWRITTEN_ATTRS = frozenset({
+    "in_features", "out_features", "in_channels", "out_channels", "num_features", "num_channels", "embed_dim",
+    "embedding_dim", "hidden_size", "input_size", "proj_size", "head_dim", "kdim", "vdim", "nf", "nx",
+    "num_parameters", "num_heads", "all_head_size"})
+
+
+def _attribute_sizes(tracer) -> set[int]:
+    """Values of the current module's own size attributes that a hard apply may rewrite, and of the
+    head counters recorded so far. (A bound read from a *child's* attribute, ``self.conv.out_channels``,
+    is not recognised: every ``self.f(x[:, :8])`` would match its consumer's ``in_channels``.)"""
+    values: set[int] = set()
+    mod = tracer.current_module()
+    for m in ((mod,) if mod is not None else ()):
+        for k in REWRITTEN_ATTRS & vars(m).keys():
+            v = vars(m)[k]
+            if isinstance(v, int) and not isinstance(v, bool):
+                values.add(v)
+            elif isinstance(v, (tuple, list)):
+                values.update(x for x in v if isinstance(x, int))
+    for c in tracer.store.counters:
+        v = getattr(tracer.modules.get(c.module), c.attr, None)
+        if isinstance(v, int):
+            values.add(v)
+    return values
+
+
 def _maybe_computed(tracer, size: int, bounds: Sequence[int]) -> bool:
-    """Could these bounds have been computed from a prunable size the forward read (``y.shape[1] // 2``,
-    ``c = skip.size(1)``)? A pruned model recomputes them. Conservative: any labelled size read that
-    equals this dim's size, equals a bound, or is a small multiple of one."""
-    reads = tracer.size_sources
+    """Could these bounds have been computed from a prunable size (``y.shape[1] // 2``, ``c =
+    skip.size(1)``, ``self.hidden_size``)? A pruned model recomputes them. Conservative: any
+    labelled size the forward read, or size attribute of the module, that equals this dim's size,
+    equals a bound, or is a small multiple of one."""
+    reads = set(tracer.size_sources) | _attribute_sizes(tracer)
     if not reads:
         return False
     pos = [b if b >= 0 else size + b for b in bounds]
