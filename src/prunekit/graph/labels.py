@@ -10,7 +10,9 @@ Ops couple labels in three ways:
   removed (attention heads and head width, channel shuffle, flatten). An axis of ``None``
   can never be removed.
 * ``pin(a)`` -- these labels must stay (model inputs/outputs, ignored modules, ops that
-  cannot be pruned through).
+  cannot be pruned through). Each pin keeps its reason and the (op, module path) that made it
+  (``pinned``, ``pin_sites``), so :meth:`DependencyGraph.blocked` can say why a dim was kept.
+* ``Renumber`` -- an index buffer whose values index labelled positions (``x[:, perm]``).
 
 Labels of a parameter/buffer dim (``param_dims``) are its *members*: label ``start + i`` is
 the slice ``(tensor_name, dim, i)``, removed with its class.
