@@ -100,3 +100,98 @@ def test_global_ranking_uses_the_configured_normalization(normalize, expected):
         want[root] = want.get(root, 0) + 1
     assert want == expected
     assert _removed(m, config) == expected
+
+
+def _nested():
+    from collections import OrderedDict
+
+    torch.manual_seed(0)
+    return nn.Sequential(OrderedDict(blk=nn.Sequential(OrderedDict(fc=nn.Linear(8, 10), act=nn.ReLU())),
+                                     mid=nn.Linear(10, 10), act=nn.ReLU(), out=nn.Linear(10, 2)))
+
+
+def _rows(m, config, x=None):
+    graph = prunekit.trace(m, torch.zeros(1, 8) if x is None else x)
+    _, rows = select_units(m, graph.groups(), config, graph=graph)
+    return {r["root"]: r["removed"] for r in rows}
+
+
+def test_per_module_ratio_matches_the_groups_module_path():
+    # "blk.fc" is the module of parameter "blk.fc.weight" (not "blk", not "weight")
+    assert _rows(_nested(), PruneConfig(ratio=0.5, ratios=(("blk.fc", 0.2),))) == {"blk.fc.weight:0": 2,
+                                                                                   "mid.weight:0": 5}
+    assert _rows(_nested(), PruneConfig(ratio=0.5, ratios=(("blk", 0.2),))) == {"blk.fc.weight:0": 5,
+                                                                                "mid.weight:0": 5}
+    # a per-group key "<tensor>:<dim>", and globs; the first matching pattern wins
+    assert _rows(_nested(), PruneConfig(ratio=0.5, ratios=(("mid.weight:0", 0.3), ("mid", 0.9)))) == {
+        "blk.fc.weight:0": 5, "mid.weight:0": 3}
+    assert _rows(_nested(), PruneConfig(ratio=0.0, ratios=(("blk.*", 0.4),))) == {"blk.fc.weight:0": 4}
+
+
+def _widths(*widths):
+    torch.manual_seed(0)
+    layers, prev = [], 8
+    for w in widths:
+        layers += [nn.Linear(prev, w), nn.ReLU()]
+        prev = w
+    return nn.Sequential(*layers, nn.Linear(prev, 2))
+
+
+def test_round_to_rounds_the_kept_count_up_to_a_multiple():
+    m = _widths(10, 4, 8)  # groups "0", "2", "4" of 10, 4 and 8 channels
+    # 10 at 0.5: keep ceil(5 / 4) * 4 = 8; 4 (= round_to) at 0.5: keep 4; 8 losing 1: keep ceil(7 / 4) * 4 = 8
+    assert _rows(m, PruneConfig(ratio=0.5, round_to=4, ratios=(("4", 0.125),))) == {"0.weight:0": 2}
+    assert _rows(m, PruneConfig(ratio=0.5, ratios=(("4", 0.125),))) == {"0.weight:0": 5, "2.weight:0": 2,
+                                                                        "4.weight:0": 1}
+    assert _rows(m, PruneConfig(ratio=0.5, round_to=2)) == {"0.weight:0": 4, "2.weight:0": 2, "4.weight:0": 4}
+    # a group smaller than round_to is not rounded (it would keep all of itself)
+    assert _rows(m, PruneConfig(ratio=0.5, round_to=16)) == {"0.weight:0": 5, "2.weight:0": 2, "4.weight:0": 4}
+
+
+def test_two_unit_groups_are_pruned_within_their_bounds():
+    m = _widths(2, 6)
+    assert _rows(m, PruneConfig(ratio=0.5)) == {"0.weight:0": 1, "2.weight:0": 3}
+    # min_ratio 0.9 of 2 units is 2, but a group always keeps one unit
+    assert _rows(m, PruneConfig(ratio=0.0, min_ratio=0.9)) == {"0.weight:0": 1, "2.weight:0": 5}
+    # everything below the threshold, still within max_ratio (0.9) and one kept unit
+    assert _rows(m, PruneConfig(threshold=1e9)) == {"0.weight:0": 1, "2.weight:0": 5}
+
+
+def test_threshold_keeps_a_unit_scoring_exactly_the_threshold():
+    m = nn.Sequential(nn.Linear(2, 4, bias=False), nn.ReLU(), nn.Linear(4, 2))
+    with torch.no_grad():  # L2 scores of the 4 units: 0.5, 1, 2, 3 (the consumer's columns are zero)
+        m[0].weight.copy_(torch.tensor([[0.5, 0.0], [1.0, 0.0], [0.0, 2.0], [3.0, 0.0]]))
+        m[2].weight.zero_()
+    assert _rows(m, PruneConfig(threshold=1.0), torch.zeros(1, 2)) == {"0.weight:0": 1}
+    assert _rows(m, PruneConfig(threshold=2.5), torch.zeros(1, 2)) == {"0.weight:0": 3}
+
+
+def test_global_threshold_keeps_a_unit_scoring_exactly_the_threshold():
+    m = nn.Sequential(nn.Linear(2, 4, bias=False), nn.ReLU(), nn.Linear(4, 2))
+    with torch.no_grad():
+        m[0].weight.copy_(torch.tensor([[0.5, 0.0], [1.0, 0.0], [0.0, 2.0], [3.0, 0.0]]))
+        m[2].weight.zero_()
+    cfg = PruneConfig(threshold=1.0, scope="global", normalize="none")
+    assert _rows(m, cfg, torch.zeros(1, 2)) == {"0.weight:0": 1}
+
+
+def test_global_minimum_counts_are_not_topped_up_past_the_ratio():
+    # min_ratio 0.3 of each 10-unit group already removes 6 > 0.1 of the 20 units: nothing more
+    assert _removed(_two_layer(), PruneConfig(ratio=0.1, min_ratio=0.3, scope="global")) == {"0.weight:0": 3,
+                                                                                             "2.weight:0": 3}
+    assert _removed(_two_layer(), PruneConfig(ratio=0.0, scope="global")) == {}
+
+
+def test_tied_scores_remove_the_first_units():
+    """A stable sort: with all 32 scores equal the first 16 units go (an unstable CPU sort of more
+    than 16 elements would pick others)."""
+    import numpy as np
+
+    m = nn.Sequential(nn.Linear(4, 32), nn.ReLU(), nn.Linear(32, 2))
+    with torch.no_grad():
+        for p in m.parameters():
+            p.fill_(0.5)
+    graph = prunekit.trace(m, torch.zeros(1, 4))
+    (g,) = graph.groups()
+    chosen, _ = select_units(m, [g], PruneConfig(ratio=0.5), graph=graph)
+    assert chosen == set(g.unit_roots(np.arange(16)))
