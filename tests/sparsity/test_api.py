@@ -71,3 +71,53 @@ def test_gradual_pruner_follows_the_cubic_schedule_and_masks_only_grow():
     assert seen == [pytest.approx(sched.sparsity_at(t)) for t in range(1, 13)]
     pruner.finalize()
     assert not masks_of(m)
+
+
+def test_config_validation_and_json_refusals():
+    with pytest.raises(ValueError, match="sparsity must be in"):
+        SparsityConfig(sparsity=1.0)
+    assert SparsityConfig(sparsity=0.0).sparsity == 0.0
+    for bad in ("0:4", "4:4", "5:4", "2-4"):
+        with pytest.raises(ValueError, match="pattern must be"):
+            SparsityConfig(pattern=bad)
+    assert SparsityConfig(pattern="3:4").nm == (3, 4)
+    with pytest.raises(ValueError, match="unknown SparsityConfig fields"):
+        SparsityConfig.from_json('{"sparsity": 0.5, "colour": "red"}')
+
+
+def test_summary_lists_every_tensor():
+    m = _model()
+    result = sparsify_(m, sparsity=0.5)
+    text = result.summary()
+    assert text.splitlines()[0].startswith(f"{len(result.masks)} tensors, overall sparsity 0.5")
+    for name, s in result.per_tensor.items():
+        assert f"  {name}: {s:.3f}" in text
+
+
+def test_a_given_criterion_is_the_one_used():
+    from prunekit.criteria import Criterion
+    from prunekit.sparsity.api import compute_masks
+
+    class Smallest(Criterion):  # inverse magnitude: keeps the smallest weights
+        name = "smallest"
+
+        def score_weights_of(self, name, p):
+            return -p.detach().abs()
+
+    m = _model()
+    masks = compute_masks(m, SparsityConfig(sparsity=0.5), criterion=Smallest())
+    for name, mask in masks.items():
+        w = m.get_parameter(name).detach().abs()
+        assert w[mask].max() <= w[~mask].min()  # the kept weights are the small ones
+
+
+def test_gradual_pruner_state_round_trips():
+    m = _model()
+    pruner = GradualPruner(m, Cubic(0.0, 0.8, begin_step=0, end_step=4, frequency=1))
+    for _ in range(2):
+        pruner.step()
+    state = pruner.state_dict()
+    assert state == {"step_count": 2, "current": pytest.approx(pruner.current)} and state["current"] > 0
+    other = GradualPruner(_model(), Cubic(0.0, 0.8, begin_step=0, end_step=4, frequency=1))
+    other.load_state_dict(state)
+    assert other.step_count == 2 and other.current == pruner.current

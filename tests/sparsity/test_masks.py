@@ -51,3 +51,26 @@ def test_threshold_and_zero_masks():
     assert zero_masks({"w": w})["w"].tolist() == [False, True, True, True]
     assert zero_masks({"w": w}, tol=1e-3)["w"].tolist() == [False, False, True, True]
     assert sparsity_of(w) == 0.25
+
+
+def test_sparsity_must_stay_below_one():
+    with pytest.raises(ValueError, match=r"sparsity must be in \[0, 1\)"):
+        unstructured_masks({"w": torch.ones(4)}, 1.0)
+    assert unstructured_masks({"w": torch.ones(4)}, 0.0)["w"].all()
+
+
+def test_tied_scores_prune_the_first_positions():
+    # a stable sort: with 32 equal scores the first 8 go (torch's unstable CPU sort reorders ties past 16)
+    mask = unstructured_masks({"w": torch.ones(32)}, 0.25)["w"]
+    assert mask.tolist() == [False] * 8 + [True] * 24
+
+
+def test_nm_needs_an_input_dimension():
+    with pytest.raises(ValueError, match="needs a weight with an input dimension"):
+        nm_mask(torch.ones(8), 2, 4)
+
+
+def test_sparsity_of_single_elements():
+    assert sparsity_of(torch.zeros(1)) == 1.0
+    assert sparsity_of(torch.tensor([False])) == 1.0
+    assert sparsity_of(torch.ones(1)) == 0.0
