@@ -50,3 +50,16 @@ def test_reapplying_updates_the_same_parametrization():
     apply_masks(m, {"0.weight": torch.zeros(16, 8, dtype=torch.bool)})
     assert len(m[0].parametrizations.weight) == 1
     assert (m[0].weight == 0).all()
+
+
+def test_the_stored_original_is_zeroed_at_the_cut_and_finalize_bakes_the_mask():
+    m = _model()
+    mask = unstructured_masks({"0.weight": m[0].weight}, 0.5)["0.weight"]
+    apply_masks(m, {"0.weight": mask})
+    orig = m[0].parametrizations.weight.original
+    assert (orig.detach()[~mask] == 0).all() and (orig.detach()[mask] != 0).all()
+    with torch.no_grad():
+        orig.add_(1.0)  # e.g. an optimizer's weight update that touches the cut positions
+    finalize(m)
+    assert not parametrize.is_parametrized(m[0])
+    assert (m[0].weight.detach()[~mask] == 0).all() and (m[0].weight.detach()[mask] != 0).all()
