@@ -87,3 +87,13 @@ def test_save_leaves_only_the_target_file(tmp_path, monkeypatch):
         save_sparse({"w": torch.ones(4)}, tmp_path / "new.safetensors")
     assert len(written) == 1 and not os.path.exists(written[0])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ok.safetensors", "taken"]
+
+
+@pytest.mark.parametrize("numel", [65536, 65537])
+def test_index_encoding_at_the_uint16_boundary(tmp_path, numel):
+    """Positions fit uint16 up to 65536 elements; one more needs uint32 (the last position is 65536)."""
+    t = torch.zeros(numel)
+    t[[0, 1000, numel - 1]] = torch.tensor([1.0, -2.0, 3.0])
+    enc = save_sparse({"t": t}, tmp_path / "b.safetensors")
+    assert enc["t"] == "index"
+    assert torch.equal(load_sparse(tmp_path / "b.safetensors")["t"], t)
