@@ -97,3 +97,12 @@ def test_index_encoding_at_the_uint16_boundary(tmp_path, numel):
     enc = save_sparse({"t": t}, tmp_path / "b.safetensors")
     assert enc["t"] == "index"
     assert torch.equal(load_sparse(tmp_path / "b.safetensors")["t"], t)
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc to count open descriptors")
+def test_save_closes_its_descriptors(tmp_path):
+    save_sparse({"w": torch.ones(4)}, tmp_path / "warm.safetensors")
+    before = len(os.listdir("/proc/self/fd"))
+    for i in range(3):
+        save_sparse({"w": torch.ones(4)}, tmp_path / f"{i}.safetensors")
+    assert len(os.listdir("/proc/self/fd")) == before
