@@ -9,6 +9,7 @@ import torch
 
 from ..info import TensorInfo
 from ..registry import op_rule
+from .callsite import Attr, Literal, SizeKind, size_kinds
 from .common import arg, couple, norm_dim, pin_all
 
 # Attribute names a module may use for the sizes a reshape splits a dim into.
@@ -78,9 +79,33 @@ def _module_attr(tracer, value: int, names: Sequence[str]) -> str | None:
     return None
 
 
+class _Kinds:
+    """Where each requested size of the call being traced came from (:mod:`.callsite`), read once, on demand."""
+
+    def __init__(self, tracer, op: str, requested: list[int] | None):
+        self._args = (tracer, op, requested)
+        self._kinds: list[SizeKind] | None = None
+        self._done = requested is None
+
+    def __getitem__(self, d: int) -> SizeKind | None:
+        if not self._done:
+            tracer, op, requested = self._args
+            self._kinds, self._done = size_kinds(tracer, op, len(requested)), True
+        return self._kinds[d] if self._kinds is not None and d < len(self._kinds) else None
+
+
+def _attr_value(tracer, kind: SizeKind | None, value: int) -> Attr | None:
+    """``kind`` when it is ``self.name`` of a traced module holding the int ``value`` (rewritable by a plan)."""
+    if not isinstance(kind, Attr):
+        return None
+    v = getattr(tracer.modules.get(kind.module), kind.name, None)
+    return kind if isinstance(v, int) and not isinstance(v, bool) and v == value else None
+
+
 def reshape_labels(tracer, inf: TensorInfo, in_shape: Sequence[int], out_shape: Sequence[int],
-                   requested: list[int] | None) -> dict[int, np.ndarray]:
+                   requested: list[int] | None, kinds: _Kinds | None = None) -> dict[int, np.ndarray]:
     store = tracer.store
+    kinds = kinds if kinds is not None else _Kinds(tracer, "", None)
     labels: dict[int, np.ndarray] = {}
     if inf.empty:
         return labels
@@ -95,7 +120,7 @@ def reshape_labels(tracer, inf: TensorInfo, in_shape: Sequence[int], out_shape: 
             continue
         if len(ins) == 1 and len(outs) == 1:
             labels[outs[0]] = lab_in[0]
-            _literal_width(tracer, lab_in[0], outs[0], out_shape, requested)
+            _literal_width(tracer, lab_in[0], outs[0], out_shape, requested, kind=kinds[outs[0]])
             continue
         sizes_in = [in_shape[d] for d in ins]
         if len(ins) == 1:
@@ -109,7 +134,7 @@ def reshape_labels(tracer, inf: TensorInfo, in_shape: Sequence[int], out_shape: 
                 store.add_product(elements.reshape(sizes_in), lab_in)
         if len(outs) == 1:
             labels[outs[0]] = elements
-            _literal_width(tracer, elements, outs[0], out_shape, requested, merged=lab_in)
+            _literal_width(tracer, elements, outs[0], out_shape, requested, merged=lab_in, kind=kinds[outs[0]])
             continue
         sizes_out = [out_shape[d] for d in outs]
         grid = elements.reshape(sizes_out)
@@ -117,7 +142,7 @@ def reshape_labels(tracer, inf: TensorInfo, in_shape: Sequence[int], out_shape: 
         if prod is not None:
             axes = prod.axes
         else:
-            axes = _split_axes(tracer, grid, outs, sizes_out, requested)
+            axes = _split_axes(tracer, grid, outs, sizes_out, requested, kinds)
             store.add_product(grid, axes)
             total = _module_attr(tracer, int(grid.size), TOTAL_ATTRS) if requested is not None else None
             if total is not None:
@@ -128,33 +153,49 @@ def reshape_labels(tracer, inf: TensorInfo, in_shape: Sequence[int], out_shape: 
     return labels
 
 
-def _literal_width(tracer, labels, d, out_shape, requested, merged=None):
+def _literal_width(tracer, labels, d, out_shape, requested, merged=None, kind: SizeKind | None = None):
     """A prunable output dim whose size is written in the call must be rewritten after pruning.
 
-    The size is found as a module attribute (``self.all_head_size``) and rewritten; otherwise a
-    merged dim (heads back into width, ``view(B, T, C)``) is kept, since its size usually comes
-    from another tensor's shape; a plain dim is assumed to come from its own shape unless another
-    dim is inferred (``-1``), where a stale literal would go unnoticed.
+    When the call's source is readable (``kind``): an integer written in the code keeps the dim
+    (``view(-1, 2, 2, 16)``: 16 never follows a pruned dim, whatever else has 16 entries), and
+    ``self.name`` is rewritten by a counter. Otherwise the size is found as a module attribute by its
+    value (``self.all_head_size``) and rewritten; a merged dim (heads back into width, ``view(B, T, C)``)
+    whose size was read from another tensor is coupled to it index by index; with no such read it is
+    kept; a plain dim is assumed to come from its own shape unless another dim is inferred (``-1``),
+    where a stale literal would go unnoticed. A local variable or expression equal both to an attribute
+    and to a size read elsewhere (CLIP's ``reshape(B, T, embed_dim)``, ``embed_dim`` from the residual's
+    shape) gets both: the coupling and the rewrite.
     """
     if requested is None or d >= len(requested) or requested[d] == -1:
         return
-    if tracer.size_read_from(int(out_shape[d]), labels, merged):
+    value = int(out_shape[d])
+    where = tracer.module_path or "<top>"
+    if isinstance(kind, Literal):
+        tracer.store.pin(labels, f"reshape to the size {value} written in the code in {where}")
+        return
+    attr_kind = _attr_value(tracer, kind, value)
+    if attr_kind is not None:
+        tracer.store.add_counter(attr_kind.module, attr_kind.name, labels)
+        return
+    if tracer.size_read_from(value, labels, merged):
         return  # the size was read from this very dim (``x.view(-1, x.size(-1))``) or its split parts
-    attr = _module_attr(tracer, int(out_shape[d]), WIDTH_ATTRS + HEAD_COUNT_ATTRS + HEAD_DIM_ATTRS)
+    attr = _module_attr(tracer, value, WIDTH_ATTRS + HEAD_COUNT_ATTRS + HEAD_DIM_ATTRS)
+    sources = tracer.size_sources.get(value, ())
     if attr is not None:
         tracer.store.add_counter(tracer.module_path, attr, labels)
-    elif merged is not None or -1 in requested:
-        sources = tracer.size_sources.get(int(out_shape[d]), ())
+        if kind is None or not sources:
+            return  # source unknown: the attribute is the best guess
+    if merged is not None or -1 in requested or attr is not None:
         if sources:
             # the size was read from another dim (``view(B, T, C)`` with C from the residual
             # stream): both must keep equal widths, so couple them index by index
             for src in sources:
                 tracer.store.unify(labels, src)
         else:
-            tracer.store.pin(labels, f"reshape to a size fixed in code in {tracer.module_path or '<top>'}")
+            tracer.store.pin(labels, f"reshape to a size fixed in code in {where}")
 
 
-def _split_axes(tracer, grid, outs, sizes_out, requested):
+def _split_axes(tracer, grid, outs, sizes_out, requested, kinds: _Kinds):
     store = tracer.store
     n = len(outs)
     # a literal last size is assumed read from the tensor's shape only when nothing is inferred: with a -1
@@ -169,6 +210,16 @@ def _split_axes(tracer, grid, outs, sizes_out, requested):
             continue
         if requested is None or d >= len(requested) or requested[d] == -1:
             axes.append(store.new(size, kind, True))
+            continue
+        source = kinds[d]
+        if isinstance(source, Literal):
+            axes.append(None)  # an integer written in the call (``reshape(B, N, 3, H, D)``'s 3): it cannot change
+            continue
+        attr_kind = _attr_value(tracer, source, size)
+        if attr_kind is not None:  # ``self.num_heads`` of a traced module: rewritten
+            ax = store.new(size, kind, True)
+            store.add_counter(attr_kind.module, attr_kind.name, ax)
+            axes.append(ax)
             continue
         names = HEAD_DIM_ATTRS if kind == "head_dim" else HEAD_COUNT_ATTRS
         attr = _module_attr(tracer, size, names)
@@ -207,7 +258,7 @@ def reshape(tracer, name, args, kwargs, out):
         requested = [int(s) for s in x.shape[:dim]] + sizes + [int(s) for s in x.shape[dim + 1:]]
     if requested is not None and len(requested) != out.dim():
         requested = None
-    labels = reshape_labels(tracer, inf, x.shape, out.shape, requested)
+    labels = reshape_labels(tracer, inf, x.shape, out.shape, requested, _Kinds(tracer, name, requested))
     if requested is not None:
         _count_tuple_attr_shape(tracer, name, args, kwargs, requested, labels)
     target = x if name.endswith("_") else out
