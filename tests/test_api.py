@@ -145,3 +145,30 @@ def test_nothing_pruned_says_why():
         r = prunekit.prune_(Perm().eval(), torch.randn(2, 4), ratio=0.5)
     assert not r.plan.groups and any("sort" in str(b) for b in r.blocked)
     assert "kept: op `sort`" in r.summary()
+
+
+class _SharedDim(nn.Module):
+    """Two independent widths reshaped with one attribute ``dim``: they must be cut by the same amount."""
+
+    def __init__(self):
+        super().__init__()
+        self.dim = 16
+        self.q, self.k = nn.Linear(32, 16), nn.Linear(32, 16)
+        self.o, self.o2 = nn.Linear(16, 32), nn.Linear(16, 32)
+
+    def forward(self, x):
+        b, n, _ = x.shape
+        q = self.q(x).reshape(b, n, 1, self.dim)  # (B, N, 1, dim)
+        k = self.k(x).reshape(b, n, 1, self.dim)
+        return self.o(q.reshape(b, n, self.dim)) + self.o2(k.reshape(b, n, self.dim))
+
+
+def test_groups_behind_one_attribute_cut_unequally_are_kept_and_reported():
+    x = torch.randn(2, 5, 32)
+    m = _SharedDim().eval()
+    r = prunekit.prune_(m, x, ratio=0.5)  # equal cuts: fine
+    assert m.dim == 8 and m.q.out_features == 8 and m.k.out_features == 8
+    m = _SharedDim().eval()
+    with pytest.warns(UserWarning, match=r"kept 2 group\(s\) whole .*dim would need two values"):
+        r = prunekit.prune_(m, x, ratio=0.5, ratios={"k": 0.25})
+    assert m.dim == 16 and r.plan.is_empty() and "the model is unchanged" in r.summary()

@@ -14,7 +14,7 @@ from torch import nn
 
 from .config import PruneConfig
 from .criteria import CachedScores, Criterion
-from .errors import ApplyError, PlanError
+from .errors import ApplyError, CounterConflict, PlanError
 from .graph.execute import meta_forward
 from .graph.groups import Blocked, Group
 from .graph.tracer import DependencyGraph, Unsupported, iter_tensors, trace
@@ -78,7 +78,9 @@ class PruneResult:
         lines.append(f"{pruned} of {len(self.groups)} groups pruned in {self.seconds:.2f}s"
                      f"{'' if self.plan.exact else ' (some groups are approximate: normalization over pruned dims)'}")
         v = self.verified
-        if not v:
+        if self.plan.is_empty():
+            lines.append("the model is unchanged")
+        elif not v:
             lines.append("returned model not verified (verify=False)")
         elif v.get("checked") == "exact":
             lines.append(f"verified: outputs equal the zeroed original (max relative error {v['error']:.1e})")
@@ -194,13 +196,30 @@ class PrunedCopies:
                            keep_outputs=config.keep_outputs)
         self.before = Counts(sum(p.numel() for p in model.parameters()), flops.macs)
         self.groups = self.graph.groups(config.kinds)
+        self.notes: list[str] = []
+
+    def plan(self, config: PruneConfig) -> Plan:
+        """The plan ``prune_`` makes under ``config``. Groups that share a module attribute with another
+        group cut by a different amount (e.g. a ``dim`` that both an attention's query width and its
+        key/value width must equal) are kept whole, and ``self.notes`` says which and why."""
+        while True:
+            chosen, summaries = select_units(self.model, self.groups, config, self.criterion, self.graph)
+            try:
+                return make_plan(self.graph, chosen, summaries)
+            except CounterConflict as exc:
+                drop = [g for g in self.groups if not exc.roots.isdisjoint(g.unit_roots(range(len(g))))]
+                if not drop:
+                    raise
+                self.groups = [g for g in self.groups if all(g is not d for d in drop)]
+                self.notes.append(f"kept {len(drop)} group(s) whole ({', '.join(str(d.root) for d in drop[:3])}"
+                                  f"{'...' if len(drop) > 3 else ''}): {exc}")
 
     def copy(self, config: PruneConfig) -> tuple[nn.Module, Counts]:
         """A pruned deep copy under ``config`` and its parameter and MAC counts."""
-        chosen, summaries = select_units(self.model, self.groups, config, self.criterion, self.graph)
+        plan = self.plan(config)
         m = copy.deepcopy(self.model)
-        if chosen:
-            apply_plan(m, make_plan(self.graph, chosen, summaries), "hard")
+        if not plan.is_empty():
+            apply_plan(m, plan, "hard")
         macs = _macs_of(m, self.inputs, self.kwargs, list(m.modules()))[0]
         return m, Counts(sum(p.numel() for p in m.parameters()), macs)
 
@@ -257,27 +276,27 @@ def _prune(model: nn.Module, example_inputs: Any, config: PruneConfig, example_k
         apply_plan(model, plan, mode=mode, check=check, example_inputs=inputs, example_kwargs=kwargs,
                    verify=verify, report=verified)
 
-    chosen, summaries = select_units(model, groups, config, criterion, graph)
-    plan = make_plan(graph, chosen, summaries)
+    plan = copies.plan(config)
     try:
         apply(plan)
     except (ApplyError, PlanError) as exc:
-        reshaped = [g for g in groups if g.kind in ("head", "head_dim")]
+        reshaped = [g for g in copies.groups if g.kind in ("head", "head_dim")]
         if not reshaped:
             raise
         notes.append(f"pruning attention heads failed ({exc}); heads were kept")
-        keep_groups = [g for g in groups if g.kind not in ("head", "head_dim")]
-        chosen, summaries = select_units(model, keep_groups, config, criterion, graph)
-        plan = make_plan(graph, chosen, summaries)
+        copies.groups = [g for g in copies.groups if g.kind not in ("head", "head_dim")]
+        plan = copies.plan(config)
         apply(plan)
+    notes[:0] = copies.notes
     if "macs" not in measured:  # nothing was applied
         check(model)
     after = Counts(sum(p.numel() for p in model.parameters()), measured["macs"])
     result = PruneResult(plan, before, after, groups, graph.unsupported, notes, time.perf_counter() - t0, config,
                          dict(verified), graph)
     if not plan.groups and (config.ratio > 0 or config.ratios or config.threshold is not None):
-        reasons = result.kept_reasons(3)
-        notes.append("nothing was pruned" + (": " + "; ".join(reasons) if reasons else
+        reasons = [] if notes else result.kept_reasons(3)
+        notes.append("nothing was pruned" + (" (see the warning above)" if notes else "") +
+                     (": " + "; ".join(reasons) if reasons else "" if notes else
                                              f" ({len(groups)} groups, none selected at this config)"))
     for n in notes:
         warnings.warn(n)

@@ -13,6 +13,15 @@ class PlanError(PrunekitError):
     """A plan is inconsistent with the model it is applied to (or with itself)."""
 
 
+class CounterConflict(PlanError):
+    """Two coupled label sets behind one module attribute (e.g. ``attn.dim``) would be cut by different
+    amounts; ``module``/``attr`` name it, ``roots`` are the label classes it counts."""
+
+    def __init__(self, message: str, module: str, attr: str, roots: frozenset[int]) -> None:
+        super().__init__(message)
+        self.module, self.attr, self.roots = module, attr, roots
+
+
 class ApplyError(PrunekitError):
     """Applying a plan failed; the model was restored to exactly its previous state."""
 

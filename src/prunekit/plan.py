@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import ApplyError, PlanError, PrunekitError, VerificationError
+from .errors import ApplyError, CounterConflict, PlanError, PrunekitError, VerificationError
 from .graph.groups import Group, Resolver
 from .graph.walk import ModuleStack, Walk, walk
 from .layers import update_module
@@ -108,8 +108,10 @@ def make_plan(graph, units: Iterable[int], groups: Iterable[Group] = ()) -> Plan
         key = (c.module, c.attr)
         value = kept * c.scale
         if key in values and values[key] != value:
-            raise PlanError(f"{c.module}.{c.attr} would need two values ({values[key]} and {value}); "
-                            "prune the coupled groups by the same amount")
+            roots_of = frozenset(int(r) for k in graph.store.counters if (k.module, k.attr) == key
+                                 for r in np.unique(res.root[k.labels]).tolist())
+            raise CounterConflict(f"{c.module}.{c.attr} would need two values ({values[key]} and {value}); "
+                                  "prune the coupled groups by the same amount", c.module, c.attr, roots_of)
         values[key] = value
     attrs = sorted((m, a, v) for (m, a), v in values.items())
     exact = not (closure & res.inexact)
