@@ -232,7 +232,7 @@ def main(argv=None) -> int:
     ap.add_argument("--family", choices=sorted(FAMILIES), action="append", default=None)
     ap.add_argument("--only", default="", help="comma-separated model names")
     ap.add_argument("--timeout", type=float, default=300.0)
-    ap.add_argument("--tp-timeout", type=int, default=60, help="Torch-Pruning's own limit inside a model's process")
+    ap.add_argument("--tp-timeout", type=int, default=30, help="Torch-Pruning's own limit inside a model's process")
     ap.add_argument("--tools", default="prunekit,torch_pruning")
     ap.add_argument("--out", default="zoo_vs_torch_pruning")
     args = ap.parse_args(argv)

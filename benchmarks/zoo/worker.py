@@ -17,7 +17,7 @@ from .spec import Spec
 from .tp_run import attention_layers, prune_tp
 
 TOL = 1e-4  # relative: max |pruned - soft reference| / max |soft reference|
-_KNOWN_RESULT_FIELDS = {"plan", "before", "after", "groups", "unsupported", "warnings", "seconds", "config"}
+_KNOWN_RESULT_FIELDS = {"plan", "before", "after", "groups", "unsupported", "warnings", "seconds", "config", "graph"}
 
 
 def _err(exc: BaseException) -> str:
@@ -151,7 +151,7 @@ def _run_tp(original, inputs, heads, base_macs, row: dict[str, Any], limit_s: in
             row.setdefault("tp_error", why)
             row.setdefault("tp_time_s", float(limit_s))
             row.setdefault("tp_attempts", []).append(f"num_heads={with_heads}: {why}")
-            continue
+            break  # the search without num_heads is the same search: no second try
         except Exception as exc:  # noqa: BLE001
             row.setdefault("tp_error", _err(exc))
             row.setdefault("tp_attempts", []).append(f"num_heads={with_heads}: {_err(exc)[:200]}")

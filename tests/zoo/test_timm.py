@@ -26,9 +26,12 @@ MODELS: dict[str, tuple[dict, int, float, str | None]] = {
     "convnext_atto": ({}, 32, 0.30, None),  # 0.273 (approximate: LayerNorm)
     "mixer_s32_224": ({"img_size": 64}, 64, 0.30, None),  # 0.271 (approximate)
     "resmlp_12_224": ({"img_size": 32}, 32, 0.29, None),  # 0.257, exact
-    "poolformer_s12": ({}, 32, 0.35, "layer scale x * scale.view(C, 1, 1) keeps the residual width: MACs 0.570"),
+    "poolformer_s12": ({}, 32, 0.29, None),  # 0.257 (layer scale x * scale.view(C, 1, 1); 0.570 before the fix)
     "mobilevit_xxs": ({}, 64, 0.40, None),  # 0.363 (approximate)
     "ghostnet_050": ({}, 32, 0.40, None),  # 0.373, exact
+    "pvt_v2_b0": ({}, 64, 0.32, None),  # 0.288 (approximate); PlanError before the shape-rule fix
+    "nf_resnet26": ({}, 32, 0.40, "nothing pruned: ScaledStdConv2d standardizes its weight over (in, kh, kw) "
+                                  "(F.batch_norm on the weight), no op makes an output channel a removable unit"),
 }
 
 
