@@ -204,6 +204,13 @@ def write(rows: list[dict], args, out: str) -> str:
                      f"{s['median_time_pk']:.2f}s vs Torch-Pruning {s['median_time_tp']:.2f}s (ratio of medians "
                      f"{s['median_time_pk'] / max(s['median_time_tp'], 1e-9):.2f}; median per-model ratio "
                      f"**{s['median_time_ratio']:.2f}**)")
+    fams = list(dict.fromkeys(r["family"] for r in rows))
+    per = [f"{f} {sum(1 for r in rows if r['family'] == f and r.get('pk_status') == 'pruned' and r.get('pk_verified'))}"
+           f"/{sum(1 for r in rows if r['family'] == f)}" for f in fams]
+    tp_per = [f"{f} {sum(1 for r in rows if r['family'] == f and r.get('tp_status') == 'pruned' and r.get('tp_finite'))}"
+              f"/{sum(1 for r in rows if r['family'] == f)}" for f in fams]
+    lines.append(f"- per family, prunekit pruned and verified: {', '.join(per)}; Torch-Pruning pruned (finite, output "
+                 f"shape kept): {', '.join(tp_per)}")
     lines += _failures(rows)
     lines += ["", "## Per model", "",
               "| model | family | MACs | prunekit | pk MACs | pk s | pk rel. err | kept (unsupported ops) | "
