@@ -202,3 +202,32 @@ def test_clip_heads_prune_with_the_residual_when_it_is_free():
     hard = prunekit.apply_plan(copy.deepcopy(model), plan, "hard", example_inputs=x)  # finite outputs checked
     attn = hard.clip.vision_model.encoder.layers[1].self_attn
     assert attn.v_proj.weight.shape == (32, 32) and attn.embed_dim == 32 and hard(x).shape == (1, 5)
+
+
+# -- channel shuffle written as view/transpose/view (torchvision ShuffleNetV2) ---------------------
+
+def test_shufflenet_stage_width_prunes_with_one_block_per_stage():
+    """The shuffle's (groups, C / groups) split is a channel kind (pruned by default, not a head width)."""
+    from torchvision.models.shufflenetv2 import ShuffleNetV2
+
+    model = ShuffleNetV2([1, 1, 1], [8, 16, 32, 64, 64], num_classes=5).eval()
+    x = torch.randn(1, 3, 32, 32)
+    graph = trace(model, x)
+    width = _group_of(graph, "stage2.0.branch2.5.weight", 0)  # the stage width through cat + shuffle
+    assert width is not None and len(width) == 8 and width.exact
+    assert any(("stage2.0.branch1.2.weight", 0) in s for s in width.slices)
+    assert_oracle(model, x, kinds=KINDS, min_groups=4)
+    prunekit.prune_(model, x, ratio=0.5)  # verified
+    assert model.stage2[0].branch2[5].weight.shape[0] == 4
+
+
+def test_shufflenet_deeper_stage_width_says_why():
+    """With a chunk after the shuffle the closure of one stage channel doubles at every block and the
+    resolver cannot start a unit on a reshape's element: kept, and ``blocked()`` says so."""
+    from torchvision.models.shufflenetv2 import ShuffleNetV2
+
+    model = ShuffleNetV2([2, 1, 1], [8, 16, 32, 64, 64], num_classes=5).eval()
+    graph = trace(model, torch.randn(1, 3, 32, 32))
+    assert _group_of(graph, "stage2.0.branch2.5.weight", 0) is None
+    why = [b for b in graph.blocked() if b.tensor == "stage2.0.branch2.5.weight" and b.dim == 0]
+    assert why and why[0].op == "structure" and "reshape" in why[0].reason

@@ -142,7 +142,7 @@ def reshape_labels(tracer, inf: TensorInfo, in_shape: Sequence[int], out_shape: 
         if prod is not None:
             axes = prod.axes
         else:
-            axes = _split_axes(tracer, grid, outs, sizes_out, requested, kinds)
+            axes = _split_axes(tracer, grid, outs, sizes_out, requested, kinds, len(out_shape))
             store.add_product(grid, axes)
             total = _module_attr(tracer, int(grid.size), TOTAL_ATTRS) if requested is not None else None
             if total is not None:
@@ -195,9 +195,10 @@ def _literal_width(tracer, labels, d, out_shape, requested, merged=None, kind: S
             tracer.store.pin(labels, f"reshape to a size fixed in code in {where}")
 
 
-def _split_axes(tracer, grid, outs, sizes_out, requested, kinds: _Kinds):
+def _split_axes(tracer, grid, outs, sizes_out, requested, kinds: _Kinds, rank: int):
     store = tracer.store
     n = len(outs)
+    trailing = outs[-1] == rank - 1  # the split ends the tensor (attention's (..., heads, head_dim))
     # a literal last size is assumed read from the tensor's shape only when nothing is inferred: with a -1
     # anywhere (``view(B, heads, 3 * head_dim, -1)``) a stale literal would be absorbed silently
     block_has_infer = requested is not None and -1 in requested
@@ -205,6 +206,8 @@ def _split_axes(tracer, grid, outs, sizes_out, requested, kinds: _Kinds):
     for k, d in enumerate(outs):
         size = sizes_out[k]
         kind = "head_dim" if k == n - 1 else ("head" if k == n - 2 else "split")
+        if k == n - 1 and not trailing and all(a is None for a in axes):
+            kind = "channel"  # (B, groups, C / groups, H, W): a channel shuffle's channels, not a head's width
         if size == 1:
             axes.append(None)
             continue
