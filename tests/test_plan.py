@@ -137,3 +137,14 @@ def test_plan_rewrites_one_element_of_a_tuple_attribute():
     assert m.shape == (6, 1, 1) and isinstance(m.shape, tuple)
     with pytest.raises(prunekit.PlanError, match="shape"):
         prunekit.apply_plan(Scale(), prunekit.Plan(attrs=[("", "shape[5]", 6)]))
+
+
+def test_plan_renumber_names_a_one_dimensional_integer_buffer():
+    from torch import nn as _nn
+
+    m = _nn.Sequential(_nn.Linear(4, 8), _nn.Linear(8, 2))
+    m.register_buffer("perm", torch.arange(8))
+    with pytest.raises(PlanError, match="not a 1-d integer buffer"):
+        apply_plan(m, Plan(renumber={"0.weight": [1]}))
+    with pytest.raises(PlanError, match="non-negative"):
+        apply_plan(m, Plan(renumber={"perm": [-1]}))

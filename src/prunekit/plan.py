@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from .errors import ApplyError, CounterConflict, PlanError, PrunekitError, VerificationError
-from .graph.groups import Group, Resolver
+from .graph.groups import Group, Resolver, index_renumbering
 from .graph.walk import ModuleStack, Walk, walk
 from .layers import update_module
 
@@ -38,6 +38,9 @@ class Plan:
     groups: list[dict[str, Any]] = field(default_factory=list)
     exact: bool = True
     version: int = PLAN_VERSION
+    # index buffers (``x[:, perm]``) -> the values removed from the dim they index: a hard apply drops the
+    # positions holding them and renumbers the rest; a soft apply leaves the buffer as it is
+    renumber: dict[str, list[int]] = field(default_factory=dict)
 
     def is_empty(self) -> bool:
         return not self.removed
@@ -55,7 +58,8 @@ class Plan:
             raise PlanError(f"unsupported plan version {d.get('version')!r} (expected {PLAN_VERSION})")
         removed = {n: {int(k): [int(i) for i in v] for k, v in dims.items()} for n, dims in d["removed"].items()}
         attrs = [(str(m), str(a), int(v)) for m, a, v in d.get("attrs", [])]
-        return cls(removed, attrs, list(d.get("groups", [])), bool(d.get("exact", True)), PLAN_VERSION)
+        renumber = {str(n): [int(i) for i in v] for n, v in d.get("renumber", {}).items()}
+        return cls(removed, attrs, list(d.get("groups", [])), bool(d.get("exact", True)), PLAN_VERSION, renumber)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=1)
@@ -115,7 +119,7 @@ def make_plan(graph, units: Iterable[int], groups: Iterable[Group] = ()) -> Plan
         values[key] = value
     attrs = sorted((m, a, v) for (m, a), v in values.items())
     exact = not (closure & res.inexact)
-    return Plan(removed, attrs, [dict(g) for g in groups], exact)
+    return Plan(removed, attrs, [dict(g) for g in groups], exact, renumber=index_renumbering(res, closure))
 
 
 # -- applying -------------------------------------------------------------------------
@@ -152,6 +156,14 @@ def _validate(model: nn.Module, plan: Plan, walked: Walk) -> dict[str, torch.Ten
                 raise PlanError(f"plan removes index out of range from {name} dim {dim} (size {t.shape[dim]})")
             if len(set(idx)) >= t.shape[dim]:
                 raise PlanError(f"plan removes every index of {name} dim {dim}")
+    for name, values in plan.renumber.items():
+        buf = walked.buffers.get(name)
+        if buf is None or buf.dim() != 1 or buf.is_floating_point():
+            raise PlanError(f"plan renumbers {name!r}, which is not a 1-d integer buffer of {type(model).__name__}")
+        if name in plan.removed:
+            raise PlanError(f"plan both slices and renumbers {name!r}")
+        if any(not isinstance(v, int) or v < 0 for v in values):
+            raise PlanError(f"plan renumbers {name!r} with values that are not non-negative integers")
     modules = walked.modules
     for mod, attr, _ in plan.attrs:
         base, index = _split_attr(attr)
@@ -318,6 +330,14 @@ def _apply_hard(model, plan, tensors, slots, modules, check):
                     mod._buffers[key] = t
             touched.add(name.rsplit(".", 1)[0] if "." in name else "")
         _rebind_tied(slots, new)
+        for name, values in plan.renumber.items():  # index buffers: positions dropped, values renumbered
+            from .graph.rules.indexing import renumber_index
+
+            old = tensors[name]
+            fresh = renumber_index(old, values)
+            for mod, key, _ in slots[name]:
+                undo.append((mod._buffers, key, old, "dict"))
+                mod._buffers[key] = fresh
         for mod_path, attr, value in plan.attrs:
             mod = modules[mod_path]
             base, index = _split_attr(attr)

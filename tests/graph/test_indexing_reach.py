@@ -294,15 +294,14 @@ def test_permutation_that_cannot_be_rewritten_says_why(how, needle, monkeypatch)
     _explained(graph)
 
 
-def _soft_hard_renumbered(model, graph, chosen, plan, renumber=True):
-    res = graph._resolver
+def _soft_hard_renumbered(model, plan, renumber=True):
+    """Soft vs hard, where the hard apply renumbers the index buffer (``plan.renumber``) or, as a
+    negative control, is made to leave it as it was."""
     soft = apply_plan(copy.deepcopy(model), plan, "soft")
+    if not renumber:
+        plan = copy.deepcopy(plan)
+        plan.renumber = {}
     hard = apply_plan(copy.deepcopy(model), plan, "hard")
-    if renumber:
-        for name, values in index_renumbering(res, res.closure(chosen)).items():
-            owner, _, key = name.rpartition(".")
-            mod = hard.get_submodule(owner)
-            mod._buffers[key] = indexing.renumber_index(mod._buffers[key], values)
     with torch.no_grad():
         a = soft(X)
         try:
@@ -327,8 +326,14 @@ def test_permutation_by_buffer_prunes_through_with_renumbering(how, monkeypatch)
     chosen, summaries = select_units(model, groups, PruneConfig(ratio=0.5))
     plan = make_plan(graph, chosen, summaries)
     assert "perm" not in plan.removed  # soft leaves the buffer; only the hard apply renumbers it
-    assert _soft_hard_renumbered(model, graph, chosen, plan) <= 1e-4
-    assert _soft_hard_renumbered(model, graph, chosen, plan, renumber=False) > 1e-2  # negative control
+    res = graph._resolver
+    assert plan.renumber == index_renumbering(res, res.closure(chosen)) and plan.renumber["perm"]
+    assert prunekit.Plan.from_json(plan.to_json()).renumber == plan.renumber
+    assert _soft_hard_renumbered(model, plan) <= 1e-4
+    assert _soft_hard_renumbered(model, plan, renumber=False) > 1e-2  # negative control
+    pruned = copy.deepcopy(model)
+    r = prunekit.prune_(pruned, X, ratio=0.5)  # the one call, verified
+    assert r.verified["checked"] == "exact" and pruned.perm.numel() == 8 and pruned.c2.in_channels == 8
     _explained(graph)
 
 
