@@ -377,7 +377,8 @@ def indexed(tracer, name, args, kwargs, out):
         for o in outs:
             if isinstance(o, torch.Tensor) and o.dim() == x.dim():
                 labels = {d: l for d, l in inf.labels.items() if o.shape[d] == x.shape[d]}
-                _set(tracer, o, labels, True)
+                # data moved (or accumulated) along another dim: a zeroed unit's slice stays zero
+                _set(tracer, o, labels, inf.nz)
         for other in args[1:]:
             if isinstance(other, torch.Tensor):
                 tracer.pin_info(tracer.info(other), f"{name} index")
