@@ -5,6 +5,8 @@ oracle really does differ there -- while the same op over another dim keeps the 
 softmax over time still flags the hidden units approximate through the next Linear.)"""
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -100,3 +102,45 @@ def test_layer_norm_over_the_pruned_dim_is_approximate():
     graph = prunekit.trace(model.eval(), torch.randn(2, 8))
     (g,) = [g for g in graph.groups() if g.root == ("0.weight", 0)]
     assert g.exact is False
+
+
+class _MaxOverHidden(nn.Module):
+    def __init__(self, op):
+        super().__init__()
+        self.op = op
+        self.a = nn.Linear(8, 16)
+        self.b = nn.Linear(5, 3)
+
+    def forward(self, x):  # (B, 5, 8) -> (B, 5, 16) -> reduce the 16 hidden units -> (B, 5) -> (B, 3)
+        return self.b(self.op(self.a(x)).float())
+
+
+@pytest.mark.parametrize("op", ["max", "argmax", "amin_values", "median"])
+def test_selecting_reductions_over_the_pruned_dim_keep_it(op):
+    """Which unit wins depends on which units exist: the hidden units cannot be pruned at all
+    (neither exactly nor approximately)."""
+    fn = {"max": lambda h: h.max(-1).values, "argmax": lambda h: h.argmax(-1),
+          "amin_values": lambda h: h.min(-1).values, "median": lambda h: h.median(-1).values}[op]
+    graph = prunekit.trace(_MaxOverHidden(fn).eval(), torch.randn(2, 5, 8))
+    assert [g for g in graph.groups() if g.root == ("a.weight", 0)] == []
+
+
+def test_grouped_conv_fed_by_the_network_input_keeps_its_groups():
+    """The input's channels are fixed, so a grouped conv reading them cannot lose whole groups."""
+    m = nn.Sequential(nn.Conv2d(4, 8, 1, groups=2), nn.ReLU(), nn.Conv2d(8, 2, 1)).eval()
+    graph = prunekit.trace(m, torch.randn(1, 4, 3, 3))
+    assert "group" not in {g.kind for g in graph.groups()}
+    assert [g for g in graph.groups() if g.root == ("0.weight", 0)][0].kind == "channel"
+
+
+@pytest.mark.xfail(strict=True, reason="bug (graph/rules/linalg.py _conv): a grouped conv fed by the fixed network "
+                   "input exposes its per-group input width (weight dim 1) as an exact 2-unit group; pruning it "
+                   "gives Conv2d(2, 8, groups=2) on a 4-channel input (RuntimeError). Remove this marker with the fix")
+def test_every_group_of_a_grouped_conv_on_the_input_can_be_applied():
+    m = nn.Sequential(nn.Conv2d(4, 8, 1, groups=2), nn.ReLU(), nn.Conv2d(8, 2, 1)).eval()
+    x = torch.randn(1, 4, 3, 3)
+    graph = prunekit.trace(m, x)
+    for g in graph.groups():
+        chosen, rows = select_units(m, [g], PruneConfig(ratio=0.5), graph=graph)
+        hard = prunekit.apply_plan(copy.deepcopy(m), make_plan(graph, chosen, rows), "hard")
+        assert hard(x).shape == (1, 2, 3, 3), g
