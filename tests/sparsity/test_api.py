@@ -81,6 +81,7 @@ def test_config_validation_and_json_refusals():
         with pytest.raises(ValueError, match="pattern must be"):
             SparsityConfig(pattern=bad)
     assert SparsityConfig(pattern="3:4").nm == (3, 4)
+    assert SparsityConfig(pattern="1:4").nm == (1, 4)
     with pytest.raises(ValueError, match="unknown SparsityConfig fields"):
         SparsityConfig.from_json('{"sparsity": 0.5, "colour": "red"}')
 
