@@ -169,14 +169,31 @@ def _failures(rows: list[dict]) -> list[str]:
     return out
 
 
-def write(rows: list[dict], args, out: str) -> str:
+def engine_commit() -> str:
+    """The commit prunekit was imported from, with '+dirty' when src/ has uncommitted changes."""
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "src"], cwd=root, capture_output=True, text=True,
+                               check=True).stdout.strip()
+    except Exception:  # noqa: BLE001 - not a checkout
+        return "unknown"
+    return head + ("+dirty" if dirty else "")
+
+
+def write(rows: list[dict], args, out: str, commit: str = "unknown") -> str:
     import torch
 
     s = summarize(rows)
+    s["prunekit_commit"] = commit
     lines = ["# prunekit vs Torch-Pruning on a broad zoo (timm, Hugging Face, RNNs, hand-written patterns)", "",
              f"Channel ratio 0.5, L2 magnitude, head outputs kept, random init (seed 0), batch 1-2, small inputs. "
              f"{platform.machine()}, torch {torch.__version__}, 1 thread per model process, timeout "
-             f"{args.timeout:.0f}s. prunekit's head option: {', '.join(s['keep_options']) or '-'}"
+             f"{args.timeout:.0f}s (Torch-Pruning {getattr(args, 'tp_timeout', 30)}s). prunekit at commit {commit}. "
+             f"prunekit's head option: {', '.join(s['keep_options']) or '-'}"
              f"{' (ignore= also keeps the head inputs: not the same kept outputs as Torch-Pruning)' if 'ignore' in s['keep_options'] else ''}.",
              "",
              "## Summary", "",
@@ -251,6 +268,7 @@ def main(argv=None) -> int:
         if missing:
             ap.error(f"unknown models {sorted(missing)}")
     tools = tuple(args.tools.split(","))
+    commit = engine_commit()
     rows = []
     for spec in specs:
         row = run_one(spec, args.timeout, tools, args.tp_timeout)
@@ -259,8 +277,8 @@ def main(argv=None) -> int:
                                          "pk_time_s", "tp_status", "tp_macs_ratio", "tp_time_s", "crash")}
         brief["err"] = (row.get("pk_error") or "; ".join(row.get("pk_problems", [])) or "")[:200]
         print(json.dumps(brief, default=str), flush=True)
-        write(rows, args, args.out)  # partial results survive an interrupted run
-    print(write(rows, args, args.out))
+        write(rows, args, args.out, commit)  # partial results survive an interrupted run
+    print(write(rows, args, args.out, commit))
     return 0
 
 
