@@ -218,3 +218,19 @@ def test_oracle_holds(case):
     build, inputs, min_groups = CASES[case]
     model = build().eval()
     assert_oracle(model, inputs(), min_groups=min_groups)
+
+
+def test_multihead_attention_prunes_whole_heads_exactly():
+    """The table's MHA case passes on its MLP group alone; this asks for the heads themselves."""
+    import copy
+
+    import prunekit
+
+    torch.manual_seed(0)
+    model, x = MHA().eval(), torch.randn(2, 7, 6)
+    graph = prunekit.trace(model, x)
+    heads = [g for g in graph.groups() if g.kind == "head"]
+    assert len(heads) == 1 and len(heads[0]) == 4 and heads[0].exact
+    _, _, plan = assert_oracle(model, (x,), kinds=("head",), min_groups=1)
+    hard = prunekit.apply_plan(copy.deepcopy(model), plan, "hard")
+    assert (hard.att.num_heads, hard.att.embed_dim, hard.att.head_dim) == (2, 8, 4)
