@@ -133,9 +133,6 @@ def test_grouped_conv_fed_by_the_network_input_keeps_its_groups():
     assert [g for g in graph.groups() if g.root == ("0.weight", 0)][0].kind == "channel"
 
 
-@pytest.mark.xfail(strict=True, reason="bug (graph/rules/linalg.py _conv): a grouped conv fed by the fixed network "
-                   "input exposes its per-group input width (weight dim 1) as an exact 2-unit group; pruning it "
-                   "gives Conv2d(2, 8, groups=2) on a 4-channel input (RuntimeError). Remove this marker with the fix")
 def test_every_group_of_a_grouped_conv_on_the_input_can_be_applied():
     m = nn.Sequential(nn.Conv2d(4, 8, 1, groups=2), nn.ReLU(), nn.Conv2d(8, 2, 1)).eval()
     x = torch.randn(1, 4, 3, 3)

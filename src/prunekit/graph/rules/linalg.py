@@ -68,9 +68,10 @@ def _conv(tracer, name, x, w, b, groups, transposed, out):
     else:
         gax = store.new(groups, "group", True)
         cin_g, cout_g = cin // groups, cout // groups
-        if x_lab is None:
+        if x_lab is None:  # the input's channels are fixed: neither a group nor a per-group input width may go
             store.pin(gax, f"grouped {name} on an unprunable input in {where}")
             x_lab = store.new(cin, "channel", False)
+            store.pin(x_lab, f"grouped {name} on an unprunable input in {where}")
         if transposed:
             in_inner = store.new(cin_g, "channel", True) if cin_g > 1 else None
             store.add_product(x_lab.reshape(groups, cin_g), [gax, in_inner])
