@@ -172,3 +172,57 @@ def test_a_failing_forward_names_its_module():
     with pytest.raises(prunekit.ApplyError, match=r"in module `2.0` \(Conv2d\)"):
         apply_plan(m, plan, example_inputs=torch.randn(1, 3, 4, 4))
     assert _same_state(m, state)
+
+
+class _PreNorm(nn.Module):
+    """A residual stream through LayerNorm (or RMSNorm): pruning it is approximate only because of the norms."""
+
+    def __init__(self, norm=nn.LayerNorm):
+        super().__init__()
+        self.embed = nn.Linear(6, 16)
+        self.norm = norm(16)
+        self.mlp = nn.Sequential(nn.Linear(16, 32), nn.GELU(), nn.Linear(32, 16))
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x):
+        h = self.embed(x)  # (B, N, 16)
+        h = h + self.mlp(self.norm(h))
+        return self.head(self.norm(h))
+
+
+@pytest.mark.parametrize("norm", [nn.LayerNorm, nn.RMSNorm])
+def test_norm_only_plans_are_verified_against_a_norm_aware_reference(norm):
+    from prunekit.verify import zeroed_outputs
+
+    torch.manual_seed(0)
+    m, x = _PreNorm(norm).eval(), torch.randn(2, 5, 6)
+    plan = _plan(m, x)
+    assert not plan.exact and plan.norm_only
+    hard = apply_plan(copy.deepcopy(m), plan)
+    with torch.no_grad():
+        out = hard(x)
+    assert output_error(zeroed_outputs(m, plan, x, norm_aware=True), [out]) < 1e-5
+    assert output_error(zeroed_outputs(m, plan, x), [out]) > 1e-3  # plain zeroing is no reference here
+    r = prunekit.prune_(copy.deepcopy(m), x, ratio=0.5)
+    assert r.verified["checked"] == "exact-norm-aware" and r.verified["error"] < 1e-5
+    bad = Plan.from_dict(plan.to_dict())  # negative control: the head reads the wrong columns
+    bad.removed["head.weight"][1] = [(i + 1) % 16 for i in bad.removed["head.weight"][1]]
+    with pytest.raises(VerificationError, match="first diverging module: head"):
+        apply_plan(copy.deepcopy(m), bad, example_inputs=x)
+
+
+def test_a_plain_approximate_plan_is_only_checked_for_finite_outputs():
+    class Softmaxed(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(4, 8), nn.Linear(8, 2)
+
+        def forward(self, x):
+            return self.b(torch.softmax(self.a(x), -1))  # softmax over the pruned dim
+
+    m, x = Softmaxed().eval(), torch.randn(3, 4)
+    plan = _plan(m, x)
+    assert not plan.exact and not plan.norm_only
+    report = {}
+    apply_plan(m, plan, example_inputs=x, report=report)
+    assert report["checked"] == "finite"

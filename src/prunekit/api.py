@@ -84,6 +84,9 @@ class PruneResult:
             lines.append("returned model not verified (verify=False)")
         elif v.get("checked") == "exact":
             lines.append(f"verified: outputs equal the zeroed original (max relative error {v['error']:.1e})")
+        elif v.get("checked") == "exact-norm-aware":
+            lines.append(f"verified: outputs equal the zeroed original with its norms over the kept channels "
+                         f"(max relative error {v['error']:.1e})")
         else:
             lines.append("verified: outputs finite (approximate groups: not comparable to the zeroed original)")
         for u in self.unsupported:

@@ -41,6 +41,9 @@ class Plan:
     # index buffers (``x[:, perm]``) -> the values removed from the dim they index: a hard apply drops the
     # positions holding them and renumbers the rest; a soft apply leaves the buffer as it is
     renumber: dict[str, list[int]] = field(default_factory=dict)
+    # approximate only because 1-d layer/RMS norms run over pruned dims: verifiable against the zeroed model
+    # whose norms run over the kept indices (verify.norm_aware)
+    norm_only: bool = False
 
     def is_empty(self) -> bool:
         return not self.removed
@@ -59,7 +62,8 @@ class Plan:
         removed = {n: {int(k): [int(i) for i in v] for k, v in dims.items()} for n, dims in d["removed"].items()}
         attrs = [(str(m), str(a), int(v)) for m, a, v in d.get("attrs", [])]
         renumber = {str(n): [int(i) for i in v] for n, v in d.get("renumber", {}).items()}
-        return cls(removed, attrs, list(d.get("groups", [])), bool(d.get("exact", True)), PLAN_VERSION, renumber)
+        return cls(removed, attrs, list(d.get("groups", [])), bool(d.get("exact", True)), PLAN_VERSION, renumber,
+                   bool(d.get("norm_only", False)))
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=1)
@@ -119,7 +123,9 @@ def make_plan(graph, units: Iterable[int], groups: Iterable[Group] = ()) -> Plan
         values[key] = value
     attrs = sorted((m, a, v) for (m, a), v in values.items())
     exact = not (closure & res.inexact)
-    return Plan(removed, attrs, [dict(g) for g in groups], exact, renumber=index_renumbering(res, closure))
+    norm_only = not exact and not (closure & getattr(res, "inexact_other", res.inexact))
+    return Plan(removed, attrs, [dict(g) for g in groups], exact, renumber=index_renumbering(res, closure),
+                norm_only=norm_only)
 
 
 # -- applying -------------------------------------------------------------------------
@@ -215,7 +221,13 @@ def apply_plan(model: nn.Module, plan: Plan, mode: str = "hard",
     if verify:
         from . import verify as V
 
-        reference = V.zeroed_outputs(model, plan, inputs, kwargs) if mode == "hard" and plan.exact else None
+        reference = None
+        norm_aware = not plan.exact
+        if mode == "hard" and (plan.exact or plan.norm_only):
+            try:
+                reference = V.zeroed_outputs(model, plan, inputs, kwargs, norm_aware=norm_aware)
+            except V.NotVerifiable:
+                reference = None  # finite outputs are what can be asked
 
         def numeric(m: nn.Module) -> None:
             out = V._run(m, inputs, kwargs)
@@ -226,7 +238,8 @@ def apply_plan(model: nn.Module, plan: Plan, mode: str = "hard",
                 err = 0.0 if all(torch.isfinite(t).all() for t in out if t.is_floating_point()) else float("inf")
                 tol = rtol
             if report is not None:
-                report.update(checked="exact" if reference is not None else "finite", error=err, tolerance=tol)
+                checked = "finite" if reference is None else "exact" if plan.exact else "exact-norm-aware"
+                report.update(checked=checked, error=err, tolerance=tol)
             if not err <= tol:
                 failure.update(error=err, tol=tol, pruned=V.module_outputs(m, inputs, kwargs))
                 raise VerificationError(f"outputs differ from the zeroed model by {err:.3g} (tolerance {tol:.0e})"
@@ -256,7 +269,7 @@ def apply_plan(model: nn.Module, plan: Plan, mode: str = "hard",
             raise
         from . import verify as V
 
-        with V._Zeroed(model, plan):  # the model is restored: its zeroed run is the reference per module
+        with V.reference(model, plan, norm_aware):  # the model is restored: its zeroed run is the reference
             ref_modules = V.module_outputs(model, inputs, kwargs)
         where = V.first_divergence(ref_modules, failure["pruned"], failure["tol"]) if mode == "hard" else None
         err = failure["error"]

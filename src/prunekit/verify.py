@@ -14,12 +14,15 @@ wins a ``max()``, so it must be looked for.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from .graph.tracer import iter_tensors
 from .graph.walk import eval_mode, walk
@@ -98,10 +101,65 @@ class _Zeroed:
         self.saved.clear()
 
 
+class NotVerifiable(Exception):
+    """The norm-aware reference cannot be built for this model (e.g. a multi-dim normalized shape)."""
+
+
+class NormAware(TorchFunctionMode):
+    """During the zeroed reference run, every ``layer_norm`` / ``rms_norm`` whose weight loses indices in
+    the plan normalizes over the *kept* indices only (and gives 0 at the removed ones): what the pruned
+    model computes. With it, a plan that is approximate only because of such norms has an exact
+    reference too."""
+
+    def __init__(self, model: nn.Module, plan: Plan) -> None:
+        super().__init__()
+        params = walk(model).params
+        self.removed = {id(params[n]): dims[0] for n, dims in plan.removed.items()
+                        if n in params and 0 in dims and params[n].dim() == 1}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = getattr(func, "__name__", "")
+        if name in ("layer_norm", "rms_norm"):
+            names = ("input", "normalized_shape", "weight", "bias", "eps") if name == "layer_norm" else \
+                ("input", "normalized_shape", "weight", "eps")
+            a = dict(zip(names, args))
+            a.update(kwargs)
+            w = a.get("weight")
+            gone = self.removed.get(id(w)) if isinstance(w, torch.Tensor) else None
+            if gone:
+                shape = a["normalized_shape"]
+                if len(tuple(shape) if isinstance(shape, (tuple, list, torch.Size)) else (shape,)) != 1:
+                    raise NotVerifiable(f"{name} over {tuple(shape)} dims")
+                x = a["input"]
+                keep = torch.ones(x.shape[-1], dtype=torch.bool, device=x.device)
+                keep[torch.tensor(gone, device=x.device)] = False
+                out = torch.zeros_like(x)
+                extra = {k: a[k] for k in ("eps",) if a.get(k) is not None}
+                b = a.get("bias")
+                if name == "layer_norm":
+                    out[..., keep] = F.layer_norm(x[..., keep], (int(keep.sum()),), w[keep],
+                                                  b[keep] if b is not None else None, **extra)
+                else:
+                    out[..., keep] = F.rms_norm(x[..., keep], (int(keep.sum()),), w[keep], **extra)
+                return out
+        return func(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def reference(model: nn.Module, plan: Plan, norm_aware: bool = False) -> Iterator[None]:
+    """The model as the pruned one should compute: the plan's slices zeroed in place (and, with
+    ``norm_aware``, norms over the kept indices only); restored bit for bit afterwards."""
+    with _Zeroed(model, plan), (NormAware(model, plan) if norm_aware else contextlib.nullcontext()):
+        yield
+
+
 def zeroed_outputs(model: nn.Module, plan: Plan, example_inputs: Any,
-                   example_kwargs: Mapping[str, Any] | None = None) -> list[torch.Tensor]:
-    """Outputs of ``model`` (eval mode) with the plan's slices zeroed; the model is unchanged after."""
-    with _Zeroed(model, plan):
+                   example_kwargs: Mapping[str, Any] | None = None, norm_aware: bool = False) -> list[torch.Tensor]:
+    """Outputs of ``model`` (eval mode) with the plan's slices zeroed; the model is unchanged after.
+    ``norm_aware``: norms losing indices normalize over the kept ones (see :class:`NormAware`); raises
+    :class:`NotVerifiable` where that reference cannot be built."""
+    with reference(model, plan, norm_aware):
         return _run(model, _as_tuple(example_inputs), example_kwargs or {})
 
 

@@ -88,6 +88,8 @@ class Resolver:
         inexact = np.fromiter(store.inexact, dtype=np.int64, count=len(store.inexact))
         self.inexact_roots = np.unique(self.root[inexact])
         self.inexact = set(self.inexact_roots.tolist())
+        other = np.fromiter(store.inexact_other, dtype=np.int64, count=len(store.inexact_other))
+        self.inexact_other = set(np.unique(self.root[other]).tolist())
         act = np.flatnonzero(store.active)
         self.active_roots, first = np.unique(self.root[act], return_index=True)  # and each class's first label
         self.kind_names = list(store.kind_names)

@@ -65,6 +65,7 @@ class LabelStore:
     context: tuple[str, str] = ("", "")  # (op, module path) of the op rule running now; the tracer sets it
     renumber: list["Renumber"] = field(default_factory=list)
     inexact: set[int] = field(default_factory=set)
+    inexact_other: set[int] = field(default_factory=set)  # inexact for a reason other than a 1-d normalization
     products: list[Product] = field(default_factory=list)
     counters: list[Counter] = field(default_factory=list)
     param_dims: dict[tuple[str, int], np.ndarray] = field(default_factory=dict)
@@ -170,8 +171,14 @@ class LabelStore:
                 pinned[lab] = reason
                 sites[lab] = site
 
-    def mark_inexact(self, labels: np.ndarray) -> None:
-        self.inexact.update(np.asarray(labels).reshape(-1).tolist())
+    def mark_inexact(self, labels: np.ndarray, norm: bool = False) -> None:
+        """Removing these labels is not exactly zeroing them. ``norm=True``: only because a 1-d
+        layer/RMS normalization runs over them (the verification can then build an exact reference by
+        normalizing over the kept indices); any other mark makes them plainly approximate."""
+        lst = np.asarray(labels).reshape(-1).tolist()
+        self.inexact.update(lst)
+        if not norm:
+            self.inexact_other.update(lst)
 
     def add_product(self, elements: np.ndarray, axes: list[np.ndarray | None]) -> None:
         sizes = [a.size if a is not None else elements.shape[k] for k, a in enumerate(axes)]
