@@ -82,7 +82,7 @@ TARGETS: dict[str, list[str]] = {
     "graph/rules/linalg.py": _GRAPH + ["tests/graph/test_attention_reach.py"],
     "graph/rules/shape.py": _GRAPH,
     "graph/rules/indexing.py": _GRAPH + ["tests/graph/test_indexing_reach.py"],
-    "graph/rules/nn_functional.py": _GRAPH,
+    "graph/rules/nn_functional.py": _GRAPH + ["tests/graph/test_attention_reach.py"],  # MultiheadAttention
     "graph/rules/recurrent.py": _GRAPH + ["tests/graph/test_rnn.py"],
 }
 SEED = "prunekit-mutation-1"
@@ -313,7 +313,7 @@ def run(files: list[str], cap: int | None, timeout_factor: float, budget_s: floa
             chosen = sample(allm, cap)
             marker = tmp / "marker"
             status, base_s = run_tests(snap, tests, 900, marker)
-            entry = {"tests": tests, "mutants_total": len(allm), "mutants_run": 0, "baseline_s": round(base_s, 1),
+            entry = {"tests": tests, "mutants_total": len(allm), "mutants_run": 0, "baseline_s": round(base_s, 1), "cap": cap,
                      "baseline": status, "results": []}
             report["files"][rel] = entry
             if status != "survived" or not marker.read_text().startswith(str(snap)):
@@ -370,23 +370,28 @@ def write_md(report: dict) -> None:
              "its own focused test selection (one forked pytest per mutant, `-x`, timeout = max(20 s, "
              f"{report.get('timeout_factor')} x the baseline)). Killed = a test failed, the run timed out or "
              "the import broke.", "",
-             f"Sampling: at most {report.get('max_per_file')} mutants per file, every k-th from an offset fixed by "
-             f"the seed `{report.get('seed')}` and the file name (k = ceil(total / cap)); `run` below says how "
-             "many of the file's mutants ran. Commit at the last run: "
+             "Sampling: at most `cap` mutants per file (the table's column; `all` = every mutant), every k-th "
+             f"from an offset fixed by the seed `{report.get('seed')}` and the file name (k = ceil(total / cap)). "
+             "Commit at the last run: "
              f"{report.get('commit')}; {report.get('platform')}, Python {report.get('python')}.", "",
-             "| file | tests | mutants (run / total) | killed | survived | score |", "|---|---|---|---|---|---|"]
+             "| file | tests | cap | mutants (run / total) | killed | survived | score |",
+             "|---|---|---|---|---|---|---|"]
     tot_k = tot_r = 0
     for rel, e in sorted(report["files"].items()):
         if e.get("score") is None:
-            lines.append(f"| {rel} | {', '.join(Path(t).name for t in e['tests'])} | 0 / {e['mutants_total']} | "
-                         f"| | baseline: {e['baseline']} |")
+            lines.append(f"| {rel} | {', '.join(Path(t).name for t in e['tests'])} | {e.get('cap') or 'all'} | "
+                         f"0 / {e['mutants_total']} | | | baseline not green: {e['baseline'].split(' (')[0]} |")
             continue
         tot_k += e["killed"]
         tot_r += e["mutants_run"]
-        lines.append(f"| {rel} | {', '.join(Path(t).name for t in e['tests'])} | {e['mutants_run']} / "
+        lines.append(f"| {rel} | {', '.join(Path(t).name for t in e['tests'])} | {e.get('cap') or 'all'} | "
+                     f"{e['mutants_run']} / "
                      f"{e['mutants_total']} | {e['killed']} | {e['survived']} | {e['score']:.3f} |")
     if tot_r:
-        lines.append(f"| **all** | | {tot_r} | {tot_k} | {tot_r - tot_k} | **{tot_k / tot_r:.3f}** |")
+        lines.append(f"| **all** | | | {tot_r} | {tot_k} | {tot_r - tot_k} | **{tot_k / tot_r:.3f}** |")
+    notes = reasons.get("_notes", [])
+    if notes:
+        lines += ["", "## History", ""] + [f"- {n}" for n in notes]
     lines += ["", "## Surviving mutants", "",
               "Each with its reason: *equivalent* (no input can tell it apart), *not covered: test added* (a "
               "killing test was added after the run; the row stays as measured), *not covered: left* (why).", ""]
