@@ -114,7 +114,7 @@ def _tp_cell(r: dict) -> str:
 
 def _f(r: dict, k: str, spec: str = ".3f") -> str:
     v = r.get(k)
-    return "-" if v is None else format(v, spec)
+    return "-" if v is None or v != v else format(v, spec)  # None or NaN (no soft reference: approximate plan)
 
 
 def summarize(rows: list[dict]) -> dict:
