@@ -196,6 +196,12 @@ def write(rows: list[dict], args, out: str, commit: str = "unknown") -> str:
              f"prunekit's head option: {', '.join(s['keep_options']) or '-'}"
              f"{' (ignore= also keeps the head inputs: not the same kept outputs as Torch-Pruning)' if 'ignore' in s['keep_options'] else ''}.",
              "",
+             "Caveat on Torch-Pruning's error count: with torch 2.14.1, Torch-Pruning 1.6.1 also fails on a 3-layer "
+             "net whose 16 channels are split by `torch.chunk` into two convs and concatenated (checked by hand: the "
+             "pruned model does not run), so part of its errors here (CSP, DPN, Res2Net, ...) may be version "
+             "incompatibility rather than design. It runs with `num_heads` for attention and gets a second try "
+             "without it where that fails (`tp_attempts` in the JSON).",
+             "",
              "## Summary", "",
              f"- models run: **{s['models']}**",
              f"- prunekit pruned and verified (finite; equal to the soft-zeroed original within 1e-4 for exact "
