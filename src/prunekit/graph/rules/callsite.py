@@ -7,7 +7,8 @@ made the call still holds the answer: this module finds that frame (the first on
 and prunekit), takes the exact source span of the call from the code object's positions, parses
 it and says, for each requested size, whether it is
 
-* ``Literal()`` -- an integer written in the code (it can never follow a pruned dim),
+* ``Literal()`` -- an integer written in the code, a module-level int constant, or arithmetic over
+  those (it can never follow a pruned dim),
 * ``Attr(module_path, name)`` -- ``self.name`` of a traced module (a plan can rewrite it),
 * ``Name()`` / ``Expr()`` -- a local variable or any other expression (unknown origin).
 
@@ -107,6 +108,24 @@ def _call_args(frame, op: str) -> list[ast.expr] | None:
     return args
 
 
+def _constant(node: ast.expr, frame) -> bool:
+    """Is ``node`` a size fixed in the code: an int literal, a module-level (global) int name such as
+    ``C = 16`` read in ``view(C, 1, 1)``, or arithmetic over those (``2 * C``, ``-1``)? A local name
+    is not (it may have been read from a tensor's shape); neither is a name shadowed by a local."""
+    if isinstance(node, ast.Constant):
+        return isinstance(node.value, int) and not isinstance(node.value, bool)
+    if isinstance(node, ast.Name):
+        if node.id in frame.f_locals:
+            return False
+        v = frame.f_globals.get(node.id)
+        return isinstance(v, int) and not isinstance(v, bool)
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
+        return _constant(node.operand, frame)
+    if isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Add, ast.Sub, ast.Mult, ast.FloorDiv)):
+        return _constant(node.left, frame) and _constant(node.right, frame)
+    return False
+
+
 def size_kinds(tracer, op: str, n: int) -> list[SizeKind] | None:
     """What each of the ``n`` sizes requested by the ``op`` call being traced is; None when unknown."""
     if op not in _METHODS:
@@ -120,9 +139,7 @@ def size_kinds(tracer, op: str, n: int) -> list[SizeKind] | None:
     paths = {id(m): p for p, m in tracer.modules.items()}
     out: list[SizeKind] = []
     for a in args:
-        if isinstance(a, ast.Constant) and isinstance(a.value, int):
-            out.append(Literal())
-        elif isinstance(a, ast.UnaryOp) and isinstance(a.op, ast.USub) and isinstance(a.operand, ast.Constant):
+        if _constant(a, frame):
             out.append(Literal())
         elif isinstance(a, ast.Attribute) and isinstance(a.value, ast.Name):
             owner = frame.f_locals.get(a.value.id)

@@ -1,0 +1,125 @@
+"""Patterns the zoo benchmark (benchmarks/results/zoo_vs_torch_pruning.md) found the graph rules
+getting wrong, each as a small hand-written module and as the real timm model (random init, small
+inputs): ``prunekit.prune_`` must succeed and verify the model it returns, and where a dim has to be
+kept, ``graph.blocked()`` must say which op and module kept it."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import prunekit
+
+timm = pytest.importorskip("timm")
+
+C = 16  # module-level constant, read by LayerScaleGlobal.forward
+
+
+def _prune(model: nn.Module, x: torch.Tensor, keep=("head",)) -> prunekit.PruneResult:
+    result = prunekit.prune_(model, x, ratio=0.5, keep_outputs=tuple(keep))
+    assert not result.plan.is_empty(), result.summary()
+    assert result.verified, "the returned model was not verified"
+    with torch.no_grad():
+        assert torch.isfinite(model(x)).all()
+    return result
+
+
+def _timm(name: str, side: int, **kwargs) -> tuple[nn.Module, torch.Tensor, list[str]]:
+    torch.manual_seed(0)
+    model = timm.create_model(name, pretrained=False, **kwargs).eval()
+    heads = model.get_classifier()
+    paths = {id(m): p for p, m in model.named_modules()}
+    return model, torch.randn(1, 3, side, side), [paths[id(h)] for h in (heads if isinstance(heads, tuple) else (heads,))]
+
+
+def _blocked(model: nn.Module, x: torch.Tensor) -> list:
+    return prunekit.trace(model, (x,)).blocked()
+
+
+# -- 1. a layer scale reshaped with a module-level constant: ``scale.view(C, 1, 1)`` -----------------
+
+class _LayerScaleBase(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, C, 3, padding=1)
+        self.branch = nn.Sequential(nn.Conv2d(C, 2 * C, 1), nn.ReLU(), nn.Conv2d(2 * C, C, 1))
+        self.scale = nn.Parameter(torch.rand(C) + 0.5)
+        self.head = nn.Linear(C, 5)
+
+    def _scale(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = x + self._scale(x) * self.branch(x)
+        return self.head(x.mean((2, 3)))
+
+
+class LayerScaleGlobal(_LayerScaleBase):
+    def _scale(self, x):
+        return self.scale.view(C, 1, 1)  # (C,) -> (C, 1, 1), C a module-level int
+
+
+class LayerScaleLocal(_LayerScaleBase):
+    def _scale(self, x):
+        c = x.shape[1]
+        return self.scale.view(c, 1, 1)  # (C,) -> (C, 1, 1), c read from the tensor: follows a pruned dim
+
+
+def test_a_global_int_is_a_size_written_in_the_code():
+    import ast
+    import sys
+
+    from prunekit.graph.rules.callsite import _constant
+
+    n = C  # a local: may have been read from a tensor's shape
+    frame = sys._getframe()
+
+    def const(src: str) -> bool:
+        return _constant(ast.parse(src, mode="eval").body, frame)
+
+    assert const("16") and const("C") and const("-C") and const("2 * C // 2") and n == C
+    assert not const("n") and not const("2 * n") and not const("self.dim")  # negative controls
+    assert not const("math")  # a global that is not an int
+
+
+def test_layer_scale_viewed_with_a_global_constant_keeps_the_dim_and_says_why():
+    torch.manual_seed(0)
+    model, x = LayerScaleGlobal().eval(), torch.randn(2, 3, 8, 8)
+    kept = [b for b in _blocked(model, x) if b.tensor == "scale"]
+    assert kept and kept[0].op == "view" and "16 written in the code" in kept[0].reason, kept
+    result = _prune(model, x)
+    assert model.scale.shape == (C,)
+    assert result.verified["checked"] == "exact" and result.verified["error"] <= 1e-5
+    assert result.macs_ratio < 0.75  # the branch's hidden width is still pruned
+
+
+def test_layer_scale_viewed_with_a_size_read_from_the_tensor_is_pruned():
+    """Negative control: the same view with the size read from the activation follows the pruned dim."""
+    torch.manual_seed(0)
+    model, x = LayerScaleLocal().eval(), torch.randn(2, 3, 8, 8)
+    assert not [b for b in _blocked(model, x) if b.tensor == "scale"]
+    _prune(model, x)
+    assert model.scale.shape == (C // 2,)
+
+
+def test_zoo_custom_layer_scale():
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).resolve().parents[2] / "benchmarks" / "zoo" / "custom_zoo.py"
+    if not path.exists():
+        pytest.skip("benchmarks/zoo not present")
+    import sys
+
+    sys.path.insert(0, str(path.parents[1]))
+    try:
+        from zoo.custom_zoo import _BUILDERS
+    finally:
+        sys.path.remove(str(path.parents[1]))
+    built = _BUILDERS["custom_layer_scale"]()
+    result = _prune(built.model, built.inputs[0], built.heads)
+    assert result.verified["checked"] == "exact"
