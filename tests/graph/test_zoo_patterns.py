@@ -123,3 +123,59 @@ def test_zoo_custom_layer_scale():
     built = _BUILDERS["custom_layer_scale"]()
     result = _prune(built.model, built.inputs[0], built.heads)
     assert result.verified["checked"] == "exact"
+
+
+# -- 2. a weight standardized per output channel (NFNet's ScaledStdConv2d) ---------------------------
+
+class StdConv(nn.Module):
+    """``F.batch_norm(weight.reshape(1, out, -1))``: statistics over (in, kh, kw), one per output channel."""
+
+    def __init__(self, cin: int, cout: int):
+        super().__init__()
+        self.out_channels = cout
+        self.weight = nn.Parameter(torch.randn(cout, cin, 3, 3))
+        self.gain = nn.Parameter(torch.rand(cout, 1, 1, 1) + 0.5)
+        self.bias = nn.Parameter(torch.randn(cout))
+
+    def forward(self, x):
+        w = F.batch_norm(self.weight.reshape(1, self.out_channels, -1), None, None,  # (O, I, k, k) -> (1, O, I*k*k)
+                         weight=self.gain.view(-1), training=True, momentum=0.0, eps=1e-6).reshape_as(self.weight)
+        return F.conv2d(x, w, self.bias, padding=1)
+
+
+class StdConvNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c1, self.c2, self.head = StdConv(3, 16), StdConv(16, 8), nn.Linear(8, 4)
+
+    def forward(self, x):
+        return self.head(F.relu(self.c2(F.relu(self.c1(x)))).mean((2, 3)))
+
+
+def test_standardized_weight_prunes_its_output_channels():
+    torch.manual_seed(0)
+    model, x = StdConvNet().eval(), torch.randn(2, 3, 8, 8)
+    graph = prunekit.trace(model, (x,))
+    gs = graph.groups()
+    assert len(gs) == 2
+    # c2's output channels meet only the head's input: exact; c1's also meet c2's standardization
+    # over its input channels (the statistics change when one is removed): approximate
+    assert sorted((len(g), g.exact) for g in gs) == [(8, True), (16, False)]
+    _prune(model, x)
+    assert model.c1.weight.shape == (8, 3, 3, 3) and model.c2.weight.shape == (4, 8, 3, 3)
+    assert model.c1.out_channels == 8 and model.c2.gain.shape == (4, 1, 1, 1)
+
+
+def test_exact_standardized_output_channel_matches_zeroing():
+    """Removing an output channel of a standardized conv is exact (only c2's group is pruned)."""
+    torch.manual_seed(0)
+    model, x = StdConvNet().eval(), torch.randn(2, 3, 8, 8)
+    result = prunekit.prune_(model, x, ratio=0.5, keep_outputs=("head",), ignore=("c1",))
+    assert result.verified["checked"] == "exact" and result.verified["error"] <= 1e-5
+    assert model.c2.weight.shape == (4, 16, 3, 3)
+
+
+def test_nf_resnet26_prunes():
+    model, x, heads = _timm("nf_resnet26", 32)
+    result = _prune(model, x, heads)
+    assert result.macs_ratio < 0.35  # 0.265 measured; 1.0 (nothing pruned) before

@@ -28,7 +28,23 @@ def _weight_dim(tracer, w, dim, active):
     if name is not None:
         return tracer.store.param_dim(name, dim, w.shape[dim], active=active)
     inf = tracer.info(w)
-    return inf.labels.get(dim) if inf is not None else None
+    lab = inf.labels.get(dim) if inf is not None else None
+    if lab is not None and active:
+        _activate_derived(tracer.store, lab)
+    return lab
+
+
+def _activate_derived(store, lab: np.ndarray) -> None:
+    """A weight computed from a parameter (timm's ``ScaledStdConv2d`` standardizes ``weight.reshape(1, out, -1)``
+    with ``F.batch_norm`` and reshapes it back; weight norm; a mask): when ``lab`` is exactly one parameter
+    dim's labels, in any order, that dim is the output dim of the op the computed weight feeds, so its
+    indices become sources, as if the parameter were used directly."""
+    lo, hi = int(lab.min()), int(lab.max())
+    for (pname, d), labels in store.param_dims.items():
+        if labels.size == lab.size and int(labels[0]) == lo and int(labels[-1]) == hi \
+                and np.unique(lab).size == lab.size:
+            store.param_dim(pname, d, labels.size, active=True)
+            return
 
 
 @op_rule("linear")
