@@ -179,3 +179,82 @@ def test_nf_resnet26_prunes():
     model, x, heads = _timm("nf_resnet26", 32)
     result = _prune(model, x, heads)
     assert result.macs_ratio < 0.35  # 0.265 measured; 1.0 (nothing pruned) before
+
+
+# -- 3. ``y.expand_as(x)`` in SE/ECA attention -----------------------------------------------------
+
+class Eca(nn.Module):
+    """timm's EcaModule: a conv1d *across channels* (it mixes neighbours: the channels are kept)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv1d(1, 1, 3, padding=1, bias=False)
+
+    def forward(self, x):
+        y = self.conv(x.mean((2, 3)).view(x.shape[0], 1, -1))  # (B, C) -> (B, 1, C)
+        return x * torch.sigmoid(y).view(x.shape[0], -1, 1, 1).expand_as(x)  # (B, 1, C) -> (B, C, 1, 1)
+
+
+class Se(nn.Module):
+    def __init__(self, c: int):
+        super().__init__()
+        self.fc = nn.Conv2d(c, c, 1)
+
+    def forward(self, x):
+        return x * torch.sigmoid(self.fc(x.mean((2, 3), keepdim=True))).expand_as(x)
+
+
+class GatedNet(nn.Module):
+    def __init__(self, gate: str):
+        super().__init__()
+        self.stem, self.conv, self.head = nn.Conv2d(3, 16, 3), nn.Conv2d(16, 16, 3), nn.Linear(16, 4)
+        self.gate = Eca() if gate == "eca" else Se(16)
+
+    def forward(self, x):
+        x = self.gate(F.relu(self.stem(x)))
+        return self.head(F.relu(self.conv(x)).mean((2, 3)))
+
+
+def test_expand_as_of_an_unlabelled_gate_keeps_the_channels_it_mixes():
+    torch.manual_seed(0)
+    model, x = GatedNet("eca").eval(), torch.randn(2, 3, 10, 10)
+    kept = [b for b in _blocked(model, x) if b.tensor == "stem.weight" and b.dim == 0]
+    assert kept and kept[0].module.startswith("gate"), kept
+    result = _prune(model, x)
+    assert not result.unsupported, result.unsupported  # no rule crashed
+    assert model.stem.out_channels == 16 and model.conv.out_channels == 8
+
+
+def test_expand_as_of_an_se_gate_prunes_through():
+    """Control: the SE gate's channels come from a 1x1 conv, so they follow the pruned channels."""
+    torch.manual_seed(0)
+    model, x = GatedNet("se").eval(), torch.randn(2, 3, 10, 10)
+    result = _prune(model, x)
+    assert not result.unsupported
+    assert model.stem.out_channels == 8 and model.gate.fc.out_channels == 8
+
+
+def test_expand_as_does_not_lend_labels_to_a_full_size_unlabelled_dim():
+    """A constant per-channel tensor expanded to x keeps x's channels (it cannot be sliced)."""
+
+    class ConstGate(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem, self.head = nn.Conv2d(3, 8, 3), nn.Linear(8, 2)
+
+        def forward(self, x):
+            x = self.stem(x)
+            g = torch.linspace(0.5, 1.5, 8).view(1, 8, 1, 1)  # (8,) -> (1, 8, 1, 1)
+            return self.head((x * g.expand(x.shape[0], -1, 1, 1).expand_as(x)).mean((2, 3)))
+
+    torch.manual_seed(0)
+    model, x = ConstGate().eval(), torch.randn(2, 3, 6, 6)
+    assert [b for b in _blocked(model, x) if b.tensor == "stem.weight" and b.dim == 0]
+    assert not prunekit.trace(model, (x,)).groups()
+
+
+@pytest.mark.parametrize("name", ["ecaresnet26t"])
+def test_timm_eca(name):
+    model, x, heads = _timm(name, 32)
+    result = _prune(model, x, heads)
+    assert not [u for u in result.unsupported if "expand_as" in str(u)], result.unsupported

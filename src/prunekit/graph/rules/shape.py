@@ -348,16 +348,20 @@ def transpose(tracer, name, args, kwargs, out):
 @op_rule("expand", "expand_as", "broadcast_to")
 def expand(tracer, name, args, kwargs, out):
     x = args[0]
-    inf = tracer.info(x)
+    inf = tracer.info(x)  # None: nothing labelled in x (SE/ECA's gate after a conv over channels)
     off = out.dim() - x.dim()
-    labels = {d + off: lab for d, lab in inf.labels.items() if x.shape[d] == out.shape[d + off]}
-    if name == "expand_as":  # broadcast to another tensor: its labels on the grown dims
+    labels = {d + off: lab for d, lab in (inf.labels.items() if inf is not None else ())
+              if x.shape[d] == out.shape[d + off]}
+    if name == "expand_as":  # broadcast to another tensor: its labels on the grown dims only (a grown
+        # dim holds the same value at every index, so it can be sliced like the other's; a full-size
+        # unlabelled dim of x cannot, and must not borrow labels that would hide it)
         oinf = tracer.info(args[1])
         for d, lab in (oinf.labels.items() if oinf is not None else ()):
-            labels.setdefault(d, lab)
+            if d < off or x.shape[d - off] == 1:
+                labels.setdefault(d, lab)
     elif name == "expand":
         _expanded_counts(tracer, x, out, _flat_shape(args, 1), labels)
-    _set(tracer, out, labels, inf.nz)
+    _set(tracer, out, labels, bool(inf is not None and inf.nz))
 
 
 def _expanded_counts(tracer, x, out, sizes: list[int] | None, labels: dict[int, np.ndarray]) -> None:
