@@ -258,3 +258,105 @@ def test_timm_eca(name):
     model, x, heads = _timm(name, 32)
     result = _prune(model, x, heads)
     assert not [u for u in result.unsupported if "expand_as" in str(u)], result.unsupported
+
+
+# -- 4. ``Tensor.unfold`` / ``F.unfold`` and relative-position logits (HaloNet, BoTNet) --------------
+
+class Unfolded(nn.Module):
+    """Local windows by ``Tensor.unfold`` over H and W (HaloNet's kv blocks): channels pass through."""
+
+    def __init__(self, over_channels: bool = False):
+        super().__init__()
+        self.over_channels = over_channels
+        self.stem, self.mix, self.head = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(16, 16, 1), nn.Linear(16, 4)
+
+    def forward(self, x):
+        x = F.relu(self.stem(x))
+        if self.over_channels:
+            w = x.unfold(1, 4, 4)  # (B, 16, H, W) -> (B, 4, H, W, 4): windows across channels
+            x = x * w.sum(-1).mean(1, keepdim=True)
+        else:
+            w = x.unfold(2, 4, 2).unfold(3, 4, 2)  # (B, C, H, W) -> (B, C, nH, nW, 4, 4)
+            x = w.amax((-1, -2))  # (B, C, nH, nW)
+        return self.head(F.relu(self.mix(x)).mean((2, 3)))
+
+
+class Im2col(nn.Module):
+    """``F.unfold`` (im2col) then a Linear over (C * k * k): a conv written by hand."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem, self.proj, self.head = nn.Conv2d(3, 8, 1), nn.Linear(8 * 9, 12), nn.Linear(12, 4)
+
+    def forward(self, x):
+        cols = F.unfold(F.relu(self.stem(x)), kernel_size=3, padding=1)  # (B, 8, H, W) -> (B, 8 * 9, H * W)
+        return self.head(F.relu(self.proj(cols.transpose(1, 2))).mean(1))
+
+
+class RelPosLogits(nn.Module):
+    """timm's ``rel_logits_1d``: ``q @ rel_k.T``, pad, flatten, pad, reshape (relative -> absolute)."""
+
+    def __init__(self, w: int = 4, dim: int = 8):
+        super().__init__()
+        self.w = w
+        self.qk = nn.Conv2d(3, 2 * dim, 1)
+        self.rel_k = nn.Parameter(torch.randn(2 * w - 1, dim) * 0.1)
+        self.head = nn.Linear(dim, 4)
+
+    def forward(self, x):
+        q, v = self.qk(x).permute(0, 2, 3, 1).chunk(2, dim=-1)  # (B, 2 * dim, H, W) -> 2 x (B, H, W, dim)
+        B, H, W, _ = q.shape
+        rel = self.rel_k.shape[0]
+        lg = (q @ self.rel_k.transpose(-1, -2)).reshape(-1, W, rel)  # (B, H, W, rel) -> (B * H, W, rel)
+        lg = F.pad(F.pad(lg, [0, 1]).flatten(1), [0, rel - W])  # (B * H, W, rel + 1) -> (B * H, (W + 1) * rel)
+        lg = lg.reshape(-1, W + 1, rel)[:, :W, self.w - 1:]  # (B * H, (W + 1) * rel) -> (B * H, W + 1, rel)
+        attn = lg.reshape(B, H, W, W).softmax(-1)  # (B * H, W, W) -> (B, H, W, W)
+        return self.head((attn @ v).mean((1, 2)))
+
+
+def test_unfold_over_space_passes_channels_through():
+    torch.manual_seed(0)
+    model, x = Unfolded().eval(), torch.randn(2, 3, 8, 8)
+    result = _prune(model, x)
+    assert not result.unsupported, result.unsupported
+    assert model.stem.out_channels == 8 and model.mix.out_channels == 8
+
+
+def test_unfold_over_channels_keeps_them_with_a_reason():
+    """Negative control: windows across the channel dim cannot follow a pruned channel."""
+    torch.manual_seed(0)
+    model, x = Unfolded(over_channels=True).eval(), torch.randn(2, 3, 8, 8)
+    kept = [b for b in _blocked(model, x) if b.tensor == "stem.weight" and b.dim == 0]
+    assert kept and kept[0].op == "unfold" and "sliding windows" in kept[0].reason, kept
+    result = _prune(model, x)
+    assert not result.unsupported and model.stem.out_channels == 16 and model.mix.out_channels == 8
+
+
+def test_im2col_prunes_channels_with_their_kernel_rows():
+    torch.manual_seed(0)
+    model, x = Im2col().eval(), torch.randn(2, 3, 6, 6)
+    result = _prune(model, x)
+    assert not result.unsupported, result.unsupported
+    assert model.stem.out_channels == 4 and model.proj.weight.shape == (6, 4 * 9)
+    assert result.verified["checked"] == "exact" and result.verified["error"] <= 1e-5
+
+
+def test_relative_position_logits_trace_without_rule_errors():
+    torch.manual_seed(0)
+    model, x = RelPosLogits().eval(), torch.randn(2, 3, 4, 4)
+    result = prunekit.prune_(model, x, ratio=0.5, keep_outputs=("head",))
+    assert not result.unsupported, result.unsupported  # was: ValueError: cannot reshape array ...
+    # the relative-position table is kept, by the reshape to its own size or the pad, with the op named
+    kept = [b for b in result.blocked if b.tensor == "rel_k" and b.dim == 0]
+    assert kept and {b.op for b in kept} <= {"reshape", "pad"} and all(b.reason for b in kept), kept
+    with torch.no_grad():
+        assert torch.isfinite(model(x)).all()
+
+
+@pytest.mark.parametrize("name,side,kw", [("halonet26t", 256, {"img_size": 256}),
+                                          ("botnet26t_256", 64, {"img_size": 64})])
+def test_timm_relative_position_attention(name, side, kw):
+    model, x, heads = _timm(name, side, **kw)
+    result = _prune(model, x, heads)
+    assert not result.unsupported, result.unsupported
+    assert result.verified["checked"] == "exact" and result.macs_ratio < 0.32  # 0.254 / 0.295 measured

@@ -562,12 +562,41 @@ def pad(tracer, name, args, kwargs, out):
     p = list(arg(args, kwargs, 1, "pad"))
     mode = arg(args, kwargs, 2, "mode", "constant")
     value = arg(args, kwargs, 3, "value", None)
+    labels = dict(inf.labels) if out.dim() == x.dim() else {}
     for k in range(len(p) // 2):
         d = x.dim() - 1 - k
         if (p[2 * k] or p[2 * k + 1]) and d in inf.labels:
             tracer.store.pin(inf.labels[d], f"padding a prunable dim in {tracer.module_path}")
+            labels.pop(d, None)  # the padded dim has another size: its old labels no longer index it
     nz = inf.nz or (mode == "constant" and bool(value))
-    _set(tracer, out, dict(inf.labels) if out.dim() == x.dim() else {}, nz)
+    _set(tracer, out, labels, nz)
+
+
+@op_rule("unfold")
+def unfold(tracer, name, args, kwargs, out):
+    """``Tensor.unfold(dim, size, step)`` (sliding windows: ``dim`` becomes (windows, ..., size), the window
+    last) and ``F.unfold`` (im2col: (N, C, *spatial) -> (N, C * prod(kernel), L), channel-major).
+    Channel and batch dims pass through; a labelled dim that is windowed is kept."""
+    x = args[0]
+    inf = tracer.info(x)
+    where = tracer.module_path or "<top>"
+    if out.dim() == x.dim() + 1:  # Tensor.unfold
+        dim = norm_dim(arg(args, kwargs, 1, "dimension"), x.dim())
+        if dim in inf.labels and x.shape[dim] > 1:
+            tracer.store.pin(inf.labels[dim], f"unfold (sliding windows) over a prunable dim in {where}")
+        _set(tracer, out, {d: l for d, l in inf.labels.items() if d != dim}, inf.nz)
+        return
+    if out.dim() != x.dim() - 1 or x.dim() not in (3, 4):
+        raise ValueError(f"unfold from {tuple(x.shape)} to {tuple(out.shape)}")
+    c = x.dim() - 3  # (N, C, H, W) or (C, H, W)
+    for d, l in inf.labels.items():
+        if d > c:
+            tracer.store.pin(l, f"unfold (im2col) over a prunable spatial dim in {where}")
+    labels = {d: l for d, l in inf.labels.items() if d < c}
+    if c in inf.labels:
+        per = out.shape[c] // x.shape[c]  # (C,) -> (C * kh * kw,): channel c owns rows c*kk .. c*kk+kk-1
+        labels[c] = np.repeat(inf.labels[c], per)
+    _set(tracer, out, labels, inf.nz)
 
 
 # Ops that keep the channel dims as they are and mix only spatial/temporal dims.
