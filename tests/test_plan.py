@@ -148,3 +148,90 @@ def test_plan_renumber_names_a_one_dimensional_integer_buffer():
         apply_plan(m, Plan(renumber={"0.weight": [1]}))
     with pytest.raises(PlanError, match="non-negative"):
         apply_plan(m, Plan(renumber={"perm": [-1]}))
+
+
+class _SharedDim(torch.nn.Module):
+    """Two widths reshaped with one attribute ``dim``: a counter written only when they are cut."""
+
+    def __init__(self):
+        super().__init__()
+        self.dim = 8
+        self.q, self.k = torch.nn.Linear(6, 8), torch.nn.Linear(6, 8)
+        self.o, self.o2 = torch.nn.Linear(8, 2), torch.nn.Linear(8, 2)
+
+    def forward(self, x):
+        return self.o(self.q(x).reshape(-1, 1, self.dim).flatten(1)) + self.o2(self.k(x).reshape(-1, 1, self.dim).flatten(1))
+
+
+def _units(graph, root):
+    return [g for g in graph.groups() if g.root == root][0]
+
+
+def test_counters_are_written_for_cut_groups_only_and_conflicts_raise():
+    from prunekit.errors import CounterConflict
+
+    m, x = _SharedDim().eval(), torch.randn(3, 6)
+    graph = prunekit.trace(m, x)
+    q, k = _units(graph, ("q.weight", 0)), _units(graph, ("k.weight", 0))
+    assert prunekit.make_plan(graph, []).attrs == []  # nothing cut: no attribute written
+    both = prunekit.make_plan(graph, q.unit_roots([0, 1]) + k.unit_roots([2, 3]))
+    assert both.attrs == [("", "dim", 6)]
+    with pytest.raises(CounterConflict, match="dim would need two values"):
+        prunekit.make_plan(graph, q.unit_roots([0, 1]) + k.unit_roots([2]))
+    with pytest.raises(PlanError, match="every index"):
+        prunekit.make_plan(graph, q.unit_roots(range(8)) + k.unit_roots(range(8)))
+
+
+def test_failed_apply_restores_counters_and_derived_attributes():
+    m, x = _SharedDim().eval(), torch.randn(3, 6)
+    graph = prunekit.trace(m, x)
+    q, k = _units(graph, ("q.weight", 0)), _units(graph, ("k.weight", 0))
+    plan = prunekit.make_plan(graph, q.unit_roots([0, 1]) + k.unit_roots([2, 3]))
+
+    def check(model):
+        assert model.dim == 6 and model.q.out_features == 6  # applied ...
+        raise RuntimeError("then refused")
+
+    with pytest.raises(ApplyError):
+        apply_plan(m, plan, check=check)
+    assert m.dim == 8 and m.q.out_features == 8 and m.o.in_features == 8 and m.q.weight.shape == (8, 6)
+    apply_plan(m, plan, example_inputs=x)
+    assert m.dim == 6 and m.o.in_features == 6
+
+
+def test_out_of_range_and_malformed_plans_are_refused():
+    m = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Linear(8, 2))
+    with pytest.raises(PlanError, match="out of range"):
+        apply_plan(m, Plan(removed={"0.weight": {0: [8]}}))
+    with pytest.raises(PlanError, match="dim 2"):
+        apply_plan(m, Plan(removed={"0.weight": {2: [0]}}))
+    assert Plan.from_dict({"version": 1, "removed": {}}).exact  # older files without the flag
+
+
+def test_a_failed_save_leaves_no_file_and_raises(tmp_path, monkeypatch):
+    import os
+
+    def broken(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", broken)
+    with pytest.raises(OSError, match="disk full"):
+        Plan(removed={"a": {0: [1]}}).save(tmp_path / "p.json")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_verify_defaults_on_with_example_inputs_and_off_without():
+    m, x = _SharedDim().eval(), torch.randn(3, 6)
+    graph = prunekit.trace(m, x)
+    q, k = _units(graph, ("q.weight", 0)), _units(graph, ("k.weight", 0))
+    plan = prunekit.make_plan(graph, q.unit_roots([0, 1]) + k.unit_roots([2, 3]))
+    bad = Plan.from_dict(plan.to_dict())
+    bad.removed["o.weight"][1] = [(i + 1) % 8 for i in bad.removed["o.weight"][1]]
+    with pytest.raises(prunekit.VerificationError):
+        apply_plan(copy.deepcopy(m), bad, example_inputs=x)  # verify defaults to True with inputs
+    report = {}
+    apply_plan(copy.deepcopy(m), bad, example_inputs=x, verify=False, report=report)  # asked not to
+    assert report == {}
+    report = {}
+    apply_plan(copy.deepcopy(m), plan, "soft", example_inputs=x, report=report)
+    assert report["checked"] == "finite"  # a soft apply is not compared with itself

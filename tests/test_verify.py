@@ -226,3 +226,55 @@ def test_a_plain_approximate_plan_is_only_checked_for_finite_outputs():
     report = {}
     apply_plan(m, plan, example_inputs=x, report=report)
     assert report["checked"] == "finite"
+
+
+def test_half_precision_outputs_get_a_looser_tolerance():
+    from prunekit.verify import tolerance
+
+    assert tolerance([torch.ones(2)]) == 1e-4
+    assert tolerance([torch.ones(2, dtype=torch.float16)]) == 1e-2
+    assert tolerance([torch.ones(2, dtype=torch.bfloat16), torch.ones(2)]) == 1e-2
+
+
+def test_a_shrunken_output_must_be_the_reference_with_indices_removed():
+    from prunekit.verify import _matches_with_removed
+
+    a = torch.arange(24.0).reshape(2, 6, 2) + 1  # (B, C, W)
+    assert _matches_with_removed(a, a[:, [0, 2, 5]], 1e-4)
+    assert _matches_with_removed(a, a[:, [1, 2]], 1e-4)  # the first reference index removed
+    assert not _matches_with_removed(a, a[:, [2, 0]], 1e-4)  # out of order
+    assert not _matches_with_removed(a, a[:, [0, 2]] + 0.5, 1e-4)
+    assert not _matches_with_removed(a[:, :2], a, 1e-4)  # grew
+    assert not _matches_with_removed(a, a[:1, :3], 1e-4)  # two dims changed
+    nan = a[:, [0, 2]].clone()
+    nan[0, 0, 0] = float("nan")
+    assert not _matches_with_removed(a, nan, 1e-4)
+    ref = torch.tensor([[1.0, 1.0 + 2e-4]])  # a difference beyond the tolerance, relative to max|a|
+    assert not _matches_with_removed(torch.tensor([[1.0, 2.0]]).T, ref.T[:1] + 0.0003 * 2, 1e-4)
+
+
+def test_first_divergence_reports_calls_that_no_longer_line_up():
+    from prunekit.verify import first_divergence
+
+    t = torch.ones(2)
+    assert first_divergence([("a", [t])], [("a", [t.clone()])]) is None
+    assert first_divergence([("a", [t])], [("b", [t])]) == "a (the module calls no longer line up)"
+    assert first_divergence([("a", [t]), ("b", [t])], [("a", [t]), ("b", [t + 1])]) == "b"
+
+
+def test_module_outputs_and_verification_with_keyword_inputs():
+    from prunekit.verify import module_outputs
+
+    class KW(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(4, 8), nn.Linear(8, 2)
+
+        def forward(self, *, x):
+            return {"y": self.b(torch.relu(self.a(x)))}
+
+    m, x = KW().eval(), torch.randn(3, 4)
+    rec = module_outputs(m, (), {"x": x})
+    assert [p for p, _ in rec] == ["a", "b", ""] and rec[0][1][0].shape == (3, 8)
+    r = prunekit.prune_(m, (), example_kwargs={"x": x}, ratio=0.5)
+    assert r.verified["checked"] == "exact" and m.a.out_features == 4
