@@ -61,38 +61,22 @@ def eval_mode(modules: Iterable[nn.Module]) -> Iterator[None]:
 
 
 class ModuleStack:
-    """Tracks which module's forward is running, so an error can name it: ``failed_in`` is the
-    innermost module whose forward an exception propagated out of (``None`` if none did)."""
+    """Names the module whose forward an error came out of: after the block, ``failed_in`` is the
+    innermost module (by path) whose ``forward`` is on the exception's traceback, or ``None``.
+    Nothing is registered on the model: the frames are read only when something failed."""
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
-        self.stack: list[str] = []
         self.failed_in: str | None = None
-        self._handles: list = []
 
     def __enter__(self) -> "ModuleStack":
-        for path, mod in self.model.named_modules():
-            def pre(m, a, path=path):
-                self.stack.append(path)
-
-            def post(m, a, o, path=path):
-                if self.stack and self.stack[-1] == path:
-                    self.stack.pop()
-
-            self._handles.append(mod.register_forward_pre_hook(pre))
-            self._handles.append(mod.register_forward_hook(post, always_call=True))
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        for h in self._handles:
-            h.remove()
-        self._handles.clear()
-        if exc is not None and self.failed_in is None:
+        if exc is not None:
             self.failed_in = self._innermost(tb)
 
     def _innermost(self, tb) -> str | None:
-        """The innermost module on the stack when the error was raised (hooks marked ``always_call``
-        pop on the way out, so the stack itself is empty by now: read the frames instead)."""
         paths = {id(m): p for p, m in self.model.named_modules()}
         found = None
         while tb is not None:
