@@ -360,3 +360,80 @@ def test_timm_relative_position_attention(name, side, kw):
     result = _prune(model, x, heads)
     assert not result.unsupported, result.unsupported
     assert result.verified["checked"] == "exact" and result.macs_ratio < 0.32  # 0.254 / 0.295 measured
+
+
+# -- 5. a per-head attention-bias table indexed by a 2-d lookup, optionally cached (TinyViT, LeViT) -------
+
+class BiasTableAttention(nn.Module):
+    """TinyViT's Attention: ``biases[:, idxs]`` (H, N, N) passed to SDPA as a 3-d mask, cached in eval."""
+
+    def __init__(self, dim: int = 16, heads: int = 4, n: int = 9, bias: str = "table", cache: bool = False):
+        super().__init__()
+        self.num_heads, self.head_dim, self.bias, self.cache = heads, dim // heads, bias, cache
+        self.inp, self.qkv, self.proj = nn.Linear(dim, dim), nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+        self.head = nn.Linear(dim, 3)
+        self.attention_biases = nn.Parameter(torch.randn(heads, n) * 0.5)
+        self.register_buffer("attention_bias_idxs", torch.randint(0, n, (n, n)))
+        self.attention_bias_cache: dict[str, torch.Tensor] = {}
+
+    def _biases(self, n: int, device: torch.device) -> torch.Tensor:
+        if self.bias == "constant":
+            return torch.linspace(-1, 1, self.num_heads * n * n).view(self.num_heads, n, n)  # (H*N*N,) -> (H, N, N)
+        if not self.cache:
+            return self.attention_biases[:, self.attention_bias_idxs]
+        key = str(device)  # as timm: one copy per device
+        if key not in self.attention_bias_cache:
+            self.attention_bias_cache[key] = self.attention_biases[:, self.attention_bias_idxs]
+        return self.attention_bias_cache[key]
+
+    def forward(self, x):
+        x = self.inp(x)
+        B, N, _ = x.shape
+        q, k, v = self.qkv(x).view(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=self._biases(N, x.device))  # (B, H, N, hd)
+        o = o.transpose(1, 2).reshape(B, N, -1)  # (B, H, N, hd) -> (B, N, H*hd)
+        return self.head((x + self.proj(o)).mean(1))
+
+
+def _heads_kept(model, x) -> list:
+    return [b for b in _blocked(model, x) if b.tensor == "qkv.weight" and b.dim == 0]
+
+
+def test_bias_table_indexed_by_a_2d_lookup_prunes_heads():
+    torch.manual_seed(0)
+    model, x = BiasTableAttention().eval(), torch.randn(2, 9, 16)
+    assert not _heads_kept(model, x), _heads_kept(model, x)
+    result = _prune(model, x)
+    assert not result.warnings, result.warnings
+    assert model.num_heads < 4 and model.attention_biases.shape[0] == model.num_heads
+    assert result.verified["error"] <= 1e-4
+
+
+def test_cached_bias_table_keeps_heads_with_the_cache_named():
+    torch.manual_seed(0)
+    model, x = BiasTableAttention(cache=True).eval(), torch.randn(2, 9, 16)
+    kept = [b for b in _blocked(model, x) if b.tensor == "attention_biases" and b.dim == 0]
+    assert kept and "attention_bias_cache" in kept[0].reason, kept
+    model.attention_bias_cache.clear()
+    result = prunekit.prune_(model, x, ratio=0.5, keep_outputs=("head",))
+    assert not [w for w in result.warnings if "heads failed" in w], result.warnings  # no failing plan tried
+    assert model.num_heads == 4 and result.verified
+    with torch.no_grad():
+        assert torch.isfinite(model(x)).all()
+
+
+def test_constant_per_head_mask_keeps_heads():
+    """Negative control: a (H, N, N) mask computed from no parameter cannot lose a head."""
+    torch.manual_seed(0)
+    model, x = BiasTableAttention(bias="constant").eval(), torch.randn(2, 9, 16)
+    pinned = set(prunekit.trace(model, (x,)).store.pinned.values())
+    assert any("attention mask heads with an unprunable tensor" in r for r in pinned), pinned
+    prunekit.prune_(model, x, ratio=0.5, keep_outputs=("head",))
+    assert model.num_heads == 4 and model.inp.out_features == 8  # the rest is pruned
+
+
+def test_tiny_vit_tries_no_failing_head_plan():
+    model, x, heads = _timm("tiny_vit_5m_224", 64)
+    result = _prune(model, x, heads)
+    assert not [w for w in result.warnings if "heads failed" in w], result.warnings
+    assert any("attention_bias_cache" in r for r in result.kept_reasons(50))

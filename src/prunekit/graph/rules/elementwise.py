@@ -75,12 +75,46 @@ def _is_nonzero_scalar(v) -> bool:
     return v is not None
 
 
+def cached_attr(tracer, t) -> str | None:
+    """The attribute of the module being traced that holds the computed tensor ``t`` (itself, or in a
+    dict/list: timm's ``attention_bias_cache[device]`` in TinyViT and LeViT), if any."""
+    mod = tracer.current_module()
+    if mod is None or not isinstance(t, torch.Tensor) or tracer.name_of(t) is not None:
+        return None
+    for n, v in vars(mod).items():
+        if n in ("_parameters", "_buffers", "_modules"):
+            continue
+        if v is t:
+            return n
+        if isinstance(v, dict) and any(e is t for e in v.values()):
+            return n
+        if isinstance(v, (list, tuple)) and any(e is t for e in v):
+            return n
+    return None
+
+
+def pin_cached(tracer, tensors) -> None:
+    """A tensor computed from parameters and kept on a module outside its parameters and buffers (a
+    cache) is reused as it is by later forwards: after a hard apply it would keep the pruned indices
+    (a head-sized bias table meeting fewer heads). Its labelled dims are kept, with the attribute named."""
+    for t in tensors:
+        inf = tracer.info(t) if isinstance(t, torch.Tensor) else None
+        if inf is None or inf.empty:
+            continue
+        attr = cached_attr(tracer, t)
+        if attr is not None:
+            where = tracer.module_path or "<top>"
+            tracer.pin_info(inf, f"tensor cached in `{where}.{attr}`, computed from parameters: a pruned model "
+                                 "would reuse the stale copy")
+
+
 @op_rule(*BINARY)
 def binary(tracer, name, args, kwargs, out):
     base = name.rstrip("_")
     operands = list(args) + [v for k, v in kwargs.items() if k in ("other", "input", "condition", "mask",
                                                                     "tensor1", "tensor2", "end", "weight",
                                                                     "min", "max", "exponent", "value")]
+    pin_cached(tracer, operands)
     if base == "copy":
         dst, src = args[0], args[1]
         labels = elementwise(tracer, name, [dst, src], dst)

@@ -243,6 +243,12 @@ def _int_vector(it) -> bool:
     return isinstance(it, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in it)
 
 
+def _int_tensor(it) -> bool:
+    """An integer index tensor of any rank."""
+    return isinstance(it, torch.Tensor) and not it.is_floating_point() and not it.is_complex() \
+        and it.dtype != torch.bool
+
+
 def _fresh_pinned(tracer, size: int, reason: str) -> np.ndarray:
     """Labels for an output dim that cannot be pruned, pinned with ``reason`` (so its consumers say why)."""
     lab = tracer.store.new(size, "channel", False)
@@ -259,8 +265,12 @@ def getitem(tracer, name, args, kwargs, out):
     items = _expand_index(index, x.dim())
     adv = [k for k, it in enumerate(items) if isinstance(it, (torch.Tensor, list))]
     advanced = bool(adv)
-    # one integer vector among plain slices (``x[:, perm]``): dims stay in place, the vector's dim is gathered
-    gather = (len(adv) == 1 and _int_vector(items[adv[0]]) and inf.joint is None and out.dim() == x.dim()
+    # one integer vector among plain slices (``x[:, perm]``): dims stay in place, the vector's dim is gathered;
+    # one integer tensor of another rank (``biases[:, idxs]`` with (N, N) idxs, TinyViT's attention-bias
+    # table): its dim is replaced by the index's dims, the other dims keep their labels
+    one = items[adv[0]] if len(adv) == 1 else None
+    rank = 1 if _int_vector(one) else (one.dim() if _int_tensor(one) else -1)
+    gather = (rank >= 0 and inf.joint is None and out.dim() == x.dim() - 1 + rank
               and all(isinstance(it, slice) for k, it in enumerate(items) if k != adv[0]))
     labels: dict[int, np.ndarray] = {}
     joint_pick = None
@@ -296,6 +306,13 @@ def getitem(tracer, name, args, kwargs, out):
             d_out += 1
             continue
         # advanced (tensor / list) index
+        if gather and rank != 1:
+            if lab is not None:
+                store.pin(lab, f"indexing dim {d_in} by a {rank}-d integer tensor (a lookup fixed in the model) "
+                               f"in {where}")
+            d_in += 1
+            d_out += rank
+            continue
         if gather:
             if lab is not None:
                 new = through_index(tracer, lab, it, "`x[..., index]` by an integer vector")

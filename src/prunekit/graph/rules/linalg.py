@@ -13,6 +13,7 @@ import torch
 from ..info import TensorInfo
 from ..registry import op_rule
 from .common import arg, couple, norm_dim, owner
+from .elementwise import pin_cached
 
 
 def _consume(tracer, inf, dims):
@@ -242,6 +243,7 @@ def sdpa(tracer, name, args, kwargs, out):
     q, k, v = args[0], args[1], args[2]
     mask = arg(args, kwargs, 3, "attn_mask")
     scale = arg(args, kwargs, 6, "scale")
+    pin_cached(tracer, [mask])
     qi, ki, vi = tracer.info(q), tracer.info(k), tracer.info(v)
     store = tracer.store
     E = q.dim() - 1
@@ -269,9 +271,10 @@ def sdpa(tracer, name, args, kwargs, out):
                 store.unify(q_heads, np.repeat(kv_heads, rep))  # (Hkv, rep) -> Hq
         if q_heads is not None:
             labels[H] = q_heads
-        if isinstance(mask, torch.Tensor) and mask.dim() == q.dim() and mask.shape[H] == hq and hq > 1:
+        mh = H - (q.dim() - mask.dim()) if isinstance(mask, torch.Tensor) else -1  # the mask broadcasts from the right
+        if mh >= 0 and mask.shape[mh] == hq and hq > 1:  # (B, H, L, S) or (H, L, S): a per-head bias (TinyViT)
             couple(tracer, [(q, TensorInfo({H: q_heads}) if q_heads is not None else None, H),
-                            (mask, tracer.info(mask), H)], "attention mask heads")
+                            (mask, tracer.info(mask), mh)], "attention mask heads")
         for d in range(H):
             lab = couple(tracer, [(t, i, d) for t, i in ((q, qi), (k, ki), (v, vi)) if t.shape[d] == out.shape[d]
                                   and out.shape[d] > 1], "attention batch")
@@ -284,8 +287,9 @@ def sdpa(tracer, name, args, kwargs, out):
         labels[E] = vi.labels[E]
     if isinstance(mask, torch.Tensor):
         mi = tracer.info(mask)
+        mh = H - (q.dim() - mask.dim()) if q.dim() >= 3 else -1
         if mi is not None:
             for d, l in mi.labels.items():
-                if not (mask.dim() == q.dim() and d == H):
+                if d != mh:
                     store.pin(l, "attention mask")
     tracer.set_info(out, TensorInfo(labels, bool(vi and vi.nz)) if labels else None)
