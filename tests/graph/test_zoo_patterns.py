@@ -437,3 +437,82 @@ def test_tiny_vit_tries_no_failing_head_plan():
     result = _prune(model, x, heads)
     assert not [w for w in result.warnings if "heads failed" in w], result.warnings
     assert any("attention_bias_cache" in r for r in result.kept_reasons(50))
+
+
+# -- CoaT: head groups split by a sizes attribute, a local head count, a 1x1 conv1d over the width ---------
+
+class SplitHeadsConv(nn.Module):
+    """CoaT's ConvRelPosEnc: v's heads split in groups by ``self.channel_splits`` into depthwise convs
+    with different windows; the head count is a local read from ``q.shape``."""
+
+    def __init__(self, head_dim: int = 6, splits=(2, 2), literal: bool = False):
+        super().__init__()
+        self.literal = literal
+        self.convs = nn.ModuleList(nn.Conv2d(s * head_dim, s * head_dim, 2 * i + 1, padding=i, groups=s * head_dim)
+                                   for i, s in enumerate(splits))
+        self.channel_splits = [s * head_dim for s in splits]
+
+    def forward(self, q, v, hw: int):
+        B, num_heads, N, C = q.shape
+        img = v.transpose(-1, -2).reshape(B, num_heads * C, hw, hw)  # (B, h, N, C) -> (B, h*C, H, W)
+        parts = torch.split(img, [12, 12] if self.literal else self.channel_splits, dim=1)
+        img = torch.cat([conv(p) for conv, p in zip(self.convs, parts)], dim=1)
+        return q * img.reshape(B, num_heads, C, N).transpose(-1, -2)  # (B, h*C, H, W) -> (B, h, N, C)
+
+
+class CoatLike(nn.Module):
+    def __init__(self, literal: bool = False, dim: int = 24, heads: int = 4):
+        super().__init__()
+        self.num_heads = heads
+        self.embed, self.qkv = nn.Conv2d(3, dim, 2, stride=2), nn.Linear(dim, 3 * dim)
+        self.crpe, self.proj = SplitHeadsConv(dim // heads, literal=literal), nn.Linear(dim, dim)
+        self.aggregate = nn.Conv1d(2, 1, 1)  # (B, 2, C) -> (B, 1, C): pointwise over the width
+        self.head = nn.Linear(dim, 3)
+
+    def forward(self, x):
+        x = self.embed(x)
+        hw = x.shape[-1]
+        x = x.flatten(2).transpose(1, 2)  # (B, C, H, W) -> (B, N, C)
+        B, N, C = x.shape
+        q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4).unbind(0)
+        a = q @ (k.softmax(dim=2).transpose(-1, -2) @ v) + self.crpe(q, v, hw)  # (B, h, N, C/h)
+        y = x + self.proj(a.transpose(1, 2).reshape(B, N, C))  # (B, h, N, C/h) -> (B, N, C)
+        z = self.aggregate(torch.stack([x.mean(1), y.mean(1)], dim=1)).squeeze(1)  # (B, 2, C) -> (B, C)
+        return self.head(z)
+
+
+def test_coat_pattern_prunes_heads_across_split_groups():
+    torch.manual_seed(0)
+    model, x = CoatLike().eval(), torch.randn(2, 3, 10, 10)  # sizes: heads 4, head_dim 6, 5 x 5 tokens
+    kinds = {g.kind for g in prunekit.trace(model, (x,)).groups()}
+    assert "head" in kinds, kinds
+    result = _prune(model, x, ("head",))
+    assert model.embed.out_channels < 24  # the width, through the 1x1 conv1d
+    assert sum(model.crpe.channel_splits) == model.qkv.out_features // 3, model.crpe.channel_splits
+    assert [c.out_channels for c in model.crpe.convs] == model.crpe.channel_splits
+
+
+def test_split_by_literal_sizes_keeps_the_width():
+    """Negative control: sizes written in the call cannot be rewritten; the split keeps its input."""
+    torch.manual_seed(0)
+    model, x = CoatLike(literal=True).eval(), torch.randn(2, 3, 10, 10)
+    pinned = set(prunekit.trace(model, (x,)).store.pinned.values())
+    assert any("split by given sizes" in r for r in pinned), pinned
+    prunekit.prune_(model, x, ratio=0.5, keep_outputs=("head",))  # the width is all one group: nothing goes
+    assert model.crpe.channel_splits == [12, 12] and [c.out_channels for c in model.crpe.convs] == [12, 12]
+
+
+def test_conv1d_with_a_wider_kernel_over_the_width_keeps_it():
+    """Negative control for the 1x1 pass-through: a kernel of 3 mixes neighbouring positions."""
+    torch.manual_seed(0)
+    model, x = CoatLike().eval(), torch.randn(2, 3, 10, 10)
+    model.aggregate = nn.Conv1d(2, 1, 3, padding=1)
+    kept = [b for b in _blocked(model, x) if b.tensor == "embed.weight" and b.dim == 0]
+    assert kept and "conv1d over a prunable spatial dim" in kept[0].reason, kept
+
+
+def test_coat_tiny():
+    model, x, heads = _timm("coat_tiny", 64, img_size=64)
+    result = _prune(model, x, heads)
+    assert result.macs_ratio < 0.40  # 0.353 measured; 0.689 before (heads and width kept)
+

@@ -109,9 +109,13 @@ def _conv(tracer, name, x, w, b, groups, transposed, out):
     if b is not None:
         couple(tracer, [(b, tracer.info(b), 0), (out, TensorInfo({c: out_lab}), c)], "conv bias")
     labels = {d: l for d, l in (xinf.labels.items() if xinf else ()) if d < c}
+    pointwise = all(k == 1 for k in w.shape[2:]) and all(x.shape[d] == out.shape[d] for d in range(c + 1, x.dim()))
     for d, l in (xinf.labels.items() if xinf else ()):
         if d > c:
-            store.pin(l, f"{name} over a prunable spatial dim in {where}")
+            if pointwise:  # a 1x1 kernel, no stride or padding: each position on its own (CoaT's ``aggregate``)
+                labels[d] = l
+            else:
+                store.pin(l, f"{name} over a prunable spatial dim in {where}")
     labels[c] = out_lab
     tracer.set_info(out, TensorInfo(labels, False))
 

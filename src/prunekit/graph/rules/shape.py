@@ -9,7 +9,7 @@ import torch
 
 from ..info import TensorInfo
 from ..registry import op_rule
-from .callsite import Attr, Literal, SizeKind, size_kinds
+from .callsite import Attr, Literal, Name, SizeKind, size_kinds
 from .common import arg, couple, norm_dim, pin_all
 
 # Attribute names a module may use for the sizes a reshape splits a dim into.
@@ -226,6 +226,14 @@ def _split_axes(tracer, grid, outs, sizes_out, requested, kinds: _Kinds, rank: i
             continue
         names = HEAD_DIM_ATTRS if kind == "head_dim" else HEAD_COUNT_ATTRS
         attr = _module_attr(tracer, size, names)
+        read = tracer.size_sources.get(size, ())
+        if attr is None and isinstance(source, Name) and read and kind != "head_dim":
+            # a local read from a tensor's shape (CoaT's ``B, num_heads, N, C = q.shape`` then
+            # ``reshape(B, num_heads, C, H * W)``): the axis follows the dim it was last read from
+            ax = store.new(size, kind, True)
+            store.unify(ax, read[-1])
+            axes.append(ax)
+            continue
         if attr is not None and kind == "split" and n >= 2 and sizes_out[n - 2] == size:
             attr = None  # ``(3, heads, head_dim)`` with 3 heads: the count belongs to the head position
         if attr is not None:
@@ -499,12 +507,33 @@ def split(tracer, name, args, kwargs, out):
     inf = tracer.info(x)
     outs = list(out)
     if name != "split" or not isinstance(size, int):
-        if dim in inf.labels and len(outs) > 1:
+        by_attr = dim in inf.labels and len(outs) > 1 and _split_sizes_attr(tracer, name, size, inf.labels[dim], outs, dim)
+        if dim in inf.labels and len(outs) > 1 and not by_attr:
             tracer.store.pin(inf.labels[dim], f"{name} by given sizes in {tracer.module_path or '<top>'}")
+        # sizes from an attribute: each part shrinks on its own (no equal-parts structure)
         _split_outputs(tracer, name, x, inf, dim, outs, None) if len({o.shape[dim] for o in outs}) == 1 \
-            else _unequal(tracer, x, inf, dim, outs)
+            and not by_attr else _unequal(tracer, x, inf, dim, outs)
         return
     _split_outputs(tracer, name, x, inf, dim, outs, size if len(outs) > 1 else None)
+
+
+def _split_sizes_attr(tracer, name, sizes, lab, outs, dim) -> bool:
+    """``torch.split(x, self.channel_splits, dim)`` (CoaT's per-window head groups): sizes held by a list
+    or tuple attribute of a traced module are rewritten after pruning, one counter per element on that
+    part's labels, so the parts may shrink unequally. False when the sizes are not such an attribute."""
+    if name not in ("split", "split_with_sizes") or not isinstance(sizes, (list, tuple)):
+        return False
+    found = _tuple_attr(tracer, sizes)
+    if found is None or not found[2]:  # the very object, not an equal tuple that happens to match
+        return False
+    owner, attr, _ = found
+    start = 0
+    for i, o in enumerate(outs):
+        n = o.shape[dim]
+        if n > 0:
+            tracer.store.add_counter(owner, f"{attr}[{i}]", lab[start:start + n])
+        start += n
+    return True
 
 
 def _unequal(tracer, x, inf, dim, outs):
