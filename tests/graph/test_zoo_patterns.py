@@ -516,3 +516,44 @@ def test_coat_tiny():
     result = _prune(model, x, heads)
     assert result.macs_ratio < 0.40  # 0.353 measured; 0.689 before (heads and width kept)
 
+
+# -- SKNet: split into equal paths by a size computed from the module's width ---------------------------
+
+class SplitPaths(nn.Module):
+    """timm's SelectiveKernel input split: ``torch.split(x, self.in_channels // self.num_paths, 1)``."""
+
+    def __init__(self, literal: bool = False, in_channels: int = 16, num_paths: int = 2):
+        super().__init__()
+        self.literal, self.in_channels, self.num_paths = literal, in_channels, num_paths
+        self.stem = nn.Conv2d(3, in_channels, 3, padding=1)
+        self.paths = nn.ModuleList(nn.Conv2d(in_channels // num_paths, 8, 2 * i + 1, padding=i) for i in range(num_paths))
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        x = F.relu(self.stem(x))
+        parts = torch.split(x, 8, 1) if self.literal else torch.split(x, self.in_channels // self.num_paths, 1)
+        y = torch.stack([p(s) for p, s in zip(self.paths, parts)], dim=1).sum(1)
+        return self.head(y.mean((2, 3)))
+
+
+def test_split_by_a_size_computed_from_the_width_prunes_each_path():
+    torch.manual_seed(0)
+    model, x = SplitPaths().eval(), torch.randn(2, 3, 6, 6)
+    result = _prune(model, x)
+    assert model.in_channels == model.stem.out_channels < 16
+    assert all(p.in_channels == model.in_channels // 2 for p in model.paths)
+    assert result.verified["checked"] == "exact"
+
+
+def test_split_by_a_literal_size_keeps_the_width():
+    """Negative control: ``torch.split(x, 8, 1)`` cannot follow a pruned width."""
+    torch.manual_seed(0)
+    model, x = SplitPaths(literal=True).eval(), torch.randn(2, 3, 6, 6)
+    kept = [b for b in _blocked(model, x) if b.tensor == "stem.weight" and b.dim == 0]
+    assert kept and kept[0].op == "split" and "written in the code" in kept[0].reason, kept
+
+
+def test_skresnet18():
+    model, x, heads = _timm("skresnet18", 64)
+    result = _prune(model, x, heads)
+    assert result.verified["checked"] == "exact" and result.macs_ratio < 0.30  # 0.267 measured; 0.539 before

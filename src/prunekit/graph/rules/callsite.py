@@ -29,7 +29,7 @@ import torch
 
 _SKIP = (os.path.dirname(torch.__file__) + os.sep,
          os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) + os.sep)
-_METHODS = {"view": ("view", "reshape"), "reshape": ("view", "reshape")}
+_METHODS = {"view": ("view", "reshape"), "reshape": ("view", "reshape"), "split": ("split",)}
 
 
 @dataclass(frozen=True)
@@ -98,7 +98,7 @@ def _call_args(frame, op: str) -> list[ast.expr] | None:
     if isinstance(node.func.value, ast.Name) and node.func.value.id == "torch":
         args = args[1:]  # torch.reshape(x, shape)
     if not args:
-        kw = [k.value for k in node.keywords if k.arg in ("shape", "size")]
+        kw = [k.value for k in node.keywords if k.arg in ("shape", "size", "split_size_or_sections", "split_size")]
         args = kw
     if len(args) == 1 and isinstance(args[0], (ast.Tuple, ast.List)):
         args = list(args[0].elts)
@@ -137,19 +137,31 @@ def size_kinds(tracer, op: str, n: int) -> list[SizeKind] | None:
     if args is None or len(args) != n:
         return None
     paths = {id(m): p for p, m in tracer.modules.items()}
-    out: list[SizeKind] = []
-    for a in args:
-        if _constant(a, frame):
-            out.append(Literal())
-        elif isinstance(a, ast.Attribute) and isinstance(a.value, ast.Name):
-            owner = frame.f_locals.get(a.value.id)
-            path = paths.get(id(owner))
-            out.append(Attr(path, a.attr) if path is not None else Expr())
-        elif isinstance(a, ast.Name):
-            out.append(Name())
-        else:
-            out.append(Expr())
-    return out
+    return [_classify(a, frame, paths) for a in args]
+
+
+def _classify(a: ast.expr, frame, paths: dict[int, str]) -> SizeKind:
+    if _constant(a, frame):
+        return Literal()
+    if isinstance(a, ast.Attribute) and isinstance(a.value, ast.Name):
+        owner = frame.f_locals.get(a.value.id)
+        path = paths.get(id(owner))
+        return Attr(path, a.attr) if path is not None else Expr()
+    if isinstance(a, ast.Name):
+        return Name()
+    return Expr()
+
+
+def split_size_kind(tracer) -> SizeKind | None:
+    """What the size argument of the ``split`` call being traced is (``x.split(16, 1)``: Literal;
+    ``torch.split(x, self.in_channels // self.num_paths, 1)``: Expr); None when unknown."""
+    frame = _user_frame()
+    if frame is None:
+        return None
+    args = _call_args(frame, "split")
+    if not args:
+        return None
+    return _classify(args[0], frame, {id(m): p for p, m in tracer.modules.items()})
 
 
 def kinds_for(tracer, op: str, requested: Sequence[int] | None) -> list[SizeKind] | None:

@@ -9,7 +9,7 @@ import torch
 
 from ..info import TensorInfo
 from ..registry import op_rule
-from .callsite import Attr, Literal, Name, SizeKind, size_kinds
+from .callsite import Attr, Literal, Name, SizeKind, size_kinds, split_size_kind
 from .common import arg, couple, norm_dim, pin_all
 
 # Attribute names a module may use for the sizes a reshape splits a dim into.
@@ -479,7 +479,14 @@ def _split_outputs(tracer, name, x, inf, dim, outs, attr_value: int | None):
             store.add_product(lab.reshape(len(outs), width), [None, inner])
             if attr_value is not None:
                 attr = _module_attr(tracer, attr_value, TOTAL_ATTRS + ("embed_dim", "hidden_size"))
-                if attr is None:
+                whole = None
+                if attr is None and not isinstance(split_size_kind(tracer), (Literal, type(None))):
+                    # computed in the call from the module's total width (SKNet's ``torch.split(x,
+                    # self.in_channels // self.num_paths, 1)``): rewrite the total; the parts stay equal
+                    whole = _module_attr(tracer, int(lab.size), WIDTH_ATTRS)
+                if whole is not None:
+                    store.add_counter(tracer.module_path, whole, lab)
+                elif attr is None:
                     store.pin(lab, f"{name} by a size written in the code in {tracer.module_path or '<top>'}")
                 else:
                     store.add_counter(tracer.module_path, attr, inner)
