@@ -43,8 +43,9 @@ def _conv_group(model, x):
     return [g for g in graph.groups() if any(n == "conv.weight" for (n, _), _ in g.signature)]
 
 
-@pytest.mark.parametrize("how", ["mean", "sum", "amax", "var", "adaptive"])
+@pytest.mark.parametrize("how", ["mean", "sum", "amax", "var", "adaptive", "logsumexp"])
 def test_reduction_over_other_dims_is_exact(how):
+    """(logsumexp maps a zeroed channel to log(H*W), not 0, but the head's column for it goes too.)"""
     torch.manual_seed(0)
     m, x = Reduce(how).eval(), torch.randn(2, 3, 6, 6)
     (g,) = _conv_group(m, x)
@@ -53,8 +54,8 @@ def test_reduction_over_other_dims_is_exact(how):
     assert r.plan.exact and r.verified["checked"] == "exact" and m.conv.out_channels == 8
 
 
-@pytest.mark.parametrize("how", ["logsumexp", "layer_norm"])
-def test_nonzero_reductions_and_normalizations_are_approximate(how):
+@pytest.mark.parametrize("how", ["layer_norm"])
+def test_normalizations_over_the_pruned_dim_are_approximate(how):
     m, x = Reduce(how).eval(), torch.randn(2, 3, 6, 6)
     (g,) = _conv_group(m, x)
     assert not g.exact
@@ -76,3 +77,42 @@ def test_dead_channels_before_a_spatial_mean_are_removed(how):
     data = [torch.randn(4, 3, 6, 6) for _ in range(2)]
     r = remove_dead_units_(m, data[0][:1], data)
     assert r.dead == 8 and m.conv.out_channels == 8
+
+
+class _Gated(nn.Module):
+    """sigmoid / softmax-over-time before a Linear: the zeroed unit is non-zero there, but the Linear's
+    input column is zeroed with it, so removal is still exactly zeroing."""
+
+    def __init__(self, how):
+        super().__init__()
+        self.how = how
+        self.a, self.b = nn.Linear(6, 12), nn.Linear(12, 3)
+
+    def forward(self, x):  # x: (B, T, 6)
+        h = self.a(x)
+        h = torch.sigmoid(h) if self.how == "sigmoid" else torch.softmax(h, dim=1)  # over time, not features
+        return self.b(h)
+
+
+@pytest.mark.parametrize("how", ["sigmoid", "softmax_time"])
+def test_a_nonzero_unit_read_by_a_weight_column_that_goes_with_it_is_exact(how):
+    torch.manual_seed(0)
+    m, x = _Gated(how).eval(), torch.randn(2, 5, 6)
+    (g,) = [g for g in prunekit.trace(m, x).groups() if g.root == ("a.weight", 0)]
+    assert g.exact
+    r = prunekit.prune_(m, x, ratio=0.5)
+    assert r.verified["checked"] == "exact" and m.a.out_features == 6
+
+
+def test_a_nonzero_unit_in_an_activation_product_stays_approximate():
+    class QK(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.q, self.k = nn.Linear(6, 8), nn.Linear(6, 8)
+
+        def forward(self, x):
+            return torch.sigmoid(self.q(x)) @ torch.sigmoid(self.k(x)).transpose(-1, -2)  # (B, T, T)
+
+    m, x = QK().eval(), torch.randn(2, 5, 6)
+    groups = [g for g in prunekit.trace(m, x).groups() if g.root == ("q.weight", 0)]
+    assert groups and not groups[0].exact  # 0.5 * 0.5 of a zeroed unit still adds to every score

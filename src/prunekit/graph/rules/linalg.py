@@ -54,7 +54,8 @@ def linear(tracer, name, args, kwargs, out):
     b = arg(args, kwargs, 2, "bias")
     xinf, winf = tracer.info(x), tracer.info(w)
     store = tracer.store
-    _consume(tracer, xinf, [x.dim() - 1])
+    if tracer.name_of(w) is None:  # a parameter's input columns are zeroed with the unit: its value is then moot
+        _consume(tracer, xinf, [x.dim() - 1])
     w_out = _weight_dim(tracer, w, 0, True) if w.shape[0] > 1 else None
     if w.shape[1] > 1:
         couple(tracer, [(x, xinf, x.dim() - 1), (w, tracer.info(w), 1)], "linear input")
@@ -71,7 +72,8 @@ def _conv(tracer, name, x, w, b, groups, transposed, out):
     nsp = w.dim() - 2
     c = x.dim() - nsp - 1
     xinf = tracer.info(x)
-    _consume(tracer, xinf, [c])
+    if groups != 1 or tracer.name_of(w) is None:  # as in linear: zeroed weight columns make a non-zero input moot
+        _consume(tracer, xinf, [c])
     w_in_dim, w_out_dim = (0, 1) if transposed else (1, 0)
     cin, cout = x.shape[c], out.shape[c]
     w_out = _weight_dim(tracer, w, w_out_dim, True)  # (cout / g) if transposed else cout
