@@ -170,8 +170,29 @@ def _run_tp(original, inputs, heads, base_macs, row: dict[str, Any], limit_s: in
     row["tp_status"] = "error"
 
 
+def warm_up(tools: tuple[str, ...]) -> None:
+    """Each tool prunes a tiny unrelated network once, untimed, so neither tool's timed run pays the
+    process's first-call costs (lazy imports, torch's first meta/dispatch registrations) for the other."""
+    torch.manual_seed(0)
+    tiny = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Conv2d(8, 8, 3),
+                               torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 2)).eval()
+    x = torch.randn(1, 3, 8, 8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if "prunekit" in tools:
+            import prunekit
+
+            prunekit.prune_(copy.deepcopy(tiny), x, ratio=0.5, **{keep_option(): ("5",)})
+        if "torch_pruning" in tools:
+            try:
+                prune_tp(copy.deepcopy(tiny), (x,), ["5"], with_heads=False)
+            except Exception:  # noqa: BLE001 - a warm-up only
+                pass
+
+
 def run_model(spec: Spec, tools: tuple[str, ...] = ("prunekit", "torch_pruning"), tp_limit_s: int = 60) -> dict[str, Any]:
     torch.set_num_threads(1)
+    warm_up(tools)
     row: dict[str, Any] = {"model": spec.name, "family": spec.family}
     try:
         built = spec.build()
