@@ -24,21 +24,27 @@ def test_resnet_blocks_found_scored_and_removed():
     assert m(x).shape == (2, 10)
 
 
-def test_zeroed_residual_branch_scores_zero_and_goes_first():
-    torch.manual_seed(0)
+class _Res(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(8, 8)
 
-    class Res(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.fc = nn.Linear(8, 8)
+    def forward(self, x):
+        return x + self.fc(x)
 
-        def forward(self, x):
-            return x + self.fc(x)
 
-    m = nn.Sequential(nn.Linear(4, 8), Res(), Res(), Res(), nn.Linear(8, 2)).eval()
+def _residual_chain() -> nn.Sequential:
+    """Three residual blocks between two Linears; block 2's branch is zeroed (an identity block)."""
+    m = nn.Sequential(nn.Linear(4, 8), _Res(), _Res(), _Res(), nn.Linear(8, 2)).eval()
     with torch.no_grad():
         m[2].fc.weight.zero_()
         m[2].fc.bias.zero_()
+    return m
+
+
+def test_zeroed_residual_branch_scores_zero_and_goes_first():
+    torch.manual_seed(0)
+    m = _residual_chain()
     x = torch.randn(16, 4)
     with torch.no_grad():
         ref = m(x)
@@ -72,19 +78,8 @@ def test_loss_scores_are_the_loss_rise_when_the_block_is_skipped():
     import copy
 
     torch.manual_seed(0)
-
-    class Res(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.fc = nn.Linear(8, 8)
-
-        def forward(self, x):
-            return x + self.fc(x)
-
-    m = nn.Sequential(nn.Linear(4, 8), Res(), Res(), Res(), nn.Linear(8, 2)).eval()
+    m = _residual_chain()
     with torch.no_grad():
-        m[2].fc.weight.zero_()
-        m[2].fc.bias.zero_()
         m[3].fc.weight.mul_(3.0)  # block 3 matters more than block 1
     x = torch.randn(32, 4)
     with torch.no_grad():

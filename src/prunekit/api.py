@@ -17,7 +17,7 @@ from .criteria import CachedScores, Criterion
 from .errors import ApplyError, CounterConflict, PlanError
 from .graph.execute import meta_forward
 from .graph.groups import Blocked, Group
-from .graph.tracer import DependencyGraph, Unsupported, iter_tensors, trace
+from .graph.tracer import DependencyGraph, Unsupported, as_inputs, iter_tensors, trace
 from .graph.walk import eval_mode
 from .measure import Counts
 from .measure.counting import MacCounter
@@ -98,12 +98,6 @@ class PruneResult:
         return "\n".join(lines)
 
     __str__ = summary
-
-
-def _as_tuple(x: Any) -> tuple:
-    if isinstance(x, torch.Tensor) or not isinstance(x, (tuple, list)):
-        return (x,)
-    return tuple(x)
 
 
 @contextlib.contextmanager
@@ -191,7 +185,7 @@ class PrunedCopies:
 
     def __init__(self, model: nn.Module, example_inputs: Any, config: PruneConfig,
                  example_kwargs: Mapping[str, Any] | None = None, criterion: Criterion | str | None = None) -> None:
-        self.model, self.inputs, self.kwargs = model, _as_tuple(example_inputs), dict(example_kwargs or {})
+        self.model, self.inputs, self.kwargs = model, as_inputs(example_inputs), dict(example_kwargs or {})
         self.criterion = criterion if isinstance(criterion, CachedScores) else CachedScores(
             criterion if criterion is not None else config.criterion)
         flops = MacCounter()
@@ -249,7 +243,7 @@ def _ratio_for_macs(copies: PrunedCopies, config: PruneConfig, target: float) ->
 def _prune(model: nn.Module, example_inputs: Any, config: PruneConfig, example_kwargs: Mapping[str, Any] | None,
            mode: str, criterion: Criterion | None, target_macs: float | None = None,
            verify: bool = True) -> PruneResult:
-    inputs = _as_tuple(example_inputs)
+    inputs = as_inputs(example_inputs)
     kwargs = dict(example_kwargs or {})
     t0 = time.perf_counter()
     modules = list(model.modules())  # the same objects after a hard apply (only tensors are replaced)

@@ -23,7 +23,9 @@ from torch import nn
 
 from .errors import ApplyError, CounterConflict, PlanError, PrunekitError, VerificationError
 from .graph.groups import Group, Resolver, index_renumbering
-from .graph.walk import ModuleStack, Walk, walk
+from .graph.rules.indexing import renumber_index
+from .graph.tracer import as_inputs
+from .graph.walk import Walk, failing_module, walk
 from .layers import update_module
 
 PLAN_VERSION = 1
@@ -123,7 +125,7 @@ def make_plan(graph, units: Iterable[int], groups: Iterable[Group] = ()) -> Plan
         values[key] = value
     attrs = sorted((m, a, v) for (m, a), v in values.items())
     exact = not (closure & res.inexact)
-    norm_only = not exact and not (closure & getattr(res, "inexact_other", res.inexact))
+    norm_only = not exact and not (closure & res.inexact_other)
     return Plan(removed, attrs, [dict(g) for g in groups], exact, renumber=index_renumbering(res, closure),
                 norm_only=norm_only)
 
@@ -210,9 +212,7 @@ def apply_plan(model: nn.Module, plan: Plan, mode: str = "hard",
     walked = walk(model)
     tensors = _validate(model, plan, walked)
     was_meta = {id(t) for t in tensors.values() if t.is_meta}
-    inputs = () if example_inputs is None else (
-        (example_inputs,) if isinstance(example_inputs, torch.Tensor) or not isinstance(example_inputs, (tuple, list))
-        else tuple(example_inputs))
+    inputs = () if example_inputs is None else as_inputs(example_inputs)
     kwargs = dict(example_kwargs or {})
     checks: list[Callable[[nn.Module], None]] = [lambda m: _no_meta(m, was_meta)]
     if check is not None:
@@ -248,16 +248,15 @@ def apply_plan(model: nn.Module, plan: Plan, mode: str = "hard",
 
     def run_checks(m: nn.Module) -> None:
         for c in checks:
-            stack = ModuleStack(m)
             try:
-                with stack:
-                    c(m)
+                c(m)
             except (PrunekitError, AssertionError):
                 raise
             except Exception as exc:  # name the module whose forward failed (e.g. a size mismatch)
-                if stack.failed_in is None:
+                path = failing_module(m, exc.__traceback__)
+                if path is None:
                     raise
-                where = f"in module `{stack.failed_in or '<root>'}` ({type(_module(m, stack.failed_in)).__name__})"
+                where = f"in module `{path or '<root>'}` ({type(_module(m, path)).__name__})"
                 raise RuntimeError(f"{where}: {type(exc).__name__}: {exc}") from exc
 
     try:
@@ -298,20 +297,47 @@ def _no_meta(model: nn.Module, was_meta: set[int]) -> None:
             raise ApplyError(f"{name} is on the meta device after the apply")
 
 
-def _apply_soft(model, plan, tensors, check):
-    saved = {n: tensors[n].detach().clone() for n in plan.removed}
-    try:
+class ZeroedSlices:
+    """A plan's slices of ``tensors`` (state_dict names -> tensors) zeroed in place by :meth:`zero`
+    and put back bit for bit by :meth:`restore`; only the removed slices are saved, so no copy of
+    the model is made. As a context manager: zeroed for the block, restored after."""
+
+    def __init__(self, tensors: Mapping[str, torch.Tensor], plan: Plan) -> None:
+        self.tensors, self.plan = tensors, plan
+        self.saved: list[tuple[torch.Tensor, int, torch.Tensor, torch.Tensor]] = []
+
+    def zero(self) -> None:
         with torch.no_grad():
-            for name, dims in plan.removed.items():
-                t = tensors[name]
+            for name, dims in self.plan.removed.items():
+                t = self.tensors[name]
                 for dim, idx in dims.items():
-                    t.index_fill_(dim, torch.tensor(idx, dtype=torch.long, device=t.device), 0)
+                    index = torch.tensor(idx, dtype=torch.long, device=t.device)
+                    self.saved.append((t, dim, index, t.index_select(dim, index)))  # a new tensor: a copy
+            for t, dim, index, _ in self.saved:  # every slice saved before any is zeroed
+                t.index_fill_(dim, index, 0)
+
+    def restore(self) -> None:
+        with torch.no_grad():
+            for t, dim, index, old in reversed(self.saved):
+                t.index_copy_(dim, index, old)
+        self.saved.clear()
+
+    def __enter__(self) -> "ZeroedSlices":
+        self.zero()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.restore()
+
+
+def _apply_soft(model, plan, tensors, check):
+    zeroed = ZeroedSlices(tensors, plan)
+    try:
+        zeroed.zero()
         if check is not None:
             check(model)
     except BaseException as exc:
-        with torch.no_grad():
-            for n, v in saved.items():
-                tensors[n].copy_(v)
+        zeroed.restore()
         if not isinstance(exc, Exception):
             raise  # an interrupt: restored, and passed on as it was
         raise ApplyError(f"soft apply failed and was rolled back: {exc}") from exc
@@ -344,8 +370,6 @@ def _apply_hard(model, plan, tensors, slots, modules, check):
             touched.add(name.rsplit(".", 1)[0] if "." in name else "")
         _rebind_tied(slots, new)
         for name, values in plan.renumber.items():  # index buffers: positions dropped, values renumbered
-            from .graph.rules.indexing import renumber_index
-
             old = tensors[name]
             fresh = renumber_index(old, values)
             for mod, key, _ in slots[name]:

@@ -24,13 +24,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from .graph.tracer import iter_tensors
+from .graph.tracer import as_inputs, iter_tensors
 from .graph.walk import eval_mode, walk
-from .plan import Plan, apply_plan
-
-
-def _as_tuple(x: Any) -> tuple:
-    return (x,) if isinstance(x, torch.Tensor) or not isinstance(x, (tuple, list)) else tuple(x)
+from .plan import Plan, ZeroedSlices, apply_plan
 
 
 def tolerance(outputs: Sequence[torch.Tensor], rtol: float = 1e-4) -> float:
@@ -71,34 +67,6 @@ def output_error(reference: Sequence[torch.Tensor], outputs: Sequence[torch.Tens
 def _run(model: nn.Module, inputs: tuple, kwargs: Mapping[str, Any]) -> list[torch.Tensor]:
     with torch.no_grad(), eval_mode(model.modules()):
         return [t.detach().clone() for t in iter_tensors(model(*inputs, **dict(kwargs)))]
-
-
-class _Zeroed:
-    """The plan's slices zeroed in place for the block, then restored bit for bit (only the
-    removed slices are saved, so no copy of the model is made)."""
-
-    def __init__(self, model: nn.Module, plan: Plan) -> None:
-        w = walk(model)
-        self.tensors = {**w.buffers, **w.params}
-        self.plan = plan
-        self.saved: list[tuple[torch.Tensor, int, torch.Tensor, torch.Tensor]] = []
-
-    def __enter__(self) -> "_Zeroed":
-        with torch.no_grad():
-            for name, dims in self.plan.removed.items():
-                t = self.tensors[name]
-                for dim, idx in dims.items():
-                    index = torch.tensor(idx, dtype=torch.long, device=t.device)
-                    self.saved.append((t, dim, index, t.index_select(dim, index)))  # a new tensor: a copy
-            for t, dim, index, _ in self.saved:
-                t.index_fill_(dim, index, 0)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        with torch.no_grad():
-            for t, dim, index, old in reversed(self.saved):  # reversed: overlapping slices end as they began
-                t.index_copy_(dim, index, old)
-        self.saved.clear()
 
 
 class NotVerifiable(Exception):
@@ -150,7 +118,9 @@ class NormAware(TorchFunctionMode):
 def reference(model: nn.Module, plan: Plan, norm_aware: bool = False) -> Iterator[None]:
     """The model as the pruned one should compute: the plan's slices zeroed in place (and, with
     ``norm_aware``, norms over the kept indices only); restored bit for bit afterwards."""
-    with _Zeroed(model, plan), (NormAware(model, plan) if norm_aware else contextlib.nullcontext()):
+    w = walk(model)
+    with ZeroedSlices({**w.buffers, **w.params}, plan), \
+            (NormAware(model, plan) if norm_aware else contextlib.nullcontext()):
         yield
 
 
@@ -160,7 +130,7 @@ def zeroed_outputs(model: nn.Module, plan: Plan, example_inputs: Any,
     ``norm_aware``: norms losing indices normalize over the kept ones (see :class:`NormAware`); raises
     :class:`NotVerifiable` where that reference cannot be built."""
     with reference(model, plan, norm_aware):
-        return _run(model, _as_tuple(example_inputs), example_kwargs or {})
+        return _run(model, as_inputs(example_inputs), example_kwargs or {})
 
 
 def module_outputs(model: nn.Module, example_inputs: Any,
@@ -173,7 +143,7 @@ def module_outputs(model: nn.Module, example_inputs: Any,
             rec.append((path, [t.detach().clone() for t in iter_tensors(o) if isinstance(t, torch.Tensor)]))
         handles.append(mod.register_forward_hook(hook))
     try:
-        _run(model, _as_tuple(example_inputs), example_kwargs or {})
+        _run(model, as_inputs(example_inputs), example_kwargs or {})
     finally:
         for h in handles:
             h.remove()
@@ -228,7 +198,7 @@ def soft_hard_error(model: nn.Module, plan: Plan, example_inputs: Any,
     For a plan of *exact* groups (``plan.exact``) this is ~1e-7: removal is exactly equivalent to
     zeroing. NaN or a misplaced inf in either is ``inf``. ``model`` itself is not changed.
     """
-    inputs = _as_tuple(example_inputs)
+    inputs = as_inputs(example_inputs)
     soft = apply_plan(copy.deepcopy(model), plan, "soft")
     hard = apply_plan(copy.deepcopy(model), plan, "hard")
     return output_error(_run(soft, inputs, example_kwargs or {}), _run(hard, inputs, example_kwargs or {}))

@@ -13,20 +13,14 @@ class TensorInfo:
     ``nz`` is True when the labelled elements may be non-zero after their units are
     soft-zeroed (e.g. after ``sigmoid`` or ``+ 1``); consuming such elements in a
     contraction makes the units *inexact* (soft and hard results differ).
-    ``joint`` holds labels that depend on the index of another dim, as in stacked RNN
-    states ``h_n[layer * dirs + d, :, hidden]``: ``(dim_a, dim_b, labels[size_a, size_b])``.
     """
 
     labels: dict[int, np.ndarray] = field(default_factory=dict)
     nz: bool = False
-    joint: tuple[int, int, np.ndarray] | None = None
 
     def all_labels(self) -> list[np.ndarray]:
-        out = list(self.labels.values())
-        if self.joint is not None:
-            out.append(self.joint[2].reshape(-1))
-        return out
+        return list(self.labels.values())
 
     @property
     def empty(self) -> bool:
-        return not self.labels and self.joint is None
+        return not self.labels

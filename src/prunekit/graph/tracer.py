@@ -35,6 +35,14 @@ from .registry import NEUTRAL_OPS, OP_RULES, op_name
 from . import rules  # noqa: F401  (registers the op rules)
 
 
+def as_inputs(example_inputs: Any) -> tuple:
+    """Example inputs as the tuple of positional arguments: a tensor (or any other single object)
+    becomes ``(x,)``, a tuple or list is taken as the arguments themselves."""
+    if isinstance(example_inputs, torch.Tensor) or not isinstance(example_inputs, (tuple, list)):
+        return (example_inputs,)
+    return tuple(example_inputs)
+
+
 def iter_tensors(obj: Any, depth: int = 0) -> Iterator[torch.Tensor]:
     """Every tensor inside nested tuples, lists, dicts and dataclasses (e.g. HF ModelOutput)."""
     return iter(tensors_in(obj, depth))
@@ -271,11 +279,6 @@ class Tracer(TorchFunctionMode):
             for t in outs:
                 self.set_info(t, None)
             return
-        if name not in _JOINT_AWARE:
-            for t, inf in zip(ins, infos):
-                if inf is not None and inf.joint is not None:
-                    self.pin_info(TensorInfo(joint=inf.joint), f"{name} on stacked RNN state")
-                    self.set_info(t, TensorInfo(dict(inf.labels), inf.nz)) if inf.labels else self.set_info(t, None)
         try:
             rule(self, name, args, kwargs, out)
         except Exception as exc:  # a rule that cannot map these arguments: stay safe
@@ -283,9 +286,6 @@ class Tracer(TorchFunctionMode):
             for t in outs:
                 self.set_info(t, None)
         return
-
-
-_JOINT_AWARE = frozenset({"getitem", "select"})
 
 
 def _call(func, args: tuple, kwargs: dict) -> Any:
@@ -395,8 +395,7 @@ def trace(model: nn.Module, example_inputs: Any = (), example_kwargs: Mapping[st
     >>> len(g.groups()) > 0
     True
     """
-    if isinstance(example_inputs, torch.Tensor) or not isinstance(example_inputs, (tuple, list)):
-        example_inputs = (example_inputs,)
+    example_inputs = as_inputs(example_inputs)
     example_kwargs = dict(example_kwargs or {})
     ignored = _module_paths(model, ignore, "ignored")
     kept = _module_paths(model, keep_outputs, "keep_outputs")

@@ -60,30 +60,16 @@ def eval_mode(modules: Iterable[nn.Module]) -> Iterator[None]:
             m.training = True
 
 
-class ModuleStack:
-    """Names the module whose forward an error came out of: after the block, ``failed_in`` is the
-    innermost module (by path) whose ``forward`` is on the exception's traceback, or ``None``.
-    Nothing is registered on the model: the frames are read only when something failed."""
-
-    def __init__(self, model: nn.Module) -> None:
-        self.model = model
-        self.failed_in: str | None = None
-
-    def __enter__(self) -> "ModuleStack":
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc is not None:
-            self.failed_in = self._innermost(tb)
-
-    def _innermost(self, tb) -> str | None:
-        paths = {id(m): p for p, m in self.model.named_modules()}
-        found = None
-        while tb is not None:
-            frame = tb.tb_frame
-            if frame.f_code.co_name in ("forward", "_call_impl"):
-                obj = frame.f_locals.get("self")
-                if obj is not None and id(obj) in paths:
-                    found = paths[id(obj)]
-            tb = tb.tb_next
-        return found
+def failing_module(model: nn.Module, tb) -> str | None:
+    """The innermost module of ``model`` (by path) whose ``forward`` is on the traceback ``tb``: where
+    an error raised during a forward came from; ``None`` if no module of the model is on it."""
+    paths = {id(m): p for p, m in model.named_modules()}
+    found = None
+    while tb is not None:
+        frame = tb.tb_frame
+        if frame.f_code.co_name in ("forward", "_call_impl"):
+            obj = frame.f_locals.get("self")
+            if obj is not None and id(obj) in paths:
+                found = paths[id(obj)]
+        tb = tb.tb_next
+    return found

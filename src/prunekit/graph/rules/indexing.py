@@ -188,12 +188,6 @@ def select(tracer, name, args, kwargs, out):
     dim = norm_dim(arg(args, kwargs, 1, "dim"), x.dim())
     index = arg(args, kwargs, 2, "index", arg(args, kwargs, 2, "start"))
     inf = tracer.info(x)
-    if name == "select" and inf.joint is not None and inf.joint[0] == dim and isinstance(index, int):
-        _, b, grid = inf.joint
-        labels = {(d if d < dim else d - 1): l for d, l in inf.labels.items() if d != dim}
-        labels[b if b < dim else b - 1] = grid[index]
-        _set(tracer, out, labels, inf.nz)
-        return
     if dim in inf.labels and (name == "select" or out.shape[dim] != x.shape[dim]):
         size = x.shape[dim]
         if not isinstance(index, int) or isinstance(index, bool):
@@ -270,10 +264,9 @@ def getitem(tracer, name, args, kwargs, out):
     # table): its dim is replaced by the index's dims, the other dims keep their labels
     one = items[adv[0]] if len(adv) == 1 else None
     rank = 1 if _int_vector(one) else (one.dim() if _int_tensor(one) else -1)
-    gather = (rank >= 0 and inf.joint is None and out.dim() == x.dim() - 1 + rank
+    gather = (rank >= 0 and out.dim() == x.dim() - 1 + rank
               and all(isinstance(it, slice) for k, it in enumerate(items) if k != adv[0]))
     labels: dict[int, np.ndarray] = {}
-    joint_pick = None
     d_in = 0
     d_out = 0
     for it in items:
@@ -282,8 +275,6 @@ def getitem(tracer, name, args, kwargs, out):
             continue
         lab = inf.labels.get(d_in)
         if isinstance(it, int):
-            if inf.joint is not None and inf.joint[0] == d_in:
-                joint_pick = (inf.joint[1], inf.joint[2][it])
             if lab is not None:
                 _pin_kept(tracer, lab, index_keeps(x.shape[d_in], it),
                           f"`x[{it}]` on dim {d_in} in {where}: a position fixed in the code; "
@@ -342,23 +333,6 @@ def getitem(tracer, name, args, kwargs, out):
         for d, lab in inf.labels.items():
             if d < x.dim() - trailing:
                 store.pin(lab, f"advanced indexing (mask or several index tensors) in {where}")
-    if inf.joint is not None and joint_pick is not None:
-        b, grid = joint_pick
-        # position of dim b in the output = count of kept dims before it
-        kept_before = 0
-        di = 0
-        for it in items:
-            if it is None:
-                kept_before += 1
-                continue
-            if di == b:
-                break
-            if not isinstance(it, int):
-                kept_before += 1
-            di += 1
-        labels[kept_before] = grid
-    elif inf.joint is not None:
-        store.pin(inf.joint[2], f"indexing stacked RNN state in {where}")
     _set(tracer, out, labels, inf.nz)
 
 

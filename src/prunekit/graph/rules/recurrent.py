@@ -149,8 +149,6 @@ def _initial_states(tracer, name: str, mod_path: str, hx: Any, state_labels: lis
             continue
         last = h.dim() - 1
         src = inf.labels.get(last) if inf is not None else None
-        if inf is not None and inf.joint is not None:
-            tracer.pin_info(TensorInfo(joint=inf.joint), f"{name} initial state in {where}")
         if inf is not None:
             for d, other in inf.labels.items():
                 if d != last:

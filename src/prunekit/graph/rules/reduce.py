@@ -45,8 +45,6 @@ def reduction(tracer, name, args, kwargs, out):
             store.pin(lab, f"{name} over a prunable dim in {tracer.module_path}")
         elif name not in EXACT_REDUCE or inf.nz:
             store.mark_inexact(lab)
-    if inf.joint is not None:
-        tracer.pin_info(TensorInfo(joint=inf.joint), f"{name} on stacked RNN state")
     outs = out if isinstance(out, (tuple, list)) else (out,)
     # Over the *other* dims, a zeroed unit's slice reduces to zero (sum, mean, max, norm, var ... of
     # zeros), so its elements stay zero unless they were non-zero already: exact, like adaptive pooling.

@@ -10,7 +10,7 @@ import torch
 from ..info import TensorInfo
 from ..registry import op_rule
 from .callsite import Attr, Literal, Name, SizeKind, size_kinds, split_size_kind
-from .common import arg, couple, norm_dim, pin_all
+from .common import arg, couple, norm_dim
 
 # Attribute names a module may use for the sizes a reshape splits a dim into.
 HEAD_COUNT_ATTRS = ("num_heads", "num_attention_heads", "n_head", "n_heads", "heads", "num_key_value_heads",
