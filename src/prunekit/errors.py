@@ -34,3 +34,12 @@ class VerificationError(ApplyError):
         super().__init__(message)
         self.error = error
         self.module = module
+
+
+class FileFormatError(PrunekitError, ValueError):
+    """A file prunekit was asked to read is malformed, corrupted (checksum mismatch) or not of the expected
+    format; nothing was allocated beyond what its header could justify. ``path`` names the file."""
+
+    def __init__(self, message: str, path: str | None = None) -> None:
+        super().__init__(f"{path}: {message}" if path else message)
+        self.path = path

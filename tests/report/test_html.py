@@ -42,3 +42,46 @@ def test_report_includes_the_per_layer_table_when_measured(tmp_path):
     plain = write_report(tmp_path / "p", "whole model", comparison=Comparison(
         measure(big, x, latency=False), measure(small, x, latency=False))).read_text()
     assert "Per layer" not in plain
+
+
+def test_a_failed_report_write_leaves_the_previous_report_whole(tmp_path, monkeypatch):
+    """A full disk while writing summary.json (simulated) leaves the old report and summary as they were,
+    no staging folder behind, and the user's other files in the folder untouched."""
+    import prunekit.report.html as report_html
+
+    folder = tmp_path / "r"
+    write_report(folder, "first", extra={"run": 1})
+    (folder / "weights.bin").write_bytes(b"keep")
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(report_html.json, "dumps", full_disk)
+    import pytest
+    with pytest.raises(OSError, match="No space"):
+        write_report(folder, "second", extra={"run": 2})
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r"]
+    monkeypatch.undo()
+    write_report(folder, "second", extra={"run": 2})
+    assert json.loads((folder / "summary.json").read_text())["run"] == 2
+    assert (folder / "weights.bin").read_bytes() == b"keep"
+
+
+def test_report_keeps_file_modes_and_refuses_a_file_as_folder(tmp_path):
+    import os
+
+    import pytest
+
+    folder = tmp_path / "r"
+    write_report(folder, "first")
+    os.chmod(folder / "summary.json", 0o644)
+    os.chmod(folder / "report.html", 0o600)
+    write_report(folder, "second")
+    assert os.stat(folder / "summary.json").st_mode & 0o777 == 0o644
+    assert os.stat(folder / "report.html").st_mode & 0o777 == 0o600
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(NotADirectoryError):
+        write_report(tmp_path / "file", "third")
+    assert (tmp_path / "file").read_text() == "x"

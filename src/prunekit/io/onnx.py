@@ -19,9 +19,7 @@ torch.Size([4, 1000])
 """
 from __future__ import annotations
 
-import contextlib
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +29,7 @@ import torch
 from torch import nn
 
 from ..errors import PrunekitError
+from .atomic import atomic_path
 from ..graph.tracer import tensors_in
 from ..graph.walk import eval_mode
 
@@ -100,18 +99,14 @@ def export_onnx(model: nn.Module, example_inputs: Any, path: str | os.PathLike, 
         if len(names_in) != len(inputs):
             raise PrunekitError(f"{len(names_in)} input names for {len(inputs)} inputs")
         dynamic = {n: {0: "batch"} for n in names_in + names_out} if dynamic_batch else None
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
         try:
-            with warnings.catch_warnings():  # the TorchScript-based exporter warns that it is legacy
-                warnings.simplefilter("ignore")
-                torch.onnx.export(model, inputs, tmp, dynamo=False, opset_version=opset, input_names=list(names_in),
-                                  output_names=list(names_out), dynamic_axes=dynamic)
-            err = _check(tmp, inputs, names_in, reference, rtol, atol) if check else None
-            os.replace(tmp, path)
+            with atomic_path(path) as tmp:
+                with warnings.catch_warnings():  # the TorchScript-based exporter warns that it is legacy
+                    warnings.simplefilter("ignore")
+                    torch.onnx.export(model, inputs, tmp, dynamo=False, opset_version=opset,
+                                      input_names=list(names_in), output_names=list(names_out), dynamic_axes=dynamic)
+                err = _check(tmp, inputs, names_in, reference, rtol, atol) if check else None
         except BaseException as e:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
             if isinstance(e, PrunekitError) or not isinstance(e, Exception):
                 raise
             raise PrunekitError(f"ONNX export of {type(model).__name__} failed: {e}") from e

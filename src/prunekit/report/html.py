@@ -12,6 +12,7 @@ from typing import Any, Sequence
 
 from torch import nn
 
+from ..io.atomic import staged_folder
 from ..measure.compare import Comparison
 from ..measure.sensitivity import Sensitivity
 
@@ -107,33 +108,39 @@ def write_report(folder: str | os.PathLike, title: str, *, comparison: Compariso
                  sensitivity: Sensitivity | None = None, widths: tuple[dict, dict] | None = None,
                  cycles: Sequence[dict] | None = None, notes: Sequence[str] = (),
                  extra: dict[str, Any] | None = None) -> Path:
-    """Write ``report.html``, its PNGs and ``summary.json`` into ``folder``; returns the HTML path."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    parts = [f"<h1>{html.escape(title)}</h1>"]
-    parts += [f"<p>{html.escape(n)}</p>" for n in notes]
-    summary: dict[str, Any] = {"title": title, **(extra or {})}
-    if comparison is not None:
-        rows = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in comparison.rows())
-        parts.append("<h2>Before and after</h2><table border=1 cellpadding=4><tr><th></th><th>before</th>"
-                     f"<th>after</th><th>after/before</th></tr>{rows}</table>")
-        summary["comparison"] = json.loads(comparison.to_json())
-        if comparison.before.latency and comparison.after.latency:
-            parts.append(f'<img src="{_latency_plot(comparison, folder)}">')
-        if comparison.layer_rows():
-            parts.append(_layer_table(comparison))
-    if widths is not None:
-        parts.append(f'<h2>Layer widths</h2><img src="{_widths_plot(*widths, folder)}">')
-        summary["widths"] = {"before": widths[0], "after": widths[1]}
-    if sensitivity is not None:
-        parts.append(f'<h2>Sensitivity</h2><img src="{_sensitivity_plot(sensitivity, folder)}">')
-        summary["sensitivity"] = sensitivity.to_dict()
-    if cycles:
-        parts.append(f'<h2>Prune-recover cycles</h2><img src="{_cycles_plot(cycles, folder)}">')
-        summary["cycles"] = list(cycles)
-    (folder / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
-    page = folder / "report.html"
-    page.write_text("<!doctype html><html><head><meta charset='utf-8'><title>" + html.escape(title) +
-                    "</title></head><body style='font-family: sans-serif'>" + "\n".join(parts) +
-                    "<p>JSON: <a href='summary.json'>summary.json</a></p></body></html>\n")
-    return page
+    """Write ``report.html``, its PNGs and ``summary.json`` into ``folder``; returns the HTML path.
+
+    Everything is written into a staging folder first and then moved in file by file (the page
+    last), so an interrupted or failed write (a full disk) leaves the previous report as it was,
+    never a truncated ``summary.json``; other files in ``folder`` are left alone.
+    """
+    target = Path(folder)
+    with staged_folder(target, last="report.html") as stage:
+        parts = [f"<h1>{html.escape(title)}</h1>"]
+        parts += [f"<p>{html.escape(n)}</p>" for n in notes]
+        summary: dict[str, Any] = {"title": title, **(extra or {})}
+        if comparison is not None:
+            rows = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>"
+                           for r in comparison.rows())
+            parts.append("<h2>Before and after</h2><table border=1 cellpadding=4><tr><th></th><th>before</th>"
+                         f"<th>after</th><th>after/before</th></tr>{rows}</table>")
+            summary["comparison"] = json.loads(comparison.to_json())
+            if comparison.before.latency and comparison.after.latency:
+                parts.append(f'<img src="{_latency_plot(comparison, stage)}">')
+            if comparison.layer_rows():
+                parts.append(_layer_table(comparison))
+        if widths is not None:
+            parts.append(f'<h2>Layer widths</h2><img src="{_widths_plot(*widths, stage)}">')
+            summary["widths"] = {"before": widths[0], "after": widths[1]}
+        if sensitivity is not None:
+            parts.append(f'<h2>Sensitivity</h2><img src="{_sensitivity_plot(sensitivity, stage)}">')
+            summary["sensitivity"] = sensitivity.to_dict()
+        if cycles:
+            parts.append(f'<h2>Prune-recover cycles</h2><img src="{_cycles_plot(cycles, stage)}">')
+            summary["cycles"] = list(cycles)
+        (stage / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+        (stage / "report.html").write_text(
+            "<!doctype html><html><head><meta charset='utf-8'><title>" + html.escape(title) +
+            "</title></head><body style='font-family: sans-serif'>" + "\n".join(parts) +
+            "<p>JSON: <a href='summary.json'>summary.json</a></p></body></html>\n")
+    return target / "report.html"
