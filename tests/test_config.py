@@ -23,3 +23,21 @@ def test_invalid_values_rejected(bad):
 def test_unknown_field_rejected():
     with pytest.raises(ValueError, match="unknown"):
         PruneConfig.from_dict({"ratio": 0.5, "ratoi": 0.1})
+
+
+@pytest.mark.parametrize("overrides, error, match", [
+    ({"ratio": "0.5"}, TypeError, "PruneConfig.ratio must be a number, got str '0.5'"),
+    ({"ratio": float("nan")}, ValueError, "PruneConfig.ratio must be a finite number"),
+    ({"ratio": 2}, ValueError, r"PruneConfig.ratio must be in \[0.0, 1.0\), got 2"),
+    ({"round_to": 2.5}, TypeError, "PruneConfig.round_to must be an integer, got 2.5"),
+    ({"round_to": -1}, ValueError, "PruneConfig.round_to must be in"),
+    ({"threshold": float("nan")}, ValueError, "PruneConfig.threshold must be a finite number"),
+    ({"ratios": {"layer*": "0.3"}}, TypeError, r"PruneConfig.ratios\['layer\*'\] must be a number"),
+    ({"ratios": {3: 0.3}}, TypeError, "PruneConfig.ratios keys must be strings"),
+    ({"max_ratio": float("inf")}, ValueError, "PruneConfig.max_ratio"),
+    ({"strict": "yes"}, TypeError, "PruneConfig.strict"),
+    ({"ignore": [1.5]}, TypeError, "PruneConfig.ignore must hold strings"),
+])
+def test_every_numeric_setting_is_checked_naming_the_field(overrides, error, match):
+    with pytest.raises(error, match=match):
+        PruneConfig(**overrides)

@@ -5,6 +5,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable, Mapping
 
+from .validate import names, number
+
 KINDS = ("channel", "group", "head", "head_dim")
 
 
@@ -41,29 +43,32 @@ class PruneConfig:
     strict: bool = field(default=False, metadata={"help": "raise on ops without a rule instead of keeping their dims"})
 
     def __post_init__(self) -> None:
-        if isinstance(self.ratios, Mapping):
-            object.__setattr__(self, "ratios", tuple((str(k), float(v)) for k, v in self.ratios.items()))
-        else:
-            object.__setattr__(self, "ratios", tuple((str(k), float(v)) for k, v in self.ratios))
+        ratios = self.ratios.items() if isinstance(self.ratios, Mapping) else self.ratios
+        try:
+            pairs = [(k, v) for k, v in ratios]
+        except (TypeError, ValueError):
+            raise TypeError("PruneConfig.ratios must be a mapping or (pattern, ratio) pairs, got "
+                            f"{type(self.ratios).__name__} {self.ratios!r}") from None
+        for k, _ in pairs:
+            if not isinstance(k, str):
+                raise TypeError(f"PruneConfig.ratios keys must be strings (globs), got {type(k).__name__} {k!r}")
+        object.__setattr__(self, "ratios", tuple(
+            (k, float(number(f"PruneConfig.ratios[{k!r}]", v, lo=0.0, hi=1.0, hi_open=True))) for k, v in pairs))
         for name in ("ignore", "keep_outputs"):
-            value = getattr(self, name)
-            if isinstance(value, str):
-                value = (value,)
-            object.__setattr__(self, name, tuple(value))
-        object.__setattr__(self, "kinds", tuple(self.kinds))
-        for name, r in (("ratio", self.ratio),) + tuple(("ratios", r) for _, r in self.ratios):
-            if not 0.0 <= r < 1.0:
-                raise ValueError(f"{name} must be in [0, 1), got {r}")
-        if not 0.0 < self.max_ratio < 1.0:
-            raise ValueError(f"max_ratio must be in (0, 1), got {self.max_ratio}")
-        if not 0.0 <= self.min_ratio <= self.max_ratio:
-            raise ValueError(f"min_ratio must be in [0, max_ratio], got {self.min_ratio}")
+            object.__setattr__(self, name, names(f"PruneConfig.{name}", getattr(self, name), modules=True))
+        object.__setattr__(self, "kinds", names("PruneConfig.kinds", self.kinds))
+        number("PruneConfig.ratio", self.ratio, lo=0.0, hi=1.0, hi_open=True)
+        number("PruneConfig.max_ratio", self.max_ratio, lo=0.0, hi=1.0, lo_open=True, hi_open=True)
+        number("PruneConfig.min_ratio", self.min_ratio, lo=0.0, hi=self.max_ratio)
+        number("PruneConfig.round_to", self.round_to, lo=1, integer=True)
+        if self.threshold is not None:
+            number("PruneConfig.threshold", self.threshold)
+        if not isinstance(self.strict, bool):
+            raise TypeError(f"PruneConfig.strict must be True or False, got {self.strict!r}")
         if self.scope not in ("local", "global"):
             raise ValueError(f"scope must be 'local' or 'global', not {self.scope!r}")
         if self.normalize not in ("mean", "max", "sum", "l2", "none"):
             raise ValueError(f"normalize must be one of mean, max, sum, l2, none; not {self.normalize!r}")
-        if self.round_to < 1:
-            raise ValueError(f"round_to must be >= 1, got {self.round_to}")
         bad = [k for k in self.kinds if k not in KINDS]
         if bad:
             raise ValueError(f"unknown group kinds {bad}; choose among {KINDS}")

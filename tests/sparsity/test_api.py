@@ -118,7 +118,94 @@ def test_gradual_pruner_state_round_trips():
     for _ in range(2):
         pruner.step()
     state = pruner.state_dict()
-    assert state == {"step_count": 2, "current": pytest.approx(pruner.current)} and state["current"] > 0
+    assert state["step_count"] == 2 and state["current"] == pytest.approx(pruner.current) and state["current"] > 0
+    assert set(state["masks"]) == set(pruner.names)
     other = GradualPruner(_model(), Cubic(0.0, 0.8, begin_step=0, end_step=4, frequency=1))
     other.load_state_dict(state)
     assert other.step_count == 2 and other.current == pruner.current
+
+
+def _snapshot(m):
+    return {k: v.clone() for k, v in m.state_dict().items()}
+
+
+@pytest.mark.parametrize("overrides, error, match", [
+    ({"threshold": float("nan")}, ValueError, "SparsityConfig.threshold must be a finite number"),
+    ({"sparsity": "0.5"}, TypeError, "SparsityConfig.sparsity must be a number, got str"),
+    ({"sparsity": float("nan")}, ValueError, "SparsityConfig.sparsity"),
+    ({"sparsity": True}, TypeError, "SparsityConfig.sparsity"),
+    ({"ignore": ["typo"]}, ValueError, "ignore names modules that are not in the model: 'typo'"),
+    ({"ignore": ["2.weight"]}, ValueError, "not in the model"),
+    ({"ignore": [3]}, TypeError, "SparsityConfig.ignore must hold strings"),
+])
+def test_bad_settings_raise_naming_the_field_and_change_nothing(overrides, error, match):
+    m = _model()
+    before = _snapshot(m)
+    with pytest.raises(error, match=match):
+        sparsify_(m, **overrides)
+    assert not masks_of(m)
+    assert all(torch.equal(v, before[k]) for k, v in m.state_dict().items())
+
+
+def test_ignore_suggests_the_close_name():
+    with pytest.raises(ValueError, match="did you mean '2'"):
+        sparsify_(_model(), ignore=["2 "])
+
+
+def test_nm_on_a_real_resnet_skips_layers_it_cannot_fit_and_says_so():
+    import torchvision
+
+    net = torchvision.models.resnet18()
+    with pytest.warns(UserWarning, match="left dense"):
+        r = sparsify_(net, pattern="2:4")
+    assert r.skipped == {"conv1.weight": "input size 147 is not a multiple of 4"}
+    assert "conv1.weight: left dense" in r.summary()
+    assert "conv1.weight" not in r.masks and len(r.masks) == 20
+    for name, mask in r.masks.items():
+        blocks = mask.reshape(mask.shape[0], -1, 4)
+        assert (blocks.sum(-1) == 2).all(), name
+    with pytest.raises(ValueError, match="strict=True.*conv1.weight"):
+        sparsify_(torchvision.models.resnet18(), pattern="2:4", strict=True)
+
+
+def test_masked_checkpoint_loads_into_a_plain_copy_and_resumes_gradual_pruning():
+    from prunekit.sparsity import load_state_dict_
+
+    sched = lambda: Cubic(0.0, 0.8, begin_step=0, end_step=6, frequency=1)  # noqa: E731
+    m = _model()
+    pruner = GradualPruner(m, sched())
+    opt = torch.optim.SGD(m.parameters(), lr=0.1)
+    x = torch.randn(4, 16, generator=torch.Generator().manual_seed(1))
+
+    def train_step(model, optimizer, p):
+        optimizer.zero_grad()
+        model(x).pow(2).mean().backward()
+        optimizer.step()
+        p.step()
+
+    for _ in range(3):
+        train_step(m, opt, pruner)
+    model_state, pruner_state = _snapshot(m), pruner.state_dict()
+    assert any(k.endswith("parametrizations.weight.original") for k in model_state)
+
+    plain = _model()  # a fresh model with no masks: the masks come from the checkpoint
+    load_state_dict_(plain, model_state)
+    assert torch.equal(plain(x), m(x)) and all(torch.equal(masks_of(plain)[k], v) for k, v in masks_of(m).items())
+
+    fresh = _model()
+    resumed = GradualPruner(fresh, sched())
+    resumed.load_checkpoint(model_state, pruner_state)
+    assert resumed.step_count == 3
+    opt2 = torch.optim.SGD(fresh.parameters(), lr=0.1)
+    for _ in range(4):
+        train_step(m, opt, pruner)
+        train_step(fresh, opt2, resumed)
+    assert torch.equal(fresh(x), m(x))
+    assert resumed.current == pruner.current == pytest.approx(0.8)
+    resumed.finalize()
+    assert set(fresh.state_dict()) == {"0.weight", "0.bias", "2.weight", "2.bias"}
+
+    # negative control: a checkpoint whose masks were dropped is refused, not loaded half-right
+    no_masks = {k: v for k, v in model_state.items() if not k.endswith(".mask")}
+    with pytest.raises(ValueError, match="without their masks"):
+        load_state_dict_(_model(), no_masks)
