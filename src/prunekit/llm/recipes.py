@@ -1,0 +1,153 @@
+"""Structured LLM recipes on a parameter budget: which units go (uniform per layer or global across
+layers), FLAP's bias compensation, and depth by block influence (prunekit.blocks).
+
+>>> cal = collect_stats(model, calib)                               # doctest: +SKIP
+>>> res = prune_width_(model, WidthConfig(ratio=0.1), cal)         # doctest: +SKIP
+>>> prune_depth_(model, calib, n=3)                                 # doctest: +SKIP
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..blocks import block_scores, remove_blocks_
+from .scores import SCORERS, Calibration, LayerScores, add_bias_, compensation, layer_scores
+from .structured import BLOCKS_PATH, CutResult, LayerCut, LayerUnits, _channels, blocks, cut_, decoder_params, \
+    family, model_units, normalize_cut, unit_costs
+
+
+@dataclass(frozen=True)
+class WidthConfig:
+    """A width cut: remove ``ratio`` of the decoder-block parameters.
+
+    ``units``: ``"neurons"`` (MLP only), ``"heads"`` (whole KV groups only) or ``"both"``.
+    ``allocation``: ``"uniform"`` (the same count in every layer) or ``"global"`` (scores standardized
+    per unit kind over all layers, the lowest go first wherever they are: per-layer sizes).
+    ``compensate``: fold the removed channels' calibration means into the output projections' biases
+    (FLAP). ``min_keep``: fraction of each layer's neurons / KV groups that always stays."""
+
+    criterion: str = "flap"
+    ratio: float = 0.1
+    units: str = "neurons"
+    allocation: str = "uniform"
+    compensate: bool = False
+    min_keep: float = 0.1
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.criterion not in SCORERS:
+            raise ValueError(f"WidthConfig.criterion must be one of {SCORERS}, not {self.criterion!r}")
+        if not 0.0 <= self.ratio < 1.0:
+            raise ValueError(f"WidthConfig.ratio must be in [0, 1), not {self.ratio}")
+        if self.units not in ("neurons", "heads", "both"):
+            raise ValueError(f"WidthConfig.units must be 'neurons', 'heads' or 'both', not {self.units!r}")
+        if self.allocation not in ("uniform", "global"):
+            raise ValueError(f"WidthConfig.allocation must be 'uniform' or 'global', not {self.allocation!r}")
+        if not 0.0 < self.min_keep <= 1.0:
+            raise ValueError(f"WidthConfig.min_keep must be in (0, 1], not {self.min_keep}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def all_scores(model: nn.Module, criterion: str, cal: Calibration | None, units: list[LayerUnits],
+               seed: int = 0) -> dict[int, LayerScores]:
+    g = torch.Generator().manual_seed(seed)
+    return {u.index: layer_scores(model, u, criterion, cal, g) for u in units}
+
+
+def select_cuts(model: nn.Module, scores: dict[int, LayerScores], config: WidthConfig, units: list[LayerUnits],
+                budget: int) -> dict[int, LayerCut]:
+    """The units to remove, ``budget`` parameters in all (the last unit may overshoot by less than
+    its own size), lowest scores first."""
+    costs = {u.index: unit_costs(model, u) for u in units}
+    group_cost = {i: c.q_head * units[i].rep + c.kv_group for i, c in costs.items()}
+    kinds = ["neurons", "heads"] if config.units == "both" else [config.units]
+    if config.allocation == "uniform":
+        if config.units == "both":
+            raise ValueError("WidthConfig: allocation='uniform' takes units='neurons' or 'heads'")
+        cuts = {}
+        per_layer = budget / len(units)
+        for u in units:
+            s = scores[u.index]
+            if config.units == "neurons":
+                n = min(int(round(per_layer / costs[u.index].neuron)), int(u.mlp.size * (1 - config.min_keep)))
+                cuts[u.index] = LayerCut(neurons=tuple(sorted(torch.argsort(s.neurons, stable=True)[:n].tolist())))
+            else:
+                n = min(int(round(per_layer / group_cost[u.index])), u.n_kv - max(1, int(u.n_kv * config.min_keep)))
+                cuts[u.index] = LayerCut(kv_groups=tuple(sorted(torch.argsort(s.kv_groups, stable=True)[:n].tolist())))
+        return cuts
+    # global: z-scores per kind over every layer, lowest first, within min_keep
+    cands: list[tuple[float, int, str, int]] = []
+    for kind in kinds:
+        vals = torch.cat([scores[u.index].neurons if kind == "neurons" else scores[u.index].kv_groups for u in units])
+        mu, sd = vals.mean(), vals.std().clamp_min(1e-30)
+        for u in units:
+            v = scores[u.index].neurons if kind == "neurons" else scores[u.index].kv_groups
+            cands += [(float((x - mu) / sd), u.index, kind, j) for j, x in enumerate(v.tolist())]
+    cands.sort()
+    removed: dict[tuple[int, str], list[int]] = {}
+    total = 0
+    for _, i, kind, j in cands:
+        if total >= budget:
+            break
+        u = units[i]
+        size = u.mlp.size if kind == "neurons" else u.n_kv
+        floor = max(1, int(size * config.min_keep))
+        have = removed.setdefault((i, kind), [])
+        if size - len(have) - 1 < floor:
+            continue
+        have.append(j)
+        total += costs[i].neuron if kind == "neurons" else group_cost[i]
+    return {u.index: LayerCut(kv_groups=tuple(sorted(removed.get((u.index, "heads"), []))),
+                              neurons=tuple(sorted(removed.get((u.index, "neurons"), [])))) for u in units}
+
+
+@dataclass
+class WidthResult:
+    config: WidthConfig
+    cut: CutResult
+    cuts: dict[int, LayerCut]
+    compensated: list[str] = field(default_factory=list)
+
+
+def prune_width_(model: nn.Module, config: WidthConfig, cal: Calibration | None, *,
+                 budget: int | None = None, scores: dict[int, LayerScores] | None = None,
+                 example_ids: torch.Tensor | None = None) -> WidthResult:
+    """Score, select and cut (verified) in place; ``budget`` (parameters) defaults to
+    ``config.ratio`` of the decoder-block parameters now. ``scores`` reuses precomputed scores."""
+    units = model_units(model)
+    if budget is None:
+        budget = int(round(config.ratio * decoder_params(model)))
+    if scores is None:
+        scores = all_scores(model, config.criterion, cal, units, config.seed)
+    cuts = select_cuts(model, scores, config, units, budget)
+    comp: dict[str, torch.Tensor] = {}
+    if config.compensate:
+        if cal is None or not cal.stats:
+            raise ValueError("WidthConfig.compensate needs channel statistics (collect_stats)")
+        for i, c in cuts.items():
+            heads, _, neurons = normalize_cut(units[i], c)
+            for path, vec in compensation(model, units[i], cal, _channels(heads, units[i].head_dim), neurons).items():
+                comp[path] = vec
+    res = cut_(model, cuts, example_ids=example_ids)
+    for path, vec in comp.items():
+        add_bias_(model, path, vec)
+    return WidthResult(config, res, cuts, sorted(comp))
+
+
+def depth_scores(model: nn.Module, windows: torch.Tensor) -> dict[str, float]:
+    """Block influence (1 - cos(input, output), ShortGPT) of every decoder layer on ``windows`` [n, T]."""
+    names = [f"{BLOCKS_PATH[family(model)]}.{i}" for i in range(len(blocks(model)))]
+    return block_scores(model, names, [w[None] for w in windows], "similarity",
+                        forward=lambda m, ids: m(input_ids=ids, use_cache=False))
+
+
+def prune_depth_(model: nn.Module, scores: dict[str, float], n: int) -> list[str]:
+    """Remove the ``n`` layers of lowest block influence (``config.num_hidden_layers`` and each
+    attention's ``layer_idx`` are renumbered by prunekit.blocks)."""
+    worst = sorted(scores, key=lambda b: scores[b])[:n]
+    return remove_blocks_(model, worst)
