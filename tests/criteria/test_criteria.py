@@ -255,3 +255,37 @@ def test_taylor_keeps_the_mode_stops_at_max_batches_and_skips_unused_parameters(
     crit.data = None
     crit.prepare(m, None)
     assert crit.batches == 2
+
+
+def test_register_criterion_with_and_without_a_name():
+    import pytest
+
+    from prunekit import Criterion, get_criterion, register_criterion
+    from prunekit.criteria.base import CRITERIA
+
+    try:
+        @register_criterion
+        class PlainDecorated(Criterion):
+            pass
+
+        @register_criterion()
+        class EmptyCall(Criterion):
+            name = "empty_call_named"
+
+        @register_criterion("given_name")
+        class Named(Criterion):
+            pass
+
+        assert isinstance(PlainDecorated, type) and issubclass(PlainDecorated, Criterion)
+        assert isinstance(get_criterion("plaindecorated"), PlainDecorated)
+        assert isinstance(get_criterion("empty_call_named"), EmptyCall)
+        assert isinstance(get_criterion("given_name"), Named) and Named.name == "given_name"
+        with pytest.raises(ValueError, match="taken by"):
+            @register_criterion("given_name")
+            class Other(Criterion):
+                pass
+        with pytest.raises(TypeError, match="register_criterion"):
+            register_criterion(lambda m: m)
+    finally:
+        for key in ("plaindecorated", "empty_call_named", "given_name"):
+            CRITERIA.pop(key, None)

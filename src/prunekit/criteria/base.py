@@ -13,7 +13,7 @@ for global pruning.
 """
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from typing import Iterable
 
 import numpy as np
 import torch
@@ -24,13 +24,28 @@ from ..graph.groups import Group
 CRITERIA: dict[str, type["Criterion"]] = {}
 
 
-def register_criterion(name: str) -> Callable[[type["Criterion"]], type["Criterion"]]:
-    def register(cls: type["Criterion"]) -> type["Criterion"]:
-        CRITERIA[name] = cls
-        cls.name = name
+def register_criterion(name: "str | type[Criterion] | None" = None):
+    """Register a :class:`Criterion` subclass under ``name``; usable as ``@register_criterion``,
+    ``@register_criterion()`` or ``@register_criterion("my_name")``. Without a name the class's own
+    ``name`` attribute is used if it set one, else its class name in lower case. A name already
+    taken by another class raises (re-registering the same class is allowed)."""
+
+    def register(cls: type["Criterion"], key: str | None = None) -> type["Criterion"]:
+        if not (isinstance(cls, type) and issubclass(cls, Criterion)):
+            raise TypeError(f"register_criterion decorates a Criterion subclass, not {cls!r}")
+        key = key or (cls.__dict__.get("name") if isinstance(cls.__dict__.get("name"), str) else None) \
+            or cls.__name__.lower()
+        if key in CRITERIA and CRITERIA[key].__qualname__ != cls.__qualname__:
+            raise ValueError(f"criterion name {key!r} is taken by {CRITERIA[key].__qualname__}")
+        CRITERIA[key] = cls
+        cls.name = key
         return cls
 
-    return register
+    if isinstance(name, type):  # @register_criterion without parentheses
+        return register(name)
+    if name is not None and (not isinstance(name, str) or not name):
+        raise TypeError(f"register_criterion name must be a non-empty string, got {name!r}")
+    return lambda cls: register(cls, name)
 
 
 class Criterion:
