@@ -21,3 +21,21 @@ __all__ = [
     "make_plan", "prune_", "register_criterion", "select_units", "soft_hard_error", "trace", "VerificationError",
 ]
 __version__ = "0.1.0"
+
+# Every documented submodule is reachable after ``import prunekit`` (``prunekit.sparsity.sparsify_``),
+# imported on first use so that ``import prunekit`` stays fast.
+SUBMODULES = ("api", "blocks", "calibration", "config", "criteria", "dead", "deploy", "errors", "graph", "io",
+              "layers", "llm", "measure", "plan", "progress", "progressive", "recovery", "report", "schedules",
+              "selection", "sparsity", "streams", "validate", "verify", "zoo")
+
+
+def __getattr__(name: str):
+    if name in SUBMODULES:
+        import importlib
+
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(SUBMODULES))
