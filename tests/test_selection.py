@@ -73,8 +73,36 @@ def test_grouped_conv_loses_the_ratio_of_its_channels_not_more():
     kinds = {g.kind for g in graph.groups()}
     assert {"group", "channel"} <= kinds
     prunekit.prune_(m, x, ratio=0.5)
-    # 32 channels in 4 groups of 8: keep ~half of them (3 of 4 groups x 6 of 8, or similar), not a quarter
-    assert 14 <= m[2].out_channels <= 18 and m[0].out_channels == m[2].in_channels
+    # 32 channels in 4 groups of 8: keep exactly half of them, as 4 groups of 4 (the narrower width of the two
+    # pairs that keep 16; 3 x 6 = 18 would keep more than asked), not a quarter (both factors at 0.5)
+    assert (m[2].out_channels, m[2].groups, m[2].weight.shape[1]) == (16, 4, 4)
+    assert m[0].out_channels == m[2].in_channels
+
+
+@pytest.mark.parametrize("n_groups, width, ratio, expected", [
+    (46, 8, 0.5, (0, 4)),  # RegNetX's 368 channels: 184 kept, as 46 x 4 rather than 23 x 8
+    (4, 8, 0.25, (0, 2)),  # 24 of 32 kept: 4 x 6
+    (3, 5, 0.5, (1, 1)),  # floor(7.5) = 7 go: at most 8 kept; 2 x 4 = 8 beats 3 x 2 = 6
+])
+def test_factored_counts_remove_at_least_the_ratio_keeping_the_most(n_groups, width, ratio, expected):
+    from prunekit.selection import _pair_counts
+
+    a, b = _pair_counts(n_groups, width, ratio, PruneConfig(ratio=ratio))
+    kept = (n_groups - a) * (width - b)
+    assert kept <= n_groups * width - int(n_groups * width * ratio)
+    assert (a, b) == expected
+
+
+def test_factored_counts_fall_back_when_the_factors_have_different_ratios():
+    """Negative control: a per-module ratio of 0 on module "0" covers the group factor and the grouped
+    conv's input width (both rooted there) but not its output width: the pair search must not override it."""
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(3, 32, 1), nn.ReLU(), nn.Conv2d(32, 32, 3, padding=1, groups=4), nn.ReLU(),
+                      nn.Conv2d(32, 8, 1), nn.Flatten(), nn.Linear(8 * 6 * 6, 2)).eval()
+    x = torch.randn(1, 3, 6, 6)
+    prunekit.prune_(m, x, ratio=0.5, ratios=(("0", 0.0),))
+    # groups and input width (both rooted at module "0") stay; the output width loses 1 - sqrt(0.5) of 8
+    assert (m[2].groups, m[2].in_channels, m[2].out_channels) == (4, 32, 24)
 
 
 @pytest.mark.parametrize("normalize, expected", [("none", {"0.weight:0": 8}),

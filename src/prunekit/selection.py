@@ -12,7 +12,10 @@
 
 ``round_to`` then rounds each channel group's kept count up to a multiple. Where a channel
 dimension is factored into groups x width (grouped convs, GroupNorm), the two factor groups
-share the ratio (each loses ``1 - sqrt(1 - r)``) so that ``r`` of the channels go, as asked.
+share the ratio so that ``r`` of the channels go, as asked: the pair of counts removing at least
+``floor(r * channels)`` channels while keeping the most, ties going to the narrower width (the
+grouped conv's cost per kept channel is its width; Torch-Pruning makes the same choice). A factor
+shared by several pairs falls back to each losing ``1 - sqrt(1 - r)``.
 """
 from __future__ import annotations
 
@@ -78,7 +81,14 @@ def select_units(model: nn.Module, groups: list[Group], config: PruneConfig,
     else:
         removal = {}
         factored = _factored(eligible)
+        for gg, widths in _factor_pairs(eligible):
+            r = ratio_for(gg, config)
+            if config.threshold is None and all(ratio_for(w, config) == r for w in widths):
+                removal[gg.id], n_w = _pair_counts(len(gg), len(widths[0]), r, config)
+                removal.update({w.id: n_w for w in widths})
         for g in eligible:
+            if g.id in removal:
+                continue
             lo, hi = _bounds(len(g), config)
             if config.threshold is not None:
                 want = int((scores[g.id] < config.threshold).sum())
@@ -99,6 +109,46 @@ def select_units(model: nn.Module, groups: list[Group], config: PruneConfig,
         summaries.append({"group": g.id, "kind": g.kind, "root": f"{g.root[0]}:{g.root[1]}", "units": len(g),
                           "removed": n_rm, "exact": g.exact})
     return chosen, summaries
+
+
+def _factor_pairs(groups: list[Group]) -> list[tuple[Group, list[Group]]]:
+    """``group``-kind groups with their ``channel``-kind width groups (a grouped conv's input and output
+    widths), where every width group has the same size and belongs to no other group-kind group."""
+    by_id = {g.id: g for g in groups}
+    channel_dims: dict[tuple[str, int], set[int]] = {}
+    for g in groups:
+        if g.kind == "channel":
+            for key, _ in g.signature:
+                channel_dims.setdefault(key, set()).add(g.id)
+    partners: dict[int, set[int]] = {}
+    for g in groups:
+        if g.kind == "group":
+            partners[g.id] = {pid for key, _ in g.signature for pid in channel_dims.get(key, ())}
+    used: dict[int, int] = {}
+    for pids in partners.values():
+        for pid in pids:
+            used[pid] = used.get(pid, 0) + 1
+    out = []
+    for gid, pids in partners.items():
+        widths = [by_id[p] for p in sorted(pids)]
+        if widths and all(used[p] == 1 for p in pids) and len({len(w) for w in widths}) == 1:
+            out.append((by_id[gid], widths))
+    return out
+
+
+def _pair_counts(n_groups: int, width: int, r: float, config: PruneConfig) -> tuple[int, int]:
+    """Groups and per-group width to remove from a ``n_groups x width`` channel dimension at ratio ``r``:
+    at least ``floor(r * n_groups * width)`` channels go (as from any channel group), keeping the most
+    channels possible within each factor's bounds; ties keep more groups of a narrower width."""
+    n = n_groups * width
+    keep_at_most = n - math.floor(n * r + 1e-9)
+    (glo, ghi), (wlo, whi) = _bounds(n_groups, config), _bounds(width, config)
+    fits = [((n_groups - a) * (width - b), b, a) for a in range(glo, ghi + 1) for b in range(wlo, whi + 1)
+            if (n_groups - a) * (width - b) <= keep_at_most]
+    if not fits:  # the bounds cannot reach the ratio: remove as much as they allow
+        return ghi, whi
+    _, b, a = max(fits)  # most channels kept, then the most width removed (the narrowest groups)
+    return a, b
 
 
 def _factored(groups: list[Group]) -> set[int]:
