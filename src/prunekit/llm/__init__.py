@@ -1,0 +1,12 @@
+"""Decoder LLMs: the layer-by-layer calibration pipeline, per-weight sparsity (magnitude, Wanda,
+SparseGPT, N:M, OWL), perplexity, and the evaluation protocol's model and text.
+
+Submodules: :mod:`.data` (SmolLM2 + Wikipedia windows), :mod:`.eval` (perplexity), :mod:`.arch`
+(where a family's blocks and layers live), :mod:`.pipeline` (one block at a time).
+"""
+from .arch import DecoderLayout, block_linears, layout, set_weight, weight_of
+from .eval import perplexity
+from .pipeline import BlockInputs, BlockSource, capture_inputs, run_blocks
+
+__all__ = ["BlockInputs", "BlockSource", "DecoderLayout", "block_linears", "capture_inputs", "layout",
+           "perplexity", "run_blocks", "set_weight", "weight_of"]
