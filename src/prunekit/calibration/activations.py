@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from ..devices import device_of, move_to
 from ..graph.registry import op_name
 from ..graph.tracer import SITE_KINDS, DependencyGraph, Site
 
@@ -98,7 +99,9 @@ class SiteRecorder(TorchFunctionMode):
 
 
 def _default_forward(model: nn.Module, batch: Any) -> Any:
+    """The model on a batch's inputs (its first element for ``(inputs, target)``), moved to the model's device."""
     x = batch[0] if isinstance(batch, (tuple, list)) else batch
+    x = move_to(x, device_of(model))
     if isinstance(x, dict):
         return model(**x)
     return model(x)

@@ -7,6 +7,7 @@ GPU), wraps the model in DistributedDataParallel and shards a ``DataLoader`` wit
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from dataclasses import dataclass, field
@@ -18,7 +19,9 @@ from torch import distributed as dist
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, DistributedSampler
 
+from ..devices import device_of, move_to
 from ..progress import progress_bar
+from ..validate import number
 from .distill import Distillation
 from .freeze import train_mode
 
@@ -34,8 +37,20 @@ class TrainConfig:
     grad_clip: float | None = None
     schedule: str = field(default="cosine", metadata={"help": "cosine or constant learning rate"})
     progress: bool = True
+    amp: str | None = field(default=None, metadata={"help": "mixed precision: None, 'bf16' or 'fp16' (fp16 with a "
+                                                            "gradient scaler on CUDA)"})
 
     def __post_init__(self) -> None:
+        number("TrainConfig.epochs", self.epochs, lo=1, integer=True)
+        number("TrainConfig.lr", self.lr, lo=0.0, lo_open=True)
+        number("TrainConfig.momentum", self.momentum, lo=0.0, hi=1.0)
+        number("TrainConfig.weight_decay", self.weight_decay, lo=0.0)
+        if self.max_steps is not None:
+            number("TrainConfig.max_steps", self.max_steps, lo=1, integer=True)
+        if self.grad_clip is not None:
+            number("TrainConfig.grad_clip", self.grad_clip, lo=0.0, lo_open=True)
+        if self.amp not in (None, "bf16", "fp16"):
+            raise ValueError(f"TrainConfig.amp must be None, 'bf16' or 'fp16', not {self.amp!r}")
         if self.optimizer not in ("adamw", "sgd"):
             raise ValueError(f"optimizer must be 'adamw' or 'sgd', not {self.optimizer!r}")
         if self.schedule not in ("cosine", "constant"):
@@ -81,13 +96,15 @@ def train(model: nn.Module, loader: Iterable, config: TrainConfig = TrainConfig(
           step: Callable[[nn.Module, Any], tuple[torch.Tensor, Any, Any]] = _default_step) -> TrainResult:
     """Train the trainable parameters of ``model`` on ``loader`` (batches of ``(inputs, targets)``).
 
-    With ``distill``, the loss is the distillation loss against the teacher (plus features).
+    Every batch is moved to the model's device first (so recovery runs on a GPU with a CPU data
+    loader, and under torchrun DDP). With ``distill``, the loss is the distillation loss against the
+    teacher (plus features). ``config.amp`` runs the forward under autocast.
     """
-    device = next(model.parameters()).device
+    device = device_of(model)
     rank, world = _maybe_init_distributed(device)
     params = [p for p in model.parameters() if p.requires_grad]
     if distill is not None:
-        first = next(iter(loader))
+        first = move_to(next(iter(loader)), device)
         params += distill.attach(model, first[0])
     if not params:
         raise ValueError("nothing to train: every parameter is frozen")
@@ -106,6 +123,11 @@ def train(model: nn.Module, loader: Iterable, config: TrainConfig = TrainConfig(
     losses: list[float] = []
     steps = 0
     bar = progress_bar(total, config.progress and rank == 0, "recovery")
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.amp or "")
+    autocast = (torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None
+                else contextlib.nullcontext())
+    # fp16 needs loss scaling on CUDA; elsewhere (and for bf16) the scaler is a pass-through
+    scaler = torch.amp.GradScaler(device.type, enabled=config.amp == "fp16" and device.type == "cuda")
     try:
         with train_mode(model):
             for epoch in range(config.epochs):
@@ -115,20 +137,24 @@ def train(model: nn.Module, loader: Iterable, config: TrainConfig = TrainConfig(
                     if total and config.schedule == "cosine":
                         for g in opt.param_groups:
                             g["lr"] = config.lr * 0.5 * (1 + math.cos(math.pi * steps / total))
-                    out, inputs, target = step(net, batch)
-                    loss = loss_fn(out, target)
-                    if distill is not None:
-                        loss = distill.loss(out, inputs, loss)
+                    batch = move_to(batch, device)
+                    with autocast:
+                        out, inputs, target = step(net, batch)
+                        loss = loss_fn(out, target)
+                        if distill is not None:
+                            loss = distill.loss(out, inputs, loss)
                     opt.zero_grad(set_to_none=True)
-                    loss.backward()
+                    scaler.scale(loss).backward()
                     if distill is not None and world > 1:  # adapters live outside DDP: average by hand
                         for a in distill.adapters.parameters():
                             if a.grad is not None:
                                 dist.all_reduce(a.grad)
                                 a.grad /= world
                     if config.grad_clip is not None:
+                        scaler.unscale_(opt)
                         nn.utils.clip_grad_norm_(params, config.grad_clip)
-                    opt.step()
+                    scaler.step(opt)
+                    scaler.update()
                     steps += 1
                     losses.append(float(loss.detach()))
                     if bar is not None:
