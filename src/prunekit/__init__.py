@@ -16,11 +16,19 @@ from .plan import Plan, apply_plan, make_plan
 from .verify import soft_hard_error
 
 __all__ = [
-    "ApplyError", "Counts", "Criterion", "DependencyGraph", "Group", "Plan", "PlanError", "PruneConfig",
+    "ApplyError", "Counts", "from_pretrained", "Criterion", "DependencyGraph", "Group", "Plan", "PlanError", "PruneConfig",
     "PruneResult", "PrunekitError", "UnsupportedOpError", "apply_plan", "count", "get_criterion",
     "make_plan", "prune_", "register_criterion", "select_units", "soft_hard_error", "trace", "VerificationError",
 ]
 __version__ = "0.1.0"
+
+
+def from_pretrained(folder, **kwargs):
+    """Load a pruned Hugging Face causal LM saved by :func:`prunekit.llm.save_pretrained` (plain, or
+    per-layer sizes replayed from its plan); see :func:`prunekit.llm.hf.from_pretrained`."""
+    from .llm.hf import from_pretrained as load
+
+    return load(folder, **kwargs)
 
 # Every documented submodule is reachable after ``import prunekit`` (``prunekit.sparsity.sparsify_``),
 # imported on first use so that ``import prunekit`` stays fast.

@@ -22,7 +22,6 @@ from typing import Any, Iterable
 
 import torch
 from torch import nn
-from transformers import PretrainedConfig
 
 from ..plan import Plan, apply_plan
 from .structured import BLOCKS_PATH, _private_configs, blocks, family, model_units
@@ -103,6 +102,8 @@ def rewrite_config_(model: nn.Module) -> bool:
         path = k.rpartition(".")[0]
         w = mods[path].weight
         mods[path].bias = nn.Parameter(torch.zeros(want[k], dtype=w.dtype, device=w.device))
+    from transformers import PretrainedConfig
+
     for m in model.modules():  # every module holding a config (model, attention, MLP) sees the new sizes
         if isinstance(getattr(m, "config", None), PretrainedConfig):
             m.config = cfg
