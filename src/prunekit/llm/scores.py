@@ -67,38 +67,41 @@ class LayerScores:
 @dataclass
 class Calibration:
     """What the scorers read: channel statistics per (layer, "q" | "mlp") and, for Taylor, ``w * grad``
-    summed per channel per (layer, "q" | "kv" | "mlp")."""
+    summed per channel per (layer, "q" | "kv" | "mlp"), and each block's influence."""
 
     stats: dict[tuple[int, str], ChannelStats] = field(default_factory=dict)
     taylor: dict[tuple[int, str], torch.Tensor] = field(default_factory=dict)
+    influence: dict[int, float] = field(default_factory=dict)   # block influence (1 - cos), prunekit.blocks' measure
 
 
-def _forward_ids(model: nn.Module, ids: torch.Tensor):
-    return model(input_ids=ids, use_cache=False)
+def collect_stats(model: nn.Module, windows: torch.Tensor, units: list[LayerUnits] | None = None, *,
+                  device: torch.device | str | None = None, progress: bool = False) -> Calibration:
+    """Channel statistics of every output projection's input, and every block's influence, over the
+    calibration ``windows`` (int64 [n, T]), through the sequential pipeline (:func:`~prunekit.llm.pipeline.run_blocks`):
+    one block and the hidden states on ``device`` at a time. The model is not changed."""
+    from ..blocks import _cos_change
+    from .pipeline import run_blocks
 
-
-def collect_stats(model: nn.Module, windows: Iterable[torch.Tensor], units: list[LayerUnits] | None = None) -> Calibration:
-    """Channel statistics of every output projection's input over ``windows`` (int64 [n, T] or an
-    iterable of [b, T] batches), one window at a time, under ``torch.no_grad``."""
     units = units or model_units(model)
-    mods = dict(model.named_modules())
     cal = Calibration()
-    handles = []
-    for u in units:
+
+    def visit(i: int, block: nn.Module, inputs) -> torch.Tensor:
+        u = units[i]
+        handles = []
         for key, space in (("q", u.q), ("mlp", u.mlp)):
             st = ChannelStats(torch.zeros(space.size, dtype=torch.float64), torch.zeros(space.size, dtype=torch.float64))
-            cal.stats[(u.index, key)] = st
-            handles.append(mods[space.out_module].register_forward_pre_hook(lambda m, a, st=st: st.add(a[0])))
-    was = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            for w in windows:
-                _forward_ids(model, w.reshape(-1, w.shape[-1]))
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was)
+            cal.stats[(i, key)] = st
+            mod = block.get_submodule(space.out_module[len(u.prefix) + 1:])
+            handles.append(mod.register_forward_pre_hook(lambda m, a, st=st: st.add(a[0])))
+        try:
+            out = inputs.run(block, keep=True)   # (n, T, d)
+        finally:
+            for h in handles:
+                h.remove()
+        cal.influence[i] = sum(_cos_change(inputs.hidden[j:j + 1], out[j:j + 1]) for j in range(len(inputs))) / len(inputs)
+        return out
+
+    run_blocks(model, windows, visit, device=device, progress=progress)
     return cal
 
 
