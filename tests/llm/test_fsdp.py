@@ -61,7 +61,7 @@ def two_process_result(tmp_path_factory):
     script.write_text(WORKER.format(tests=os.path.dirname(__file__), path=str(path)))
     env = dict(os.environ, OMP_NUM_THREADS="1")
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                        str(script)], capture_output=True, text=True, env=env, timeout=120)
+                        str(script)], capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     return torch.load(path)
 
