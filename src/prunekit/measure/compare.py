@@ -3,13 +3,14 @@ comparisons as tables (whole model; per layer, matched by module path) or JSON."
 from __future__ import annotations
 
 import json
+import statistics
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Mapping
 
 from torch import nn
 
 from .counting import count
-from .latency import Latency, measure_latency
+from .latency import Latency, PairedLatency, measure_latency
 from .layers import LayerMeasurement, measure_layers
 from .memory import peak_memory
 from .size import file_size
@@ -55,8 +56,13 @@ def measure(model: nn.Module, example_inputs: Any, example_kwargs: Mapping[str, 
 
 @dataclass
 class Comparison:
+    """Before/after numbers. ``paired`` holds latency measured in alternating rounds (runtime name ->
+    :class:`PairedLatency`, e.g. ``"PyTorch"``, ``"ONNX Runtime"``); when present, its rows replace
+    the unpaired latency row, whose two numbers were taken minutes apart and drift with the load."""
+
     before: Measurement
     after: Measurement
+    paired: dict[str, PairedLatency] = field(default_factory=dict)
 
     def rows(self) -> list[tuple[str, str, str, str]]:
         b, a = self.before, self.after
@@ -70,7 +76,11 @@ class Comparison:
                          f"{a.accuracy - b.accuracy:+.4f}" if None not in (a.accuracy, b.accuracy) else "-"))
         rows += [("params", f"{b.params:,}", f"{a.params:,}", ratio(b.params, a.params)),
                  ("MACs", f"{b.macs:,}", f"{a.macs:,}", ratio(b.macs, a.macs))]
-        if b.latency and a.latency:
+        for runtime, p in self.paired.items():
+            rows.append((f"latency ms, {runtime} (batch {p.batch_size}, {p.config.threads} thr, paired: median of "
+                         f"{p.config.rounds} alternating rounds)", f"{statistics.median(p.base_ms):.2f}",
+                         f"{statistics.median(p.other_ms):.2f}", f"{p.ratio:.3f}"))
+        if b.latency and a.latency and not self.paired:
             rows.append((f"latency ms (batch {b.latency.batch_size}, {b.latency.threads} thr, median)",
                          f"{b.latency.median_ms:.2f}", f"{a.latency.median_ms:.2f}",
                          ratio(b.latency.median_ms, a.latency.median_ms)))
@@ -109,6 +119,8 @@ class Comparison:
 
     def to_json(self) -> str:
         d = {"before": self.before.to_dict(), "after": self.after.to_dict()}
+        if self.paired:
+            d["paired_latency"] = {k: p.to_dict() for k, p in self.paired.items()}
         if self.before.layers is not None and self.after.layers is not None:
             d["layers"] = [{"path": (b or a).path, "type": (b or a).type, "before": _numbers(b), "after": _numbers(a)}
                            for b, a in _layer_pairs(self.before, self.after)]  # after None: the layer is gone

@@ -85,6 +85,23 @@ def _cycles_plot(cycles: Sequence[dict], folder: Path) -> str:
 
 def _latency_plot(cmp: Comparison, folder: Path) -> str:
     plt = _plt()
+    if cmp.paired:  # paired rounds: before/after per runtime, bars at the median, whiskers min-max over rounds
+        import statistics
+
+        fig, ax = plt.subplots(figsize=(1.5 + 2.2 * len(cmp.paired), 4))
+        for i, (runtime, p) in enumerate(cmp.paired.items()):
+            for j, (vals, color) in enumerate(((p.base_ms, "#bbbbbb"), (p.other_ms, "#1f77b4"))):
+                med = statistics.median(vals)
+                ax.bar(i + 0.38 * (j - 0.5), med, width=0.36, color=color,
+                       yerr=[[med - min(vals)], [max(vals) - med]], capsize=5,
+                       label=("before", "after")[j] if i == 0 else None)
+        ax.set_xticks(range(len(cmp.paired)), list(cmp.paired))
+        ax.legend()
+        first = next(iter(cmp.paired.values()))
+        ax.set_ylabel("ms (median of rounds, min-max)")
+        ax.set_title(f"Paired latency, batch {first.batch_size}, {first.config.threads} thr, {first.config.rounds} rounds",
+                     fontsize=9)
+        return _save(fig, folder, "latency.png")
     fig, ax = plt.subplots(figsize=(4.5, 4))
     b, a = cmp.before.latency, cmp.after.latency
     ax.bar(["before", "after"], [b.median_ms, a.median_ms], color=["#bbbbbb", "#1f77b4"],
@@ -125,7 +142,7 @@ def write_report(folder: str | os.PathLike, title: str, *, comparison: Compariso
             parts.append("<h2>Before and after</h2><table border=1 cellpadding=4><tr><th></th><th>before</th>"
                          f"<th>after</th><th>after/before</th></tr>{rows}</table>")
             summary["comparison"] = json.loads(comparison.to_json())
-            if comparison.before.latency and comparison.after.latency:
+            if comparison.paired or (comparison.before.latency and comparison.after.latency):
                 parts.append(f'<img src="{_latency_plot(comparison, stage)}">')
             if comparison.layer_rows():
                 parts.append(_layer_table(comparison))

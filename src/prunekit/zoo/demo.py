@@ -13,10 +13,14 @@ Steps, each announced with its elapsed time:
 5. recover: fine-tune the whole pruned network with distillation from the unpruned one (and
    re-estimate the batch-norm statistics once more);
 6. measure again, print the before/after table, write the HTML report (with the per-layer table).
+   Latency before/after is measured paired (alternating rounds, the ratio is their median), in
+   PyTorch and exported to ONNX Runtime.
 """
 from __future__ import annotations
 
 import copy
+import os
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +32,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from ..api import prune_
 from ..criteria import APoZCriterion
 from ..measure import Comparison, measure
+from ..measure.latency import LatencyConfig, PairedLatency, paired_latency
 from ..recovery import Distillation, TrainConfig, extract_features, fit_linear_head, recalibrate_bn, train
 from ..report import layer_widths, write_report
 from . import demo_model
@@ -46,11 +51,35 @@ class DemoConfig:
     lr: float = 1e-3
     out: str = "prunekit-demo"
     latency_repeats: int = 30
+    latency_rounds: int = 7  # paired before/after latency: alternating rounds (the ratio is their median)
+    onnx: bool = True  # add the ONNX Runtime column (needs the onnx extra)
     dataset: str = "auto"  # "auto" (Fashion-MNIST if installed, else MNIST-5k), "fashion-mnist" or "mnist-5k"
 
     def __post_init__(self) -> None:
         if self.dataset not in CHOICES:
             raise ValueError(f"dataset must be one of {CHOICES}, not {self.dataset!r}")
+
+
+def _paired_latency(before: nn.Module, after: nn.Module, example: torch.Tensor, cfg: "DemoConfig",
+                    t0: float) -> dict[str, PairedLatency]:
+    """Before/after latency in alternating rounds, in PyTorch and (exported) in ONNX Runtime: taken
+    minutes apart, the two numbers of an unpaired measurement drift with the machine's load."""
+    lc = LatencyConfig(threads=1, warmup=3, repeats=max(cfg.latency_repeats // 2, 1), rounds=cfg.latency_rounds)
+    out = {"PyTorch": paired_latency(before.eval(), after.eval(), example, config=lc)}
+    if cfg.onnx:
+        try:
+            from ..io import OnnxRuntimeModule, export_onnx
+            import onnxruntime  # noqa: F401
+        except ImportError as e:
+            _say(t0, f"note: no ONNX Runtime column ({e}); install prunekit[onnx]")
+            return out
+        with tempfile.TemporaryDirectory() as d:
+            paths = [os.path.join(d, f"{n}.onnx") for n in ("before", "after")]
+            for m, path in zip((before, after), paths):
+                export_onnx(m, example, path)
+            ort = [OnnxRuntimeModule(path, threads=1, spinning=False) for path in paths]
+            out["ONNX Runtime"] = paired_latency(*ort, example, config=lc)
+    return out
 
 
 class Transfer(nn.Module):
@@ -137,7 +166,7 @@ def run_demo(cfg: DemoConfig = DemoConfig()) -> Comparison:
     after = measure(model, example, evaluate=evaluate, repeats=cfg.latency_repeats, per_layer=True)
     _say(t0, f"5/6 recovered ({cfg.epochs} epochs of distillation from the unpruned network): accuracy "
              f"{after.accuracy:.4f}")
-    cmp = Comparison(before, after)
+    cmp = Comparison(before, after, paired=_paired_latency(teacher, model, example, cfg, t0))
     print(cmp.table(), flush=True)
     cycles = [{"step": "unpruned", "macs": before.macs, "accuracy": before.accuracy},
               {"step": "pruned", "macs": after.macs, "accuracy": pruned_acc},
