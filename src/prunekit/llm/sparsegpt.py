@@ -1,0 +1,86 @@
+"""SparseGPT (Frantar & Alistarh 2023): prune a Linear layer's weight with optimal-brain-surgeon
+updates of the surviving weights, from the Hessian ``H = X Xᵀ`` of its inputs.
+
+Columns are processed in blocks of ``blocksize`` (128); inside a block, each pruned weight's error
+is spread over the not-yet-processed columns of its row (``W[:, i:] -= err ⊗ Hinv[i, i:]``), and the
+block's accumulated error updates the later columns once, lazily (one matmul). The mask is chosen
+on ``w² / diag(Hinv)²`` per column block (unstructured: over the whole block, or per row), or per
+group of ``m`` columns for N:M, as in the reference code; ties go to the lower index.
+"""
+from __future__ import annotations
+
+import torch
+
+from .masks import prune_count, prune_lowest
+
+
+def _hinv_upper(hessian: torch.Tensor, damp: float) -> torch.Tensor:
+    """Upper Cholesky factor of the damped inverse Hessian, ``chol(H⁻¹)ᵀ`` (the reference's ``Hinv``)."""
+    h = hessian.clone()
+    cols = h.shape[0]
+    idx = torch.arange(cols, device=h.device)
+    h[idx, idx] += damp * torch.mean(torch.diag(h))
+    for scale in (1.0, 10.0, 100.0):
+        lower, info = torch.linalg.cholesky_ex(h)
+        if int(info) == 0:
+            hinv = torch.cholesky_inverse(lower)
+            upper, info = torch.linalg.cholesky_ex(hinv, upper=True)
+            if int(info) == 0:
+                return upper
+        h[idx, idx] += damp * scale * torch.mean(torch.diag(h))
+    raise RuntimeError("llm.sparsegpt: the Hessian is not positive definite even after 111x dampening")
+
+
+def sparsegpt_prune(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float, *,
+                    pattern: tuple[int, int] | None = None, group: str = "tensor", blocksize: int = 128,
+                    damp: float = 0.01) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prune ``weight`` ``[out, in]`` given the input Hessian ``[in, in]``; returns the updated weight
+    (float32, pruned entries exactly 0) and the keep mask.
+
+    ``pattern=(n, m)``: keep ``n`` of every ``m`` consecutive inputs (``sparsity`` is ignored).
+    ``group``: ``"tensor"`` chooses each column block's mask over all rows (the reference),
+    ``"row"`` per output row (each row loses the same fraction).
+    """
+    w = weight.detach().float().clone()
+    h = hessian.detach().float().clone()
+    rows, cols = w.shape
+    dead = torch.diag(h) == 0  # inputs never active: their weights carry nothing
+    h[dead, dead] = 1
+    w[:, dead] = 0
+    hinv = _hinv_upper(h, damp)
+    keep = torch.ones_like(w, dtype=torch.bool)
+    if pattern is not None:
+        n, m = pattern
+        if blocksize % m:
+            raise ValueError(f"llm.sparsegpt: blocksize ({blocksize}) must be a multiple of M ({m})")
+    for i1 in range(0, cols, blocksize):
+        i2 = min(i1 + blocksize, cols)
+        count = i2 - i1
+        w1 = w[:, i1:i2].clone()  # (out, count)
+        q1 = torch.zeros_like(w1)
+        err1 = torch.zeros_like(w1)
+        hinv1 = hinv[i1:i2, i1:i2]
+        d = torch.diag(hinv1)  # (count,)
+        if pattern is None:
+            score = w1 ** 2 / d.reshape(1, -1) ** 2  # (out, count)
+            if group == "row":
+                prune1 = ~prune_lowest(score, prune_count(count, sparsity), dim=1)
+            else:
+                flat = score.reshape(-1)
+                prune1 = ~prune_lowest(flat, prune_count(flat.numel(), sparsity), dim=0).view_as(score)
+        else:
+            prune1 = torch.zeros_like(w1, dtype=torch.bool)
+        for i in range(count):
+            col = w1[:, i]
+            if pattern is not None and i % m == 0:
+                score = w1[:, i:i + m] ** 2 / d[i:i + m].reshape(1, -1) ** 2  # (out, m)
+                prune1[:, i:i + m] = ~prune_lowest(score, m - n, dim=1)
+            q = col.masked_fill(prune1[:, i], 0.0)
+            q1[:, i] = q
+            e = (col - q) / hinv1[i, i]
+            w1[:, i:] -= e.unsqueeze(1) @ hinv1[i, i:].unsqueeze(0)  # (out, 1) @ (1, count - i)
+            err1[:, i] = e
+        w[:, i1:i2] = q1
+        keep[:, i1:i2] = ~prune1
+        w[:, i2:] -= err1 @ hinv[i1:i2, i2:]  # lazy batch update of the later columns
+    return w, keep
