@@ -231,3 +231,54 @@ def test_shufflenet_deeper_stage_width_says_why():
     assert _group_of(graph, "stage2.0.branch2.5.weight", 0) is None
     why = [b for b in graph.blocked() if b.tensor == "stage2.0.branch2.5.weight" and b.dim == 0]
     assert why and why[0].op == "structure" and "reshape" in why[0].reason
+
+
+# -- MobileViT's unfold/fold: the width merged into a leading dim with the batch and patch rows ----------
+
+class PatchFold(nn.Module):
+    """MobileViT's block: (B, C, H, W) -> patches (B*P, N, C) through ``reshape(B * C * nh, ...)``, a residual
+    MLP over C, and back. ``literal``: the width is written as 24 in the merged size (``B * 24 * nh``)."""
+
+    def __init__(self, literal: bool = False):
+        super().__init__()
+        self.literal = literal
+        self.conv_in = nn.Conv2d(3, 24, 1)
+        self.fc1, self.fc2 = nn.Linear(24, 32), nn.Linear(32, 24)
+        self.conv_out = nn.Conv2d(24, 4, 1)
+
+    def forward(self, x):
+        x = self.conv_in(x)
+        B, C, H, W = x.shape
+        ph = pw = 2
+        nh, nw = H // ph, W // pw
+        if self.literal:
+            y = x.reshape(B * 24 * nh, ph, nw, pw).transpose(1, 2)  # (B*C*nh, nw, ph, pw), C written in the code
+        else:
+            y = x.reshape(B * C * nh, ph, nw, pw).transpose(1, 2)  # (B*C*nh, nw, ph, pw)
+        y = y.reshape(B, C, nh * nw, ph * pw).transpose(1, 3).reshape(B * ph * pw, nh * nw, -1)  # (B*P, N, C)
+        y = y + self.fc2(F.gelu(self.fc1(y)))
+        y = y.contiguous().view(B, ph * pw, nh * nw, -1).transpose(1, 3)  # (B, C, N, P)
+        y = y.reshape(B * C * nh, nw, ph, pw).transpose(1, 2).reshape(B, C, H, W)  # back to (B, C, H, W)
+        return self.conv_out(y)
+
+
+def test_mobilevit_fold_prunes_the_width_merged_with_batch_and_patch_rows():
+    torch.manual_seed(0)
+    m, x = PatchFold().eval(), torch.randn(2, 3, 8, 8)
+    assert_oracle(copy.deepcopy(m), (x,), min_groups=2)
+    r = prunekit.prune_(m, x, ratio=0.5, keep_outputs=("conv_out",))
+    assert r.verified["checked"] == "exact"
+    assert (m.conv_in.out_channels, m.fc1.in_features, m.fc1.out_features) == (12, 12, 16)
+
+
+def test_mobilevit_fold_with_the_width_written_in_the_code_keeps_it():
+    """Negative control: ``B * 24 * nh`` does not follow a pruned width, so the width stays (the MLP hidden
+    layer still prunes), and the model still runs."""
+    torch.manual_seed(0)
+    m, x = PatchFold(literal=True).eval(), torch.randn(2, 3, 8, 8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        r = prunekit.prune_(m, x, ratio=0.5, keep_outputs=("conv_out",))
+    assert r.verified["checked"] == "exact"
+    assert (m.conv_in.out_channels, m.fc1.out_features) == (24, 16)
+    assert any(b.tensor == "conv_in.weight" and b.dim == 0 for b in r.blocked)  # kept, with its reason

@@ -10,7 +10,8 @@ it and says, for each requested size, whether it is
 * ``Literal()`` -- an integer written in the code, a module-level int constant, or arithmetic over
   those (it can never follow a pruned dim),
 * ``Attr(module_path, name)`` -- ``self.name`` of a traced module (a plan can rewrite it),
-* ``Name()`` / ``Expr()`` -- a local variable or any other expression (unknown origin).
+* ``Name()`` / ``Expr()`` -- a local variable or any other expression (unknown origin; for a product,
+  ``Expr.local_factors`` holds the values of its local-name factors).
 
 ``None`` means the source is not available (``exec``, a shape passed as one variable, ``*args``):
 callers fall back to guessing from sizes.
@@ -50,7 +51,10 @@ class Name:
 
 @dataclass(frozen=True)
 class Expr:
-    pass
+    """Any other expression; ``local_factors``: for a product (``B * C * num_patch_h``), the int values of
+    its factors that are local names (``C``), which may have been read from a tensor's shape."""
+
+    local_factors: tuple[int, ...] = ()
 
 
 SizeKind = Literal | Attr | Name | Expr
@@ -149,7 +153,24 @@ def _classify(a: ast.expr, frame, paths: dict[int, str]) -> SizeKind:
         return Attr(path, a.attr) if path is not None else Expr()
     if isinstance(a, ast.Name):
         return Name()
-    return Expr()
+    return Expr(_local_factors(a, frame))
+
+
+def _local_factors(a: ast.expr, frame) -> tuple[int, ...]:
+    """Int values of the local-name factors of a product ``x * y * ...`` (nothing for other expressions)."""
+    factors: list[ast.expr] = []
+
+    def flatten(node: ast.expr) -> bool:
+        if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Mult):
+            return flatten(node.left) and flatten(node.right)
+        factors.append(node)
+        return True
+
+    if not (isinstance(a, ast.BinOp) and isinstance(a.op, ast.Mult)):
+        return ()
+    flatten(a)
+    values = [frame.f_locals.get(f.id) for f in factors if isinstance(f, ast.Name) and f.id in frame.f_locals]
+    return tuple(v for v in values if isinstance(v, int) and not isinstance(v, bool))
 
 
 def split_size_kind(tracer) -> SizeKind | None:

@@ -9,7 +9,7 @@ import torch
 
 from ..info import TensorInfo
 from ..registry import op_rule
-from .callsite import Attr, Literal, Name, SizeKind, size_kinds, split_size_kind
+from .callsite import Attr, Expr, Literal, Name, SizeKind, size_kinds, split_size_kind
 from .common import arg, couple, norm_dim
 
 # Attribute names a module may use for the sizes a reshape splits a dim into.
@@ -142,7 +142,8 @@ def reshape_labels(tracer, inf: TensorInfo, in_shape: Sequence[int], out_shape: 
         if prod is not None:
             axes = prod.axes
         else:
-            axes = _split_axes(tracer, grid, outs, sizes_out, requested, kinds, len(out_shape))
+            runtime = [sz for sz, lab in zip(sizes_in, lab_in) if lab is not None and tracer.size_read_from(sz, lab)]
+            axes = _split_axes(tracer, grid, outs, sizes_out, requested, kinds, len(out_shape), runtime)
             store.add_product(grid, axes)
             total = _module_attr(tracer, int(grid.size), TOTAL_ATTRS) if requested is not None else None
             if total is not None:
@@ -195,7 +196,15 @@ def _literal_width(tracer, labels, d, out_shape, requested, merged=None, kind: S
             tracer.store.pin(labels, f"reshape to a size fixed in code in {where}")
 
 
-def _split_axes(tracer, grid, outs, sizes_out, requested, kinds: _Kinds, rank: int):
+def _split_axes(tracer, grid, outs, sizes_out, requested, kinds: _Kinds, rank: int, runtime: Sequence[int] = ()):
+    """Labels for the output dims a reshape splits a merged block into (None: the dim cannot change).
+
+    ``runtime``: sizes of the block's labelled input dims that the code read from the tensor at run time.
+    A leading split dim whose size is a product with a local factor equal to such a read (MobileViT's
+    ``reshape(B * C * num_patch_h, patch_h, ...)`` with ``B, C, H, W = x.shape``) follows the pruned
+    width when the code runs again: it gets an inactive label, so a unit's closure may remove whole
+    rows of it (and nothing else: a removal that cuts a row in part breaks the reshape structure).
+    ``B * 16 * num_patch_h`` (the width written in the code) stays fixed."""
     store = tracer.store
     n = len(outs)
     trailing = outs[-1] == rank - 1  # the split ends the tensor (attention's (..., heads, head_dim))
@@ -242,6 +251,9 @@ def _split_axes(tracer, grid, outs, sizes_out, requested, kinds: _Kinds, rank: i
             axes.append(ax)
         elif not block_has_infer and k == n - 1:
             axes.append(store.new(size, kind, True))  # assumed computed from the tensor's shape
+        elif isinstance(source, Expr) and k < n - 1 and any(size % r == 0 and size > r and r in source.local_factors
+                                                            for r in runtime):
+            axes.append(store.new(size, "merge", False))  # computed from a width read at run time
         else:
             axes.append(None)  # a size written into the code: it cannot change
     return axes
