@@ -30,12 +30,12 @@ import torch
 from prunekit.llm import hf
 from prunekit.llm.data import calibration_windows, eval_windows, smollm2
 from prunekit.llm.eval import perplexity
-from prunekit.llm.recipes import WidthConfig, prune_depth_, prune_width_
+from prunekit.llm.recipes import RefitConfig, WidthConfig, prune_depth_, prune_width_, refit_mlp_
 from prunekit.llm.scores import Calibration, collect_stats, collect_taylor
 from prunekit.llm.structured import decoder_params, model_units
 
 RESULTS = Path(__file__).parent / "results"
-ROWS = ("depth", "taylor", "wanda_sp", "flap", "random", "l2", "flap_global", "depth_flap")
+ROWS = ("depth", "flap", "refit", "depth_refit", "taylor", "wanda_sp", "random", "l2", "flap_global", "depth_flap")
 
 
 def dense_model(work: Path):
@@ -72,7 +72,7 @@ def remap(cal: Calibration, kept_layers: list[int]) -> Calibration:
 
 
 def prune_row(model, row: str, budget: float, cal: Calibration, taylor: Calibration, depth: dict[str, float],
-              dense_params: int, example):
+              dense_params: int, example, calib: torch.Tensor):
     """Prune ``model`` in place for ``row``; returns (plans, base_config, details)."""
     target = int(round(budget * dense_params))
     n_layers = len(model_units(model))
@@ -83,6 +83,19 @@ def prune_row(model, row: str, budget: float, cal: Calibration, taylor: Calibrat
         details["removed_layers"] = prune_depth_(model, depth, n)
         return plans, copy.deepcopy(model.config), details
     kept = list(range(n_layers))
+    if row in ("refit", "depth_refit"):
+        if row == "depth_refit":
+            details["removed_layers"] = prune_depth_(model, depth, max(1, int(round(0.5 * target / per_layer))))
+        base = copy.deepcopy(model.config)
+        units = model_units(model)
+        rest = target - (dense_params - decoder_params(model))
+        neuron_cost = 3 * model.config.hidden_size
+        k = int(round(rest / (len(units) * neuron_cost)))
+        res = refit_mlp_(model, calib, RefitConfig(), neurons={i: k for i in range(len(units))}, example_ids=example)
+        plans.append(res.cut.plan)
+        details.update(refit=vars(RefitConfig()), neurons_per_layer=k, verify_error=res.cut.error,
+                       layers=res.cut.layers[:3] + ["..."])
+        return plans, base, details
     if row == "depth_flap":
         n = max(1, int(round(0.5 * target / per_layer)))
         removed = prune_depth_(model, depth, n)
@@ -96,7 +109,7 @@ def prune_row(model, row: str, budget: float, cal: Calibration, taylor: Calibrat
         cfg = WidthConfig(criterion=row, units="neurons", allocation="uniform", compensate=(row == "flap"))
         stats = taylor if row == "taylor" else cal
     elif row == "flap_global":
-        cfg = WidthConfig(criterion="flap", units="both", allocation="global", compensate=True)
+        cfg = WidthConfig(criterion="flap", units="neurons", allocation="global", compensate=True)
         stats = cal
     elif row == "depth_flap":
         cfg = WidthConfig(criterion="flap", units="neurons", allocation="uniform", compensate=True)
@@ -143,7 +156,13 @@ def load_rows(path: Path) -> list[dict]:
 
 
 def write(path: Path, rows: list[dict], meta: dict) -> None:
-    path.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    """Merge ``rows`` into the file (another process may be writing other rows), atomically."""
+    on_disk = load_rows(path)
+    mine = {(r["row"], r["budget"]) for r in rows}
+    rows = [r for r in on_disk if (r["row"], r["budget"]) not in mine] + rows
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    os.replace(tmp, path)
     lines = [f"# Structured pruning, SmolLM2-135M ({meta['note']})", "",
              f"dense perplexity on these windows: {meta.get('dense_ppl', 'n/a')}", "",
              "| row | budget | decoder params kept | ppl (no recovery) | ppl (after recovery) | reload | prune s |",
@@ -216,7 +235,7 @@ def main() -> None:
                 taylor = cached(work / f"taylor_{args.calib}.pt", lambda: collect_taylor(model, c))
             m = copy.deepcopy(model)
             t = time.time()
-            plans, base, details = prune_row(m, row, budget, cal, taylor, depth, dense_params, example)
+            plans, base, details = prune_row(m, row, budget, cal, taylor, depth, dense_params, example, c)
             prune_s = time.time() - t
             folder = work / f"{row}_{budget}"
             rec = reload_check(m, folder, plans, base, example)

@@ -151,3 +151,79 @@ def prune_depth_(model: nn.Module, scores: dict[str, float], n: int) -> list[str
     attention's ``layer_idx`` are renumbered by prunekit.blocks)."""
     worst = sorted(scores, key=lambda b: scores[b])[:n]
     return remove_blocks_(model, worst)
+
+
+@dataclass(frozen=True)
+class RefitConfig:
+    """Sequential MLP-neuron pruning with a least-squares refit of ``down_proj`` (block by block on the
+    calibration pipeline): ``neurons[i]`` (or ``ratio`` of every layer's neurons) go by FLAP's
+    fluctuation on the block's actual (already pruned upstream) inputs, then the kept columns and a
+    bias are refit to reproduce the dense block's ``down_proj`` output on those inputs:
+    ``[W', b'] = [W, b] G[:, K] (G[K, K] + damp * mean(diag G[K, K]) I)^-1`` with ``G`` the Gram
+    matrix of ``[x, 1]``."""
+
+    ratio: float = 0.1
+    damp: float = 1e-2
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.ratio < 1.0:
+            raise ValueError(f"RefitConfig.ratio must be in [0, 1), not {self.ratio}")
+        if self.damp < 0:
+            raise ValueError(f"RefitConfig.damp must be >= 0, not {self.damp}")
+
+
+def refit_mlp_(model: nn.Module, windows: torch.Tensor, config: RefitConfig, *, neurons: dict[int, int] | None = None,
+               device: torch.device | str | None = None, example_ids: torch.Tensor | None = None) -> WidthResult:
+    """Prune MLP neurons layer by layer with a least-squares refit (see :class:`RefitConfig`), then cut
+    them hard (verified: the refit leaves the removed columns at zero, so the cut equals zeroing)."""
+    from .pipeline import run_blocks
+
+    units = model_units(model)
+    cuts: dict[int, LayerCut] = {}
+
+    def visit(i: int, block: nn.Module, inputs) -> torch.Tensor:
+        u = units[i]
+        down = block.get_submodule(u.mlp.out_module[len(u.prefix) + 1:])
+        n_in = u.mlp.size
+        gram = torch.zeros(n_in + 1, n_in + 1, dtype=torch.float64)
+
+        def hook(m, args):
+            x = args[0].detach().reshape(-1, n_in).double()                 # (tokens, n_in)
+            xa = torch.cat([x, torch.ones(x.shape[0], 1, dtype=x.dtype)], 1)  # (tokens, n_in + 1)
+            gram.add_(xa.t() @ xa)
+        h = down.register_forward_pre_hook(hook)
+        try:
+            inputs.run(block)
+        finally:
+            h.remove()
+        k = neurons.get(i, 0) if neurons is not None else int(round(config.ratio * n_in))
+        if k:
+            count = gram[-1, -1]
+            mean = gram[:-1, -1] / count
+            var = (gram.diagonal()[:-1] / count - mean ** 2).clamp_min(0)
+            view = down.weight.t() if u.mlp.out_transposed else down.weight    # (d, n_in); Conv1D stores [in, out]
+            w = view.detach().double()
+            score = var * (w * w).sum(0)
+            removed = torch.argsort(score, stable=True)[:k]
+            keep = torch.ones(n_in + 1, dtype=torch.bool)
+            keep[removed] = False
+            kept = keep.nonzero().squeeze(1)                                   # kept neurons + the constant
+            b0 = down.bias.detach().double() if down.bias is not None else torch.zeros(w.shape[0], dtype=torch.float64)
+            wa = torch.cat([w, b0[:, None]], 1)                                 # (d, n_in + 1)
+            a = gram[kept][:, kept]
+            a = a + config.damp * a.diagonal().mean() * torch.eye(len(kept), dtype=a.dtype)
+            new = torch.linalg.solve(a, (wa @ gram[:, kept]).t()).t()          # (d, kept) = wa G[:, K] A^-1
+            with torch.no_grad():
+                full = torch.zeros_like(w)
+                full[:, kept[:-1]] = new[:, :-1]
+                view.copy_(full.to(view.dtype))
+                if down.bias is None:
+                    down.bias = nn.Parameter(torch.zeros(w.shape[0], dtype=down.weight.dtype, device=down.weight.device))
+                down.bias.copy_(new[:, -1].to(down.bias.dtype))
+            cuts[i] = LayerCut(neurons=tuple(sorted(removed.tolist())))
+        return inputs.run(block, keep=True)
+
+    run_blocks(model, windows, visit, device=device, progress=False)
+    res = cut_(model, cuts, example_ids=example_ids)
+    cfg = WidthConfig(criterion="flap", ratio=config.ratio, units="neurons", allocation="uniform", compensate=True)
+    return WidthResult(cfg, res, cuts, [units[i].mlp.out_module for i in cuts])

@@ -1,0 +1,99 @@
+"""Structured recipes: budgets, uniform/global selection, FLAP compensation, sequential refit, depth."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import transformers as T
+
+from prunekit.llm.recipes import RefitConfig, WidthConfig, prune_depth_, prune_width_, refit_mlp_, select_cuts, all_scores
+from prunekit.llm.scores import collect_stats
+from prunekit.llm.structured import decoder_params, model_units, unit_costs
+
+CAL = torch.randint(0, 97, (4, 16), generator=torch.Generator().manual_seed(4))
+
+
+def tiny(layers: int = 3):
+    cfg = T.LlamaConfig(hidden_size=32, intermediate_size=48, num_attention_heads=4, num_key_value_heads=2,
+                        num_hidden_layers=layers, vocab_size=97)
+    torch.manual_seed(0)
+    return T.AutoModelForCausalLM.from_config(cfg).eval()
+
+
+@pytest.fixture(scope="module")
+def cal():
+    return collect_stats(tiny(), CAL)
+
+
+def test_uniform_neurons_same_count_and_budget(cal):
+    m = tiny()
+    units = model_units(m)
+    cost = unit_costs(m, units[0]).neuron
+    budget = 3 * 10 * cost
+    cuts = select_cuts(m, all_scores(m, "flap", cal, units), WidthConfig(), units, budget)
+    assert [len(c.neurons) for c in cuts.values()] == [10, 10, 10]
+
+
+def test_global_respects_min_keep_and_budget(cal):
+    m = tiny()
+    units = model_units(m)
+    costs = unit_costs(m, units[0])
+    budget = int(0.3 * decoder_params(m))
+    cfg = WidthConfig(units="both", allocation="global", min_keep=0.5)
+    cuts = select_cuts(m, all_scores(m, "flap", cal, units), cfg, units, budget)
+    removed = sum(len(c.neurons) * costs.neuron + len(c.kv_groups) * (2 * costs.q_head + costs.kv_group)
+                  for c in cuts.values())
+    assert budget <= removed < budget + 2 * costs.q_head + costs.kv_group
+    assert all(len(c.neurons) <= 24 and len(c.kv_groups) <= 1 for c in cuts.values())
+
+
+def test_prune_width_compensated_is_verified(cal):
+    m = tiny()
+    res = prune_width_(m, WidthConfig(ratio=0.2, compensate=True), cal)
+    assert res.cut.error <= 1e-4 and len(res.compensated) == 3
+    assert all(m.model.layers[i].mlp.down_proj.bias is not None for i in range(3))
+    assert res.cut.params_after < res.cut.params_before
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="criterion"):
+        WidthConfig(criterion="nope")
+    with pytest.raises(ValueError, match="ratio"):
+        WidthConfig(ratio=1.0)
+    with pytest.raises(ValueError, match="uniform"):
+        m = tiny()
+        select_cuts(m, {}, WidthConfig(units="both"), model_units(m), 10)
+
+
+def test_refit_beats_mean_compensation_on_its_calibration_tokens():
+    """Least squares over [x, 1] contains FLAP's mean compensation as one solution: with no damping its
+    error on the calibration tokens of layer 0 (whose inputs no pruning changed) is no larger."""
+    m = tiny()
+    down = m.model.layers[0].mlp.down_proj
+    xs = []
+    h = down.register_forward_pre_hook(lambda mod, a: xs.append(a[0].reshape(-1, 48)))
+    with torch.no_grad():
+        for w in CAL:
+            m(input_ids=w[None])
+    h.remove()
+    x = torch.cat(xs).double()                                     # (tokens, 48)
+    y = x @ down.weight.double().t()                               # dense output (tokens, 32)
+    a = copy.deepcopy(m)
+    res = refit_mlp_(a, CAL, RefitConfig(ratio=0.25, damp=0.0))
+    removed = list(res.cuts[0].neurons)
+    kept = [j for j in range(48) if j not in removed]
+    d2 = a.model.layers[0].mlp.down_proj
+    y_refit = x[:, kept] @ d2.weight.double().t() + d2.bias.double()
+    w = down.weight.double()
+    y_mean = x[:, kept] @ w[:, kept].t() + w[:, removed] @ x[:, removed].mean(0)
+    e_refit, e_mean = (y_refit - y).pow(2).sum(), (y_mean - y).pow(2).sum()
+    assert e_refit <= e_mean * (1 + 1e-6) and e_refit < 0.9 * e_mean
+    assert res.cut.error <= 1e-4 and res.cut.layers[0]["neurons"] == 36
+
+
+def test_depth_removes_lowest_influence():
+    m = tiny()
+    removed = prune_depth_(m, {"model.layers.0": 0.5, "model.layers.1": 0.1, "model.layers.2": 0.3}, 1)
+    assert removed == ["model.layers.1"] and m.config.num_hidden_layers == 2
+    assert [l.self_attn.layer_idx for l in m.model.layers] == [0, 1]
