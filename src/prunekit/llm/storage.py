@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ..sparsity.storage import load_sparse, save_sparse
+from .loading import _dtype_kw
 
 COMPRESSED_FILE = "model.sparse.safetensors"
 MARKER_FILE = "prunekit_sparse.json"
@@ -84,7 +85,7 @@ def load_compressed(folder: str | os.PathLike, *, device: str | torch.device = "
                                 "a dense folder loads with from_pretrained")
     config = AutoConfig.from_pretrained(src)
     with init_empty_weights():
-        model = AutoModelForCausalLM.from_config(config, torch_dtype=config.torch_dtype)
+        model = AutoModelForCausalLM.from_config(config, **_dtype_kw(config.torch_dtype))
     state = load_sparse(src / COMPRESSED_FILE, device=device)
     missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
     tied = set(getattr(model, "_tied_weights_keys", None) or [])
@@ -106,4 +107,4 @@ def load(folder: str | os.PathLike, *, device: str | torch.device = "cpu") -> nn
         return load_compressed(folder, device=device)
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(folder, torch_dtype="auto").to(device).eval()
+    return AutoModelForCausalLM.from_pretrained(folder, **_dtype_kw("auto")).to(device).eval()
