@@ -30,12 +30,12 @@ import torch
 from prunekit.llm import hf
 from prunekit.llm.data import calibration_windows, eval_windows, smollm2
 from prunekit.llm.eval import perplexity
-from prunekit.llm.recipes import RefitConfig, WidthConfig, prune_depth_, prune_width_, refit_mlp_
+from prunekit.llm.recipes import RefitConfig, WidthConfig, all_scores, prune_depth_, prune_width_, refit_mlp_, select_cuts
 from prunekit.llm.scores import Calibration, collect_stats, collect_taylor
 from prunekit.llm.structured import decoder_params, model_units
 
 RESULTS = Path(__file__).parent / "results"
-ROWS = ("depth", "flap", "refit", "depth_refit", "taylor", "wanda_sp", "random", "l2", "flap_global", "depth_flap")
+ROWS = ("depth", "flap", "refit", "depth_refit", "global_refit", "taylor", "wanda_sp", "random", "l2", "flap_global", "depth_flap")
 
 
 def dense_model(work: Path):
@@ -83,7 +83,7 @@ def prune_row(model, row: str, budget: float, cal: Calibration, taylor: Calibrat
         details["removed_layers"] = prune_depth_(model, depth, n)
         return plans, copy.deepcopy(model.config), details
     kept = list(range(n_layers))
-    if row in ("refit", "depth_refit"):
+    if row in ("refit", "depth_refit", "global_refit"):
         if row == "depth_refit":
             details["removed_layers"] = prune_depth_(model, depth, max(1, int(round(0.5 * target / per_layer))))
         base = copy.deepcopy(model.config)
@@ -91,9 +91,13 @@ def prune_row(model, row: str, budget: float, cal: Calibration, taylor: Calibrat
         rest = target - (dense_params - decoder_params(model))
         neuron_cost = 3 * model.config.hidden_size
         k = int(round(rest / (len(units) * neuron_cost)))
-        res = refit_mlp_(model, calib, RefitConfig(), neurons={i: k for i in range(len(units))}, example_ids=example)
+        counts = {i: k for i in range(len(units))}
+        if row == "global_refit":   # per-layer counts from FLAP's global (z-scored) selection on the dense statistics
+            sel = select_cuts(model, all_scores(model, "flap", cal, units), WidthConfig(allocation="global"), units, rest)
+            counts = {i: len(c.neurons) for i, c in sel.items()}
+        res = refit_mlp_(model, calib, RefitConfig(), neurons=counts, example_ids=example)
         plans.append(res.cut.plan)
-        details.update(refit=vars(RefitConfig()), neurons_per_layer=k, verify_error=res.cut.error,
+        details.update(refit=vars(RefitConfig()), neurons_per_layer=[counts[i] for i in sorted(counts)], verify_error=res.cut.error,
                        layers=res.cut.layers[:3] + ["..."])
         return plans, base, details
     if row == "depth_flap":

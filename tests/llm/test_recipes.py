@@ -97,3 +97,14 @@ def test_depth_removes_lowest_influence():
     removed = prune_depth_(m, {"model.layers.0": 0.5, "model.layers.1": 0.1, "model.layers.2": 0.3}, 1)
     assert removed == ["model.layers.1"] and m.config.num_hidden_layers == 2
     assert [l.self_attn.layer_idx for l in m.model.layers] == [0, 1]
+
+
+def test_query_heads_inside_groups(cal):
+    m = tiny()
+    units = model_units(m)
+    budget = 3 * 2 * unit_costs(m, units[0]).q_head   # one query head per group (2 groups) in each of 3 layers
+    res = prune_width_(m, WidthConfig(units="q_heads"), cal, budget=budget)
+    assert res.cut.error <= 1e-4
+    assert all(l["q_heads"] == 2 and l["kv_groups"] == 2 for l in res.cut.layers)
+    assert all(layer.self_attn.num_key_value_groups == 1 for layer in m.model.layers)
+    assert all(len({h // 2 for h in c.q_heads}) == 2 for c in res.cuts.values())   # one from each group

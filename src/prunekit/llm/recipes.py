@@ -23,7 +23,8 @@ from .structured import BLOCKS_PATH, CutResult, LayerCut, LayerUnits, _channels,
 class WidthConfig:
     """A width cut: remove ``ratio`` of the decoder-block parameters.
 
-    ``units``: ``"neurons"`` (MLP only), ``"heads"`` (whole KV groups only) or ``"both"``.
+    ``units``: ``"neurons"`` (MLP only), ``"heads"`` (whole KV groups only), ``"q_heads"`` (the same
+    number of query heads inside every KV group, uniform only) or ``"both"`` (KV groups and neurons).
     ``allocation``: ``"uniform"`` (the same count in every layer) or ``"global"`` (scores standardized
     per unit kind over all layers, the lowest go first wherever they are: per-layer sizes).
     ``compensate``: fold the removed channels' calibration means into the output projections' biases
@@ -42,8 +43,10 @@ class WidthConfig:
             raise ValueError(f"WidthConfig.criterion must be one of {SCORERS}, not {self.criterion!r}")
         if not 0.0 <= self.ratio < 1.0:
             raise ValueError(f"WidthConfig.ratio must be in [0, 1), not {self.ratio}")
-        if self.units not in ("neurons", "heads", "both"):
-            raise ValueError(f"WidthConfig.units must be 'neurons', 'heads' or 'both', not {self.units!r}")
+        if self.units not in ("neurons", "heads", "q_heads", "both"):
+            raise ValueError(f"WidthConfig.units must be 'neurons', 'heads', 'q_heads' or 'both', not {self.units!r}")
+        if self.units == "q_heads" and self.allocation != "uniform":
+            raise ValueError("WidthConfig.units='q_heads' needs allocation='uniform'")
         if self.allocation not in ("uniform", "global"):
             raise ValueError(f"WidthConfig.allocation must be 'uniform' or 'global', not {self.allocation!r}")
         if not 0.0 < self.min_keep <= 1.0:
@@ -76,6 +79,12 @@ def select_cuts(model: nn.Module, scores: dict[int, LayerScores], config: WidthC
             if config.units == "neurons":
                 n = min(int(round(per_layer / costs[u.index].neuron)), int(u.mlp.size * (1 - config.min_keep)))
                 cuts[u.index] = LayerCut(neurons=tuple(sorted(torch.argsort(s.neurons, stable=True)[:n].tolist())))
+            elif config.units == "q_heads":   # k query heads out of every group: k * n_kv heads per layer
+                k = min(int(round(per_layer / (costs[u.index].q_head * u.n_kv))), u.rep - 1)
+                per_group = s.q_heads.reshape(u.n_kv, u.rep)                               # (groups, rep)
+                low = torch.argsort(per_group, dim=1, stable=True)[:, :k]                  # (groups, k)
+                heads = (low + torch.arange(u.n_kv)[:, None] * u.rep).flatten()
+                cuts[u.index] = LayerCut(q_heads=tuple(sorted(heads.tolist())))
             else:
                 n = min(int(round(per_layer / group_cost[u.index])), u.n_kv - max(1, int(u.n_kv * config.min_keep)))
                 cuts[u.index] = LayerCut(kv_groups=tuple(sorted(torch.argsort(s.kv_groups, stable=True)[:n].tolist())))
