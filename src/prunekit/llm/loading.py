@@ -4,11 +4,11 @@ objects for :func:`~prunekit.llm.pipeline.run_blocks` / :func:`~prunekit.llm.spa
 
 - :class:`ShardedSource` builds the model's skeleton on the meta device (accelerate's
   ``init_empty_weights``: parameters on meta, buffers such as the rotary frequencies real), loads
-  only the weights outside the decoder blocks (embeddings, final norm, head), and gives the
-  pipeline block ``i`` read from the shards when asked. A visited block is written at once to
-  its own new shard in ``out`` and sent back to meta, so the whole model is never resident;
-  :meth:`ShardedSource.finish` writes the rest and the index, giving a folder that
-  ``from_pretrained`` reads. ``compute_dtype`` (e.g. float32 for a bf16 checkpoint on a CPU
+  only the weights the pipeline runs before block 0 (the embeddings; the final norm and the head
+  stay on meta), and gives the pipeline block ``i`` read from the shards when asked. A visited
+  block is written at once to its own new shard in ``out`` and sent back to meta, so the whole
+  model is never resident; :meth:`ShardedSource.finish` copies the other weights from the source
+  shards (one tensor at a time) and writes the index, giving a folder that ``from_pretrained`` reads. ``compute_dtype`` (e.g. float32 for a bf16 checkpoint on a CPU
   without bf16 matrix units) loads each block in that dtype, casts the embeddings' output to it, and
   stores blocks back in the checkpoint's dtype (zeros stay zeros; other weights are rounded to it).
 - :class:`OffloadedSource` takes a model dispatched with an accelerate device map: blocks on a
@@ -118,15 +118,18 @@ class ShardedSource:
         if sorted(self._block_keys) != list(range(len(self.layout.blocks))):
             raise ValueError(f"llm.loading: {self.folder} holds weights for blocks {sorted(self._block_keys)[:8]}..., "
                              f"the config has {len(self.layout.blocks)}")
-        rest = _read(self.folder, self._rest, self.weight_map, None)
-        missing, unexpected = self.model.load_state_dict(rest, strict=False, assign=True)
+        model_keys = set(self.model.state_dict())
+        unexpected = [k for k in self._rest if k not in model_keys]
         if unexpected:
             raise ValueError(f"llm.loading: weights in {self.folder} the model does not have: {unexpected[:5]}")
+        embed = tuple(p + "." for p in self.layout.embed)
+        first = _read(self.folder, [k for k in self._rest if k.startswith(embed)], self.weight_map, None)
+        self.model.load_state_dict(first, strict=False, assign=True)
         if getattr(config, "tie_word_embeddings", False):
             self.model.tie_weights()
-        outside = [n for n, p in self.model.named_parameters() if p.is_meta and not n.startswith(prefix)]
-        if outside:
-            raise ValueError(f"llm.loading: {self.folder} has no weights for {outside[:5]}")
+        unloaded = [n for p in self.layout.embed for n, t in self.model.get_submodule(p).named_parameters() if t.is_meta]
+        if unloaded:
+            raise ValueError(f"llm.loading: {self.folder} has no weights for the embeddings {unloaded[:5]}")
         self._hooks = []
         if self.compute_dtype != self.store_dtype:
             for path in self.layout.embed:
@@ -179,10 +182,10 @@ class ShardedSource:
             h.remove()
         self._hooks.clear()
         name = "model-rest.safetensors"
-        state = self.model.state_dict()
-        rest = {k: state[k].detach().contiguous() for k in self._rest}
+        rest = _read(self.folder, self._rest, self.weight_map, None)  # unchanged by per-weight pruning
         save_file(rest, str(self.out / name), metadata={"format": "pt"})
         weight_map = dict(self._written, **{k: name for k in rest})
+        del rest
         total = sum(os.path.getsize(self.out / f) for f in set(weight_map.values()))
         (self.out / WEIGHTS_INDEX).write_text(json.dumps({"metadata": {"total_size": total},
                                                           "weight_map": dict(sorted(weight_map.items()))}, indent=1))
