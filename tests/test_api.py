@@ -172,3 +172,20 @@ def test_groups_behind_one_attribute_cut_unequally_are_kept_and_reported():
     with pytest.warns(UserWarning, match=r"kept 2 group\(s\) whole .*dim would need two values"):
         r = prunekit.prune_(m, x, ratio=0.5, ratios={"k": 0.25})
     assert m.dim == 16 and r.plan.is_empty() and "the model is unchanged" in r.summary()
+
+
+def test_after_macs_are_the_same_counted_by_the_verification_forward_or_without_it():
+    """With verify on, the MACs after are counted during the verification forward of the returned model;
+    with verify off, by a forward of their own: one number either way, equal to counting the model."""
+    def net():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                             nn.Conv2d(16, 16, 3, groups=4), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                             nn.Linear(16, 5)).eval()
+
+    x = torch.randn(2, 3, 9, 9)
+    on, off = net(), net()
+    r_on = prunekit.prune_(on, x, ratio=0.5)
+    r_off = prunekit.prune_(off, x, ratio=0.5, verify=False)
+    assert r_on.verified["checked"] == "exact" and "output_shapes" not in r_on.verified
+    assert r_on.after.macs == r_off.after.macs == prunekit.measure.count(on, x).macs < r_on.before.macs

@@ -254,9 +254,15 @@ def _prune(model: nn.Module, example_inputs: Any, config: PruneConfig, example_k
     ref_shapes = graph.output_shapes
     measured: dict[str, int] = {}
 
-    def check(m: nn.Module) -> None:
-        """Verify the pruned model runs with unchanged output shapes (and count its MACs)."""
-        macs, shapes = _macs_of(m, inputs, kwargs, modules)
+    def check(m: nn.Module, counter: MacCounter | None = None) -> None:
+        """Verify the pruned model runs with unchanged output shapes (and count its MACs): from the
+        verification forward that ``apply_plan`` just ran under ``counter`` where there was one, else
+        by a forward of its own."""
+        shapes = verified.pop("output_shapes", None)
+        if counter is not None and shapes is not None:
+            macs = counter.macs
+        else:
+            macs, shapes = _macs_of(m, inputs, kwargs, modules)
         if shapes != ref_shapes:
             raise PlanError(f"output shapes changed from {ref_shapes} to {shapes}")
         measured["macs"] = macs
@@ -270,8 +276,10 @@ def _prune(model: nn.Module, example_inputs: Any, config: PruneConfig, example_k
         verified.clear()
         if plan.is_empty():
             return
-        apply_plan(model, plan, mode=mode, check=check, example_inputs=inputs, example_kwargs=kwargs,
-                   verify=verify, report=verified)
+        counter = MacCounter() if verify else None  # the verification forward counts the pruned MACs
+        apply_plan(model, plan, mode=mode, check=lambda m: check(m, counter), example_inputs=inputs,
+                   example_kwargs=kwargs, verify=verify, report=verified, counter=counter)
+        verified.pop("output_shapes", None)
 
     plan = copies.plan(config)
     try:

@@ -10,6 +10,7 @@ replays on a fresh instance of the same architecture (no pickles, no tracing nee
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -22,11 +23,12 @@ import torch
 from torch import nn
 
 from .errors import ApplyError, CounterConflict, PlanError, PrunekitError, VerificationError
-from .graph.groups import Group, Resolver, index_renumbering
+from .graph.groups import Group, Resolver, index_renumbering, scale_folds
 from .graph.rules.indexing import renumber_index
 from .graph.tracer import as_inputs
 from .graph.walk import Walk, failing_module, walk
 from .layers import update_module
+from .measure.counting import MacCounter
 
 PLAN_VERSION = 1
 
@@ -46,6 +48,9 @@ class Plan:
     # approximate only because 1-d layer/RMS norms run over pruned dims: verifiable against the zeroed model
     # whose norms run over the kept indices (verify.norm_aware)
     norm_only: bool = False
+    # (tensor, dim, indices, factor): a hard apply multiplies these slices (original numbering) by factor first;
+    # an attention's query rows when its head width shrinks under a default softmax scale (graph.labels.ScaleFold)
+    rescale: list[tuple[str, int, list[int], float]] = field(default_factory=list)
 
     def is_empty(self) -> bool:
         return not self.removed
@@ -64,8 +69,9 @@ class Plan:
         removed = {n: {int(k): [int(i) for i in v] for k, v in dims.items()} for n, dims in d["removed"].items()}
         attrs = [(str(m), str(a), int(v)) for m, a, v in d.get("attrs", [])]
         renumber = {str(n): [int(i) for i in v] for n, v in d.get("renumber", {}).items()}
+        rescale = [(str(n), int(k), [int(i) for i in idx], float(f)) for n, k, idx, f in d.get("rescale", [])]
         return cls(removed, attrs, list(d.get("groups", [])), bool(d.get("exact", True)), PLAN_VERSION, renumber,
-                   bool(d.get("norm_only", False)))
+                   bool(d.get("norm_only", False)), rescale)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=1)
@@ -127,7 +133,7 @@ def make_plan(graph, units: Iterable[int], groups: Iterable[Group] = ()) -> Plan
     exact = not (closure & res.inexact)
     norm_only = not exact and not (closure & res.inexact_other)
     return Plan(removed, attrs, [dict(g) for g in groups], exact, renumber=index_renumbering(res, closure),
-                norm_only=norm_only)
+                norm_only=norm_only, rescale=scale_folds(graph.store, res, gone))
 
 
 # -- applying -------------------------------------------------------------------------
@@ -164,6 +170,11 @@ def _validate(model: nn.Module, plan: Plan, walked: Walk) -> dict[str, torch.Ten
                 raise PlanError(f"plan removes index out of range from {name} dim {dim} (size {t.shape[dim]})")
             if len(set(idx)) >= t.shape[dim]:
                 raise PlanError(f"plan removes every index of {name} dim {dim}")
+    for name, dim, idx, factor in plan.rescale:
+        t = tensors.get(name)
+        if t is None or not 0 <= dim < t.dim() or any(not 0 <= i < t.shape[dim] for i in idx) \
+                or not (math.isfinite(factor) and factor > 0):
+            raise PlanError(f"plan rescales {name!r} dim {dim} by {factor}, which does not fit {type(model).__name__}")
     for name, values in plan.renumber.items():
         buf = walked.buffers.get(name)
         if buf is None or buf.dim() != 1 or buf.is_floating_point():
@@ -187,7 +198,8 @@ def _validate(model: nn.Module, plan: Plan, walked: Walk) -> dict[str, torch.Ten
 def apply_plan(model: nn.Module, plan: Plan, mode: str = "hard",
                check: Callable[[nn.Module], None] | None = None, *, example_inputs: Any = None,
                example_kwargs: Mapping[str, Any] | None = None, verify: bool | None = None,
-               rtol: float = 1e-4, report: dict[str, Any] | None = None) -> nn.Module:
+               rtol: float = 1e-4, report: dict[str, Any] | None = None,
+               counter: MacCounter | None = None) -> nn.Module:
     """Apply ``plan`` to ``model`` in place and return it.
 
     ``mode="hard"`` removes the slices (a smaller, ordinary dense model); ``mode="soft"``
@@ -201,7 +213,10 @@ def apply_plan(model: nn.Module, plan: Plan, mode: str = "hard",
     slices zeroed, computed in place before the apply without copying the model. A failure raises
     :class:`~prunekit.errors.VerificationError` naming the first module whose output diverged.
     No parameter or buffer may end on the ``meta`` device. ``report`` (a dict), if given, receives
-    what was verified: ``checked`` ("exact" or "finite"), ``error`` and ``tolerance``.
+    what was verified: ``checked`` ("exact" or "finite"), ``error`` and ``tolerance``, and the
+    verified outputs' ``output_shapes``. With ``counter`` (a :class:`~prunekit.measure.counting.MacCounter`)
+    the verification forward of the applied model runs under it, so one forward both verifies the
+    model and counts its MACs; ``check`` runs after that forward.
     """
     if mode not in ("hard", "soft"):
         raise ValueError(f"mode must be 'hard' or 'soft', not {mode!r}")
@@ -214,9 +229,7 @@ def apply_plan(model: nn.Module, plan: Plan, mode: str = "hard",
     was_meta = {id(t) for t in tensors.values() if t.is_meta}
     inputs = () if example_inputs is None else as_inputs(example_inputs)
     kwargs = dict(example_kwargs or {})
-    checks: list[Callable[[nn.Module], None]] = [lambda m: _no_meta(m, was_meta)]
-    if check is not None:
-        checks.append(check)
+    checks: list[Callable[[nn.Module], None]] = [lambda m: _no_meta(walked, was_meta)]
     failure: dict[str, Any] = {}
     if verify:
         from . import verify as V
@@ -225,12 +238,13 @@ def apply_plan(model: nn.Module, plan: Plan, mode: str = "hard",
         norm_aware = not plan.exact
         if mode == "hard" and (plan.exact or plan.norm_only):
             try:
-                reference = V.zeroed_outputs(model, plan, inputs, kwargs, norm_aware=norm_aware)
+                reference = V.zeroed_outputs(model, plan, inputs, kwargs, norm_aware=norm_aware, walked=walked)
             except V.NotVerifiable:
                 reference = None  # finite outputs are what can be asked
 
         def numeric(m: nn.Module) -> None:
-            out = V._run(m, inputs, kwargs)
+            with counter if counter is not None else contextlib.nullcontext():
+                out = V._run(m, inputs, kwargs, walked)  # the same module objects after the apply
             if reference is not None:
                 err = V.output_error(reference, out)
                 tol = V.tolerance(out, rtol)
@@ -239,12 +253,15 @@ def apply_plan(model: nn.Module, plan: Plan, mode: str = "hard",
                 tol = rtol
             if report is not None:
                 checked = "finite" if reference is None else "exact" if plan.exact else "exact-norm-aware"
-                report.update(checked=checked, error=err, tolerance=tol)
+                report.update(checked=checked, error=err, tolerance=tol,
+                              output_shapes=[tuple(t.shape) for t in out])
             if not err <= tol:
                 failure.update(error=err, tol=tol, pruned=V.module_outputs(m, inputs, kwargs))
                 raise VerificationError(f"outputs differ from the zeroed model by {err:.3g} (tolerance {tol:.0e})"
                                         if math.isfinite(err) else "outputs are not finite (NaN or inf)", err)
         checks.append(numeric)
+    if check is not None:  # after the verification forward, whose outputs (and MACs) it may read
+        checks.append(check)
 
     def run_checks(m: nn.Module) -> None:
         for c in checks:
@@ -268,7 +285,7 @@ def apply_plan(model: nn.Module, plan: Plan, mode: str = "hard",
             raise
         from . import verify as V
 
-        with V.reference(model, plan, norm_aware):  # the model is restored: its zeroed run is the reference
+        with V.reference(model, plan, norm_aware, walked):  # the model is restored: its zeroed run is the reference
             ref_modules = V.module_outputs(model, inputs, kwargs)
         where = V.first_divergence(ref_modules, failure["pruned"], failure["tol"]) if mode == "hard" else None
         err = failure["error"]
@@ -290,11 +307,14 @@ def _module(model: nn.Module, path: str) -> nn.Module:
     return model.get_submodule(path) if path else model
 
 
-def _no_meta(model: nn.Module, was_meta: set[int]) -> None:
-    """No parameter or buffer may be left on the meta device by an apply (unless it was before)."""
-    for name, t in [*model.named_parameters(), *model.named_buffers()]:
-        if t.is_meta and id(t) not in was_meta:
-            raise ApplyError(f"{name} is on the meta device after the apply")
+def _no_meta(walked: Walk, was_meta: set[int]) -> None:
+    """No parameter or buffer in any module slot of the walked model may be left on the meta device
+    by an apply (unless it was before); the module objects are the same after an apply."""
+    for path, mod in walked.modules.items():
+        for slots in (mod._parameters, mod._buffers):
+            for key, t in slots.items():
+                if t is not None and t.is_meta and id(t) not in was_meta:
+                    raise ApplyError(f"{path + '.' if path else ''}{key} is on the meta device after the apply")
 
 
 class ZeroedSlices:
@@ -346,9 +366,16 @@ def _apply_soft(model, plan, tensors, check):
 
 def _apply_hard(model, plan, tensors, slots, modules, check):
     new: dict[str, torch.Tensor] = {}
+    scaled: dict[str, list[tuple[int, list[int], float]]] = {}
+    for name, dim, idx, factor in plan.rescale:
+        scaled.setdefault(name, []).append((dim, idx, factor))
     with torch.no_grad():
-        for name, dims in plan.removed.items():
+        for name in [*plan.removed, *(n for n in scaled if n not in plan.removed)]:
+            dims = plan.removed.get(name, {})
             t = tensors[name].detach()
+            for dim, idx, factor in scaled.get(name, ()):  # on a copy: the original stays for a restore
+                index = torch.tensor(idx, dtype=torch.long, device=t.device)
+                t = t.index_copy(dim, index, t.index_select(dim, index) * factor)
             for dim, idx in sorted(dims.items()):
                 keep = np.ones(t.shape[dim], dtype=bool)
                 keep[idx] = False

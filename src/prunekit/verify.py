@@ -25,7 +25,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from .graph.tracer import as_inputs, iter_tensors
-from .graph.walk import eval_mode, walk
+from .graph.walk import Walk, eval_mode, walk
 from .plan import Plan, ZeroedSlices, apply_plan
 
 
@@ -64,8 +64,8 @@ def output_error(reference: Sequence[torch.Tensor], outputs: Sequence[torch.Tens
     return worst
 
 
-def _run(model: nn.Module, inputs: tuple, kwargs: Mapping[str, Any]) -> list[torch.Tensor]:
-    with torch.no_grad(), eval_mode(model.modules()):
+def _run(model: nn.Module, inputs: tuple, kwargs: Mapping[str, Any], walked: Walk | None = None) -> list[torch.Tensor]:
+    with torch.no_grad(), eval_mode(walked.modules.values() if walked is not None else model.modules()):
         return [t.detach().clone() for t in iter_tensors(model(*inputs, **dict(kwargs)))]
 
 
@@ -79,9 +79,9 @@ class NormAware(TorchFunctionMode):
     model computes. With it, a plan that is approximate only because of such norms has an exact
     reference too."""
 
-    def __init__(self, model: nn.Module, plan: Plan) -> None:
+    def __init__(self, model: nn.Module, plan: Plan, walked: Walk | None = None) -> None:
         super().__init__()
-        params = walk(model).params
+        params = (walked if walked is not None else walk(model)).params
         self.removed = {id(params[n]): dims[0] for n, dims in plan.removed.items()
                         if n in params and 0 in dims and params[n].dim() == 1}
 
@@ -115,22 +115,24 @@ class NormAware(TorchFunctionMode):
 
 
 @contextlib.contextmanager
-def reference(model: nn.Module, plan: Plan, norm_aware: bool = False) -> Iterator[None]:
+def reference(model: nn.Module, plan: Plan, norm_aware: bool = False, walked: Walk | None = None) -> Iterator[None]:
     """The model as the pruned one should compute: the plan's slices zeroed in place (and, with
-    ``norm_aware``, norms over the kept indices only); restored bit for bit afterwards."""
-    w = walk(model)
+    ``norm_aware``, norms over the kept indices only); restored bit for bit afterwards. ``walked``:
+    the model's :func:`~prunekit.graph.walk.walk`, if the caller has it."""
+    w = walked if walked is not None else walk(model)
     with ZeroedSlices({**w.buffers, **w.params}, plan), \
-            (NormAware(model, plan) if norm_aware else contextlib.nullcontext()):
+            (NormAware(model, plan, w) if norm_aware else contextlib.nullcontext()):
         yield
 
 
 def zeroed_outputs(model: nn.Module, plan: Plan, example_inputs: Any,
-                   example_kwargs: Mapping[str, Any] | None = None, norm_aware: bool = False) -> list[torch.Tensor]:
+                   example_kwargs: Mapping[str, Any] | None = None, norm_aware: bool = False,
+                   walked: Walk | None = None) -> list[torch.Tensor]:
     """Outputs of ``model`` (eval mode) with the plan's slices zeroed; the model is unchanged after.
     ``norm_aware``: norms losing indices normalize over the kept ones (see :class:`NormAware`); raises
     :class:`NotVerifiable` where that reference cannot be built."""
-    with reference(model, plan, norm_aware):
-        return _run(model, as_inputs(example_inputs), example_kwargs or {})
+    with reference(model, plan, norm_aware, walked):
+        return _run(model, as_inputs(example_inputs), example_kwargs or {}, walked)
 
 
 def module_outputs(model: nn.Module, example_inputs: Any,

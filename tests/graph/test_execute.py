@@ -159,3 +159,47 @@ def test_shape_only_cat_matches_torch(tensors, dim):
     assert out.shape == ref.shape and out.dtype == ref.dtype
     with pytest.raises(RuntimeError):
         ShapeOnly().call(torch.cat, ([_meta(2, 3), _meta(3, 3)], 1), {})
+
+
+SDPA_CASES = [  # (q, k, v shapes, keyword arguments)
+    ((2, 4, 8, 16), (2, 4, 10, 16), (2, 4, 10, 12), {}),
+    ((1, 4, 8, 16), (1, 2, 8, 16), (1, 2, 8, 16), {"enable_gqa": True}),
+    ((2, 4, 8, 16), (2, 4, 8, 16), (2, 4, 8, 16), {"is_causal": True}),
+    ((2, 4, 8, 16), (2, 4, 8, 16), (2, 4, 8, 16), {"attn_mask": (8, 8)}),
+    ((2, 4, 8, 16), (2, 4, 8, 16), (2, 4, 8, 16), {"attn_mask": (2, 1, 1, 8), "bool_mask": True}),
+    ((3, 8, 16), (3, 8, 16), (3, 8, 16), {}),  # 3-d: torch's own kernels
+]
+
+
+@pytest.mark.parametrize("q,k,v,kw", SDPA_CASES, ids=str)
+def test_meta_sdpa_matches_real(q, k, v, kw):
+    """Attention answered by shape on meta: the real output's shape and the real kernel's FLOPs."""
+    kw = dict(kw)
+    inputs = [torch.randn(q), torch.randn(k), torch.randn(v)]
+    if "attn_mask" in kw:  # an input, so the meta forward gets a meta copy of it
+        shape = kw.pop("attn_mask")
+        inputs.append(torch.rand(shape) > 0.3 if kw.pop("bool_mask", False) else torch.randn(shape))
+
+    class Attn(nn.Module):
+        def forward(self, q, k, v, mask=None):
+            return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, **kw)
+
+    counter = MacCounter()
+    out = meta_forward(Attn(), tuple(inputs), {}, counter=counter)
+    real = MacCounter()
+    with torch.no_grad(), real:
+        ref = Attn()(*inputs)
+    assert out.is_meta and out.shape == ref.shape
+    assert counter.macs == real.macs > 0
+
+
+def test_meta_sdpa_rejects_mismatched_head_width():
+    """Negative control: keys narrower than the queries (a plan that cut one side only) fail on meta too."""
+    class Attn(nn.Module):
+        def forward(self, q, k, v):
+            return torch.nn.functional.scaled_dot_product_attention(q, k, v)
+
+    with pytest.raises(RuntimeError):
+        meta_forward(Attn(), (torch.randn(1, 4, 8, 16), torch.randn(1, 4, 8, 12), torch.randn(1, 4, 8, 16)), {})
+    with pytest.raises(RuntimeError):  # 4 query heads over 3 key heads
+        meta_forward(Attn(), (torch.randn(1, 4, 8, 16), torch.randn(1, 3, 8, 16), torch.randn(1, 3, 8, 16)), {})

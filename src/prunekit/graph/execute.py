@@ -8,6 +8,7 @@ raises there, and callers fall back to a real forward.
 from __future__ import annotations
 
 import contextlib
+import math
 from typing import Any, Callable, Iterator, Mapping
 
 import torch
@@ -15,9 +16,9 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_map
 from torch.utils._python_dispatch import _get_current_dispatch_mode_stack
-from torch.utils.flop_counter import flop_registry
+from torch.utils.flop_counter import sdpa_flop_count
 
-from ..measure.counting import MacCounter, flops_of
+from ..measure.counting import MacCounter
 from .walk import Walk, walk
 
 # Ops whose output has the input's shape: on meta tensors we skip their (Python) meta kernels.
@@ -94,6 +95,10 @@ class ShapeOnly(TorchFunctionMode):
                 return out
         if meta_first and name in _ADAPTIVE_POOL:
             out = _meta_adaptive_pool(_ADAPTIVE_POOL[name], *args, **kwargs)
+            if out is not None:
+                return out
+        if meta_first and name == "scaled_dot_product_attention":
+            out = _meta_sdpa(*args, **kwargs, _counter=self.counter)
             if out is not None:
                 return out
         if meta_first and name in _RNN_GATES:
@@ -208,9 +213,9 @@ def _meta_conv(nd: int, x, weight, bias=None, stride=1, padding=0, dilation=1, g
     if any(v <= 0 for v in size):
         return None  # let torch raise its own error
     out = torch.empty((x.shape[0], weight.shape[0], *size), device="meta", dtype=x.dtype)
-    _add_flops(_counter, lambda: flops_of(flop_registry[torch.ops.aten.convolution],
-                                          (x, weight, bias, stride, padding, dilation, False, (0,) * nd, groups),
-                                          {}, out))
+    # torch's conv formula (flop_counter.conv_flop_count, not transposed): 2 * output elements * weight
+    # elements per output channel, i.e. (in_channels / groups) * kernel size
+    _add_flops(_counter, lambda: 2 * out.numel() * math.prod(weight.shape[1:]))
     return out
 
 
@@ -235,6 +240,35 @@ def _meta_linear(x, weight, bias=None, *, _counter: MacCounter | None = None):
         raise RuntimeError(f"linear: bias of shape {tuple(bias.shape)} for {n_out} outputs")
     out = torch.empty((*x.shape[:-1], n_out), device="meta", dtype=x.dtype)
     _add_flops(_counter, lambda: 2 * x.numel() * n_out)
+    return out
+
+
+def _meta_sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False,
+               *, _counter: MacCounter | None = None):
+    """``scaled_dot_product_attention`` on 4-d meta tensors by shape: ``(B, H, L, E) x (B, Hkv, S, E) x
+    (B, Hkv, S, Ev) -> (B, H, L, Ev)`` (on meta, torch runs its Python math decomposition: milliseconds
+    per call). FLOPs by torch's SDPA formula, the two matmuls the math path runs. ``None`` to let torch
+    do it (other ranks, a mask that does not broadcast to ``(B, H, L, S)``, heads that do not fit)."""
+    if not all(isinstance(t, torch.Tensor) and t.is_meta and t.dim() == 4 for t in (key, value)) \
+            or query.dim() != 4:
+        return None
+    b, h, n_q, e = query.shape
+    b2, h_kv, n_k, e2 = key.shape
+    if (b2, h_kv, n_k) != tuple(value.shape[:3]) or b2 != b or e2 != e or not query.dtype == key.dtype == value.dtype:
+        return None
+    if h_kv != h and not (enable_gqa and h_kv > 0 and h % h_kv == 0):
+        return None
+    if attn_mask is not None:
+        if not isinstance(attn_mask, torch.Tensor) or not attn_mask.is_meta \
+                or attn_mask.dtype not in (torch.bool, query.dtype):
+            return None
+        try:
+            if torch.broadcast_shapes(attn_mask.shape, (b, h, n_q, n_k)) != (b, h, n_q, n_k):
+                return None
+        except RuntimeError:
+            return None
+    out = torch.empty((b, h, n_q, value.shape[3]), device="meta", dtype=query.dtype)
+    _add_flops(_counter, lambda: sdpa_flop_count(query.shape, key.shape, value.shape))
     return out
 
 
