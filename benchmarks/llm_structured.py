@@ -159,14 +159,22 @@ def load_rows(path: Path) -> list[dict]:
     return json.loads(path.read_text())["rows"] if path.exists() else []
 
 
+def recovery_path(path: Path) -> Path:
+    return path.with_name(path.stem + "_recovery.json")
+
+
 def write(path: Path, rows: list[dict], meta: dict) -> None:
-    """Merge ``rows`` into the file (another process may be writing other rows), atomically."""
+    """Merge ``rows`` into the file (another process may be writing other rows), atomically; the
+    markdown table joins the recovery file (phase 2 writes there, so the phases never overwrite each other)."""
     on_disk = load_rows(path)
     mine = {(r["row"], r["budget"]) for r in rows}
     rows = [r for r in on_disk if (r["row"], r["budget"]) not in mine] + rows
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
     tmp.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     os.replace(tmp, path)
+    rec = {(r["row"], r["budget"]): r for r in load_rows(recovery_path(path)) if r.get("note") == meta["note"]}
+    rows = [{**r, **{k: v for k, v in rec.get((r["row"], r["budget"]), {}).items() if k.startswith(("ppl_rec", "recover"))}}
+            for r in rows]
     lines = [f"# Structured pruning, SmolLM2-135M ({meta['note']})", "",
              f"dense perplexity on these windows: {meta.get('dense_ppl', 'n/a')}", "",
              "| row | budget | decoder params kept | ppl (no recovery) | ppl (after recovery) | reload | prune s |",
@@ -190,6 +198,7 @@ def main() -> None:
     ap.add_argument("--seq", type=int, default=256)
     ap.add_argument("--lr", type=float, default=5e-5)
     ap.add_argument("--recover", action="store_true", help="phase 2: recover every saved row")
+    ap.add_argument("--until", default="", help="phase 2 waits for new rows until this wall-clock time (HH:MM)")
     ap.add_argument("--work", default=os.path.expanduser("~/.cache/prunekit/llm_structured"))
     ap.add_argument("--out", default=str(RESULTS / "llm_structured.json"))
     args = ap.parse_args()
@@ -213,18 +222,28 @@ def main() -> None:
     dense_file = work / f"dense_ppl_{args.eval_windows}.json"
     meta["dense_ppl"] = cached(dense_file, lambda: perplexity(model, windows))
     print(f"dense ppl {meta['dense_ppl']:.3f} ({time.time() - t0:.0f} s)", flush=True)
-    if args.recover:
-        for r in rows:
-            if r.get("ppl_recovered") is not None or r["note"] != note:
+    if args.recover:   # phase 2, into its own file; loops until --until (HH:MM) picking up rows phase 1 adds
+        rec_file = recovery_path(out)
+        while True:
+            done = {(r["row"], r["budget"]) for r in load_rows(rec_file) if r.get("note") == note}
+            todo = [r for r in load_rows(out) if r["note"] == note and (r["row"], r["budget"]) not in done]
+            if not todo:
+                if not args.until or time.strftime("%H:%M") >= args.until:
+                    return
+                time.sleep(60)
                 continue
+            r = todo[0]
             m = hf.from_pretrained(r["folder"])
             t = time.time()
-            r["recovery_last_loss"] = recover_(m, text, args.steps, args.lr)
-            r["recover_s"] = time.time() - t
-            r["ppl_recovered"] = perplexity(m, windows)
-            print(f"{r['row']} {r['budget']}: recovered ppl {r['ppl_recovered']:.2f}", flush=True)
-            write(out, rows, meta)
-        return
+            last = recover_(m, text, args.steps, args.lr)
+            rec = {"row": r["row"], "budget": r["budget"], "note": note, "recovery_last_loss": last,
+                   "recover_s": time.time() - t, "ppl_recovered": perplexity(m, windows)}
+            have = [x for x in load_rows(rec_file) if (x["row"], x["budget"]) != (r["row"], r["budget"])]
+            tmp = rec_file.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps({"meta": meta, "rows": have + [rec]}, indent=1))
+            os.replace(tmp, rec_file)
+            write(out, [], meta)   # refresh the markdown
+            print(f"{r['row']} {r['budget']}: recovered ppl {rec['ppl_recovered']:.2f}", flush=True)
     c = calib[: args.calib]
     cal = cached(work / f"stats_{args.calib}.pt", lambda: collect_stats(model, c, progress=False))
     print(f"stats ({time.time() - t0:.0f} s)", flush=True)
@@ -248,7 +267,7 @@ def main() -> None:
                  "params_kept_frac": decoder_params(m) / dense_params, "ppl": ppl, "prune_s": prune_s,
                  "folder": str(folder), "note": note, **rec, **details}
             rows = [x for x in rows if not (x["row"] == row and x["budget"] == budget)] + [r]
-            write(out, rows, meta)
+            write(out, [r], meta)
             print(f"{row} {budget}: ppl {ppl:.2f}, kept {r['params_kept_frac']:.4f}, {rec}", flush=True)
             del m
 
