@@ -65,6 +65,23 @@ COMMANDS["demo"] = ("MobileNetV2 (ImageNet weights) transferred to Fashion-MNIST
                     _demo_args, _demo)
 
 
+def _llm_args(p: argparse.ArgumentParser) -> None:
+    from .llm.command import add_arguments
+
+    add_arguments(p)
+
+
+def _llm(args: argparse.Namespace) -> int:
+    from .llm.command import main as llm_main
+
+    return llm_main(args)
+
+
+COMMANDS["llm"] = ("one-shot sparsity of a Hugging Face causal LM (magnitude, Wanda, SparseGPT; unstructured or N:M) "
+                   "on calibration text, block by block, with perplexity before and after",
+                   _llm_args, _llm)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="prunekit",
