@@ -76,7 +76,7 @@ def _paired_latency(before: nn.Module, after: nn.Module, example: torch.Tensor, 
         with tempfile.TemporaryDirectory() as d:
             paths = [os.path.join(d, f"{n}.onnx") for n in ("before", "after")]
             for m, path in zip((before, after), paths):
-                export_onnx(m, example, path)
+                export_onnx(m, example, path, exporter="legacy")  # the file is only timed here: the fast exporter
             ort = [OnnxRuntimeModule(path, threads=1, spinning=False) for path in paths]
             out["ONNX Runtime"] = paired_latency(*ort, example, config=lc)
     return out
