@@ -14,7 +14,6 @@ import contextlib
 import json
 import math
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
@@ -22,11 +21,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import plan_schema
 from .errors import ApplyError, CounterConflict, PlanError, PrunekitError, VerificationError
 from .graph.groups import Group, Resolver, index_renumbering, scale_folds
 from .graph.rules.indexing import renumber_index
 from .graph.tracer import as_inputs
 from .graph.walk import Walk, failing_module, walk
+from .io.atomic import write_text
 from .layers import update_module
 from .measure.counting import MacCounter
 
@@ -51,6 +52,17 @@ class Plan:
     # (tensor, dim, indices, factor): a hard apply multiplies these slices (original numbering) by factor first;
     # an attention's query rows when its head width shrinks under a default softmax scale (graph.labels.ScaleFold)
     rescale: list[tuple[str, int, list[int], float]] = field(default_factory=list)
+    # the fingerprint: name -> shape of every parameter and buffer of the model the plan was made for
+    # (empty for a plan built by hand); a model that differs is refused (plan_schema.check_model)
+    shapes: dict[str, list[int]] = field(default_factory=dict)
+    # SHA-256 of the content when prunekit made the plan (plan_schema.digest); None: not sealed
+    digest: str | None = None
+
+    def seal(self) -> "Plan":
+        """Record the digest of the plan's current content (prunekit seals the plans it makes; re-seal
+        a plan you edited on purpose). Returns the plan."""
+        self.digest = plan_schema.digest(self)
+        return self
 
     def is_empty(self) -> bool:
         return not self.removed
@@ -64,34 +76,29 @@ class Plan:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Plan":
-        if d.get("version") != PLAN_VERSION:
-            raise PlanError(f"unsupported plan version {d.get('version')!r} (expected {PLAN_VERSION})")
-        removed = {n: {int(k): [int(i) for i in v] for k, v in dims.items()} for n, dims in d["removed"].items()}
-        attrs = [(str(m), str(a), int(v)) for m, a, v in d.get("attrs", [])]
-        renumber = {str(n): [int(i) for i in v] for n, v in d.get("renumber", {}).items()}
-        rescale = [(str(n), int(k), [int(i) for i in idx], float(f)) for n, k, idx, f in d.get("rescale", [])]
-        return cls(removed, attrs, list(d.get("groups", [])), bool(d.get("exact", True)), PLAN_VERSION, renumber,
-                   bool(d.get("norm_only", False)), rescale)
+        """A plan from its JSON form, checked against the schema (``PlanError`` names the field) and,
+        when it carries one, its digest."""
+        if not isinstance(d, dict) or d.get("version") != PLAN_VERSION:
+            got = d.get("version") if isinstance(d, dict) else type(d).__name__
+            raise PlanError(f"unsupported plan version {got!r} (expected {PLAN_VERSION})")
+        plan = cls(version=PLAN_VERSION, **plan_schema.parse(d))
+        plan_schema.check_digest(plan)
+        return plan
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=1)
 
     @classmethod
     def from_json(cls, text: str) -> "Plan":
-        return cls.from_dict(json.loads(text))
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise PlanError(f"the plan is not valid JSON: {e}") from None
+        return cls.from_dict(d)
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write atomically: a failed save leaves no half-written file."""
-        path = os.fspath(path)
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w") as f:
-                f.write(self.to_json())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        """Write atomically: a failed save leaves no half-written file (and an existing file keeps its mode)."""
+        write_text(path, self.to_json())
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Plan":
@@ -133,7 +140,8 @@ def make_plan(graph, units: Iterable[int], groups: Iterable[Group] = ()) -> Plan
     exact = not (closure & res.inexact)
     norm_only = not exact and not (closure & res.inexact_other)
     return Plan(removed, attrs, [dict(g) for g in groups], exact, renumber=index_renumbering(res, closure),
-                norm_only=norm_only, rescale=scale_folds(graph.store, res, gone))
+                norm_only=norm_only, rescale=scale_folds(graph.store, res, gone),
+                shapes={n: list(s) for n, s in graph.shapes.items()}).seal()
 
 
 # -- applying -------------------------------------------------------------------------
@@ -159,11 +167,17 @@ def _tensor_slots(walked: Walk) -> dict[str, list[tuple[nn.Module, str, bool]]]:
 def _validate(model: nn.Module, plan: Plan, walked: Walk) -> dict[str, torch.Tensor]:
     tensors = dict(walked.params)
     tensors.update({n: b for n, b in walked.buffers.items() if n not in tensors})
+    plan_schema.check_digest(plan)
+    plan_schema.check_model(plan, model, tensors)
     for name, dims in plan.removed.items():
         if name not in tensors:
             raise PlanError(f"plan names {name!r}, which {type(model).__name__} does not have")
         t = tensors[name]
         for dim, idx in dims.items():
+            if isinstance(dim, bool) or not isinstance(dim, int) or dim < 0:
+                raise PlanError(f"plan removes dim {dim!r} of {name}; dims are non-negative integers")
+            if any(isinstance(i, bool) or not isinstance(i, (int, np.integer)) for i in idx):
+                raise PlanError(f"plan removes non-integer indices from {name} dim {dim}")
             if dim >= t.dim():
                 raise PlanError(f"plan removes dim {dim} of {name}, which has shape {tuple(t.shape)}")
             if idx and (min(idx) < 0 or max(idx) >= t.shape[dim]):
@@ -183,15 +197,7 @@ def _validate(model: nn.Module, plan: Plan, walked: Walk) -> dict[str, torch.Ten
             raise PlanError(f"plan both slices and renumbers {name!r}")
         if any(not isinstance(v, int) or v < 0 for v in values):
             raise PlanError(f"plan renumbers {name!r} with values that are not non-negative integers")
-    modules = walked.modules
-    for mod, attr, _ in plan.attrs:
-        base, index = _split_attr(attr)
-        if mod not in modules or not hasattr(modules[mod], base):
-            raise PlanError(f"plan sets {mod}.{attr}, which {type(model).__name__} does not have")
-        if index is not None:
-            seq = getattr(modules[mod], base)
-            if not isinstance(seq, (tuple, list)) or not -len(seq) <= index < len(seq):
-                raise PlanError(f"plan sets {mod}.{attr}, but {mod}.{base} is {seq!r}")
+    plan_schema.check_attrs(plan, walked.modules)
     return tensors
 
 
@@ -327,11 +333,17 @@ class ZeroedSlices:
         self.saved: list[tuple[torch.Tensor, int, torch.Tensor, torch.Tensor]] = []
 
     def zero(self) -> None:
+        index_of: dict[tuple[int, ...], torch.Tensor] = {}  # coupled tensors share index lists: one tensor each
         with torch.no_grad():
             for name, dims in self.plan.removed.items():
                 t = self.tensors[name]
                 for dim, idx in dims.items():
-                    index = torch.tensor(idx, dtype=torch.long, device=t.device)
+                    key = tuple(idx)
+                    index = index_of.get(key)
+                    if index is None:
+                        index = index_of[key] = torch.from_numpy(np.asarray(idx, dtype=np.int64))
+                    if index.device != t.device:
+                        index = index.to(t.device)
                     self.saved.append((t, dim, index, t.index_select(dim, index)))  # a new tensor: a copy
             for t, dim, index, _ in self.saved:  # every slice saved before any is zeroed
                 t.index_fill_(dim, index, 0)
