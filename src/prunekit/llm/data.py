@@ -69,6 +69,15 @@ def smollm2_tokenizer() -> Any:
     return AutoTokenizer.from_pretrained(str(f.parent), gguf_file=f.name)
 
 
+def _cached_tokenizer(saved: Path) -> Any:
+    """The tokenizer saved next to the cached plain model (written from the GGUF one on first use)."""
+    from transformers import AutoTokenizer
+
+    if not (saved / "tokenizer.json").exists():
+        smollm2_tokenizer().save_pretrained(str(saved))
+    return AutoTokenizer.from_pretrained(str(saved))
+
+
 def smollm2(dtype: torch.dtype = torch.float32, *, cache: bool = True) -> tuple[torch.nn.Module, Any]:
     """Load SmolLM2-135M-Instruct per the protocol: GGUF dequantized to ``dtype``, copied into a
     plain ``from_config`` model (no ``quantization_config``, so ``save_pretrained`` works), in eval
@@ -82,7 +91,7 @@ def smollm2(dtype: torch.dtype = torch.float32, *, cache: bool = True) -> tuple[
     saved = cache_dir() / f"smollm2-{_file_hash(f)}"
     if cache and (saved / "config.json").exists():
         model = AutoModelForCausalLM.from_pretrained(str(saved), dtype=dtype)
-        return model.eval(), smollm2_tokenizer()
+        return model.eval(), _cached_tokenizer(saved)
     gguf_model = AutoModelForCausalLM.from_pretrained(str(f.parent), gguf_file=f.name, dtype=dtype)
     config = gguf_model.config
     if hasattr(config, "quantization_config"):
@@ -97,6 +106,7 @@ def smollm2(dtype: torch.dtype = torch.float32, *, cache: bool = True) -> tuple[
     if cache:  # a plain safetensors copy: the next load skips the GGUF dequantization
         tmp = saved.with_name(saved.name + f".tmp{os.getpid()}")
         model.save_pretrained(str(tmp))
+        smollm2_tokenizer().save_pretrained(str(tmp))
         if saved.exists():  # another process cached it meanwhile
             shutil.rmtree(tmp)
         else:
