@@ -9,7 +9,7 @@ import torch
 transformers = pytest.importorskip("transformers")
 accelerate = pytest.importorskip("accelerate")
 
-from prunekit.llm.loading import OffloadedSource, ShardedSource  # noqa: E402
+from prunekit.llm.loading import OffloadedSource, ShardedSource, save_streamed  # noqa: E402
 from prunekit.llm.pipeline import run_blocks  # noqa: E402
 from prunekit.llm.sparse import sparsify_llm_  # noqa: E402
 from prunekit.llm.tiny import tiny_model  # noqa: E402
@@ -43,12 +43,18 @@ def test_sharded_source_one_block_resident_and_same_result(saved, tmp_path):
     assert all(p.is_meta for p in blocks.parameters())  # nothing of the blocks read yet
     resident = []
 
+    embed = probe.model.model.embed_tokens
+    head = probe.model.lm_head
+
     def visit(i, block, inputs):
         resident.append([j for j, b in enumerate(blocks) if not any(p.is_meta for p in b.parameters())])
+        assert embed.weight.is_meta and head.weight.is_meta  # released once block 0's inputs were captured
 
     run_blocks(probe.model, WINDOWS, visit, source=probe, progress=False)
     assert resident == [[0], [1]]  # exactly one block with weights at each visit
     assert all(p.is_meta for p in blocks.parameters())
+    assert not embed.weight.is_meta  # read again after the last block: a second pass works
+    run_blocks(probe.model, WINDOWS, lambda i, b, x: None, source=probe, progress=False)
 
     src = ShardedSource(saved, tmp_path / "out")
     blocks = src.layout.blocks
@@ -66,6 +72,24 @@ def test_sharded_source_one_block_resident_and_same_result(saved, tmp_path):
     w = back.model.layers[1].mlp.down_proj.weight
     assert (w == 0).float().mean().item() == pytest.approx(0.5, abs=0.01)
     torch.testing.assert_close(_logits(back), _logits(ref), rtol=0, atol=0)
+
+
+def test_save_streamed_reads_back_with_safetensors(tmp_path):
+    from safetensors.torch import load_file
+
+    g = torch.Generator().manual_seed(0)
+    tensors = {"b.w": torch.randn(5, 3, generator=g), "a.bias": torch.randn(7, generator=g).to(torch.bfloat16),
+               "c.mask": torch.rand(4, 4, generator=g) > 0.5, "d.ids": torch.arange(6).view(2, 3), "e.s": torch.tensor(2.5)}
+    size = save_streamed(tmp_path / "x.safetensors", tensors)
+    assert size == (tmp_path / "x.safetensors").stat().st_size
+    back = load_file(tmp_path / "x.safetensors")
+    assert back.keys() == tensors.keys() and all(torch.equal(back[k], v) for k, v in tensors.items())
+    save_streamed(tmp_path / "y.safetensors", tensors, torch.bfloat16)  # floats cast while written, others kept
+    back = load_file(tmp_path / "y.safetensors")
+    assert back["b.w"].dtype == torch.bfloat16 and torch.equal(back["b.w"], tensors["b.w"].to(torch.bfloat16))
+    assert torch.equal(back["c.mask"], tensors["c.mask"]) and back["d.ids"].dtype == torch.int64
+    with pytest.raises(TypeError, match="complex"):  # negative control: a dtype safetensors cannot hold here
+        save_streamed(tmp_path / "z.safetensors", {"z": torch.zeros(2, dtype=torch.complex64)})
 
 
 def test_bf16_checkpoint_computed_in_float32(tmp_path):

@@ -80,6 +80,53 @@ def _read(folder: Path, names: list[str], weight_map: dict[str, str], dtype: tor
     return out
 
 
+_ST_DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64",
+              torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
+              torch.bool: "BOOL"}
+
+
+def save_streamed(path: str | os.PathLike, tensors: dict[str, torch.Tensor], dtype: torch.dtype | None = None) -> int:
+    """Write a safetensors file tensor by tensor, each cast to ``dtype`` only while it is written.
+
+    Unlike ``safetensors.torch.save_file`` (which serialises every tensor into one buffer first),
+    this holds at most one converted tensor besides the inputs. Returns the file size in bytes.
+    """
+    names = sorted(tensors)
+    header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
+    offset = 0
+    for n in names:
+        t = tensors[n]
+        dt = dtype if dtype is not None and t.is_floating_point() else t.dtype
+        if dt not in _ST_DTYPES:
+            raise TypeError(f"llm.loading: cannot write {n} of dtype {dt} to safetensors")
+        size = t.numel() * torch.empty((), dtype=dt).element_size()
+        header[n] = {"dtype": _ST_DTYPES[dt], "shape": list(t.shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    blob = json.dumps(header, separators=(",", ":")).encode()
+    blob += b" " * (-len(blob) % 8)
+    with open(path, "wb") as f:
+        f.write(len(blob).to_bytes(8, "little"))
+        f.write(blob)
+        for n in names:
+            t = tensors[n].detach()
+            if dtype is not None and t.is_floating_point():
+                t = t.to(dtype)
+            f.write(t.contiguous().reshape(-1).view(torch.uint8).cpu().numpy().data)
+            del t
+    return 8 + len(blob) + offset
+
+
+def _release_heap() -> None:
+    """Return freed heap memory to the OS (glibc ``malloc_trim``; a no-op elsewhere)."""
+    gc.collect()
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 class ShardedSource:
     """A model read block by block from a safetensors checkpoint folder; pruned blocks written to new shards.
 
@@ -130,6 +177,8 @@ class ShardedSource:
         unloaded = [n for p in self.layout.embed for n, t in self.model.get_submodule(p).named_parameters() if t.is_meta]
         if unloaded:
             raise ValueError(f"llm.loading: {self.folder} has no weights for the embeddings {unloaded[:5]}")
+        self._embed_keys = sorted(first)
+        del first
         self._hooks = []
         if self.compute_dtype != self.store_dtype:
             for path in self.layout.embed:
@@ -140,8 +189,22 @@ class ShardedSource:
     def _cast_output(self, module: nn.Module, args: Any, out: Any) -> Any:
         return out.to(self.compute_dtype) if isinstance(out, torch.Tensor) and out.is_floating_point() else out
 
+    def _embed_back(self) -> None:
+        """Read the embeddings again (released while the blocks run), ready for another pass (e.g. OWL)."""
+        state = _read(self.folder, self._embed_keys, self.weight_map, None)
+        self.model.load_state_dict(state, strict=False, assign=True)
+        if getattr(self.model.config, "tie_word_embeddings", False):
+            self.model.tie_weights()
+
     def load(self, i: int) -> nn.Module:
-        """Block ``i`` with its weights read from the shards (in ``compute_dtype``)."""
+        """Block ``i`` with its weights read from the shards (in ``compute_dtype``).
+
+        Block 0 is asked for once its inputs are captured: the embeddings are released then, and read
+        again when the last block is stored (so the skeleton can run another pass)."""
+        if i == 0:
+            for p in self.layout.embed:
+                self.model.get_submodule(p).to("meta")
+            _release_heap()
         block = self.layout.blocks[i]
         prefix = f"{self.layout.blocks_path}.{i}."
         tensors = _read(self.folder, self._block_keys[i], self.weight_map, self.compute_dtype)
@@ -157,17 +220,16 @@ class ShardedSource:
     def store(self, i: int, block: nn.Module) -> None:
         """Write block ``i`` to its own shard in ``out`` (checkpoint dtype), then send it back to meta."""
         if self.out is not None:
-            from safetensors.torch import save_file
-
             prefix = f"{self.layout.blocks_path}.{i}."
             name = f"model-block-{i:05d}.safetensors"
-            state = {prefix + k: v.detach().to(self.store_dtype).contiguous()
-                     for k, v in block.state_dict().items() if prefix + k in self.weight_map}
-            save_file(state, str(self.out / name), metadata={"format": "pt"})
+            state = {prefix + k: v for k, v in block.state_dict().items() if prefix + k in self.weight_map}
+            save_streamed(self.out / name, state, self.store_dtype)
             self._written.update({k: name for k in state})
             del state
         block.to("meta")
-        gc.collect()
+        _release_heap()
+        if i == len(self.layout.blocks) - 1:
+            self._embed_back()
 
     def finish(self) -> Path:
         """Write the weights outside the blocks, the index, the config (and tokenizer files) to ``out``."""
@@ -176,14 +238,13 @@ class ShardedSource:
         missing = [k for keys in self._block_keys.values() for k in keys if k not in self._written]
         if missing:
             raise RuntimeError(f"llm.loading: blocks not stored yet (e.g. {missing[:3]}); run every block first")
-        from safetensors.torch import save_file
 
         for h in self._hooks:
             h.remove()
         self._hooks.clear()
         name = "model-rest.safetensors"
         rest = _read(self.folder, self._rest, self.weight_map, None)  # unchanged by per-weight pruning
-        save_file(rest, str(self.out / name), metadata={"format": "pt"})
+        save_streamed(self.out / name, rest)
         weight_map = dict(self._written, **{k: name for k in rest})
         del rest
         total = sum(os.path.getsize(self.out / f) for f in set(weight_map.values()))
