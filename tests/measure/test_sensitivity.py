@@ -92,10 +92,7 @@ def _one_big_layer():
     return nn.Sequential(nn.Linear(256, 2048), nn.ReLU(), nn.Linear(2048, 32), nn.ReLU(), nn.Linear(32, 10)).eval()
 
 
-def test_latency_budget_is_verified_by_measuring():
-    m = _one_big_layer()
-    x = torch.randn(64, 256)
-    lat = LatencyConfig(threads=1, warmup=2, repeats=10, rounds=3)
+def _latency_budget_attempt(m, x, lat):
     s = sensitivity(m, x, output_fidelity(m, (64, 256)), ratios=(0.25, 0.5, 0.75), latency=lat, progress=False)
     assert s.latency_config == lat and s.latency_batch == 64 and s.base_latency_ms > 0
     big, small = s.curves
@@ -108,6 +105,23 @@ def test_latency_budget_is_verified_by_measuring():
     prunekit.prune_(pruned, x, result.config)
     # an independent re-measurement, looser than the target: timing on a shared machine is noisy
     assert paired_latency(m, pruned, x, config=lat).ratio < 0.9
+
+
+def test_latency_budget_is_verified_by_measuring():
+    """Wall-clock timings on a shared machine can be disturbed by other work for a whole measurement, so
+    the measured part gets up to three independent attempts; a budget search that ignored the measured
+    latencies (or a prune that did not make the model faster) fails every one of them."""
+    m = _one_big_layer()
+    x = torch.randn(64, 256)
+    lat = LatencyConfig(threads=1, warmup=2, repeats=10, rounds=3)
+    failures = []
+    for _ in range(3):
+        try:
+            _latency_budget_attempt(m, x, lat)
+            return
+        except AssertionError as exc:
+            failures.append(str(exc).splitlines()[0] if str(exc) else "assertion failed")
+    raise AssertionError(f"every attempt failed: {failures}")
 
 
 def test_budget_arguments_are_checked():
