@@ -164,6 +164,11 @@ def _tensor_slots(walked: Walk) -> dict[str, list[tuple[nn.Module, str, bool]]]:
     return slots
 
 
+def _integer_types(types: set[type]) -> bool:
+    """Are these (the types of a list's items) all integer types: ``int`` or numpy integers, not ``bool``?"""
+    return all(t is int or (t is not bool and issubclass(t, (int, np.integer))) for t in types)
+
+
 def _validate(model: nn.Module, plan: Plan, walked: Walk) -> dict[str, torch.Tensor]:
     tensors = dict(walked.params)
     tensors.update({n: b for n, b in walked.buffers.items() if n not in tensors})
@@ -175,7 +180,7 @@ def _validate(model: nn.Module, plan: Plan, walked: Walk) -> dict[str, torch.Ten
         for dim, idx in dims.items():
             if isinstance(dim, bool) or not isinstance(dim, int) or dim < 0:
                 raise PlanError(f"plan removes dim {dim!r} of {name}; dims are non-negative integers")
-            if any(isinstance(i, bool) or not isinstance(i, (int, np.integer)) for i in idx):
+            if not _integer_types(set(map(type, idx))):  # the types seen, not every index (a plan holds many)
                 raise PlanError(f"plan removes non-integer indices from {name} dim {dim}")
             if dim >= t.dim():
                 raise PlanError(f"plan removes dim {dim} of {name}, which has shape {tuple(t.shape)}")
