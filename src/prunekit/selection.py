@@ -16,6 +16,14 @@ share the ratio so that ``r`` of the channels go, as asked: the pair of counts r
 ``floor(r * channels)`` channels while keeping the most, ties going to the narrower width (the
 grouped conv's cost per kept channel is its width; Torch-Pruning makes the same choice). A factor
 shared by several pairs falls back to each losing ``1 - sqrt(1 - r)``.
+
+Attention heads and their width (``head`` x ``head_dim``) are one such pair: ``r`` of the attention width
+goes, whole heads first (ties remove heads), the rest from every head's width. 6 heads of 64 at 0.5 lose
+3 heads; 3 heads of 64 lose 1 head and 16 of each remaining head's 64 (2 x 48 = 96 kept). The width
+comes along with ``kinds=("head", ...)`` only where cutting it is exact (see
+:func:`prunekit.graph.groups.build_groups`); ``"head_dim"`` in ``kinds`` also prunes widths that are not
+(SDPA's default scale on a query that is not a projection's own rows, a norm over the head width) and
+the widths of attentions whose heads cannot go.
 """
 from __future__ import annotations
 
@@ -28,7 +36,7 @@ from torch import nn
 
 from .config import PruneConfig
 from .criteria import Criterion, get_criterion, normalize_scores
-from .graph.groups import Group
+from .graph.groups import Group, factor_pairs
 
 
 def ratio_for(group: Group, config: PruneConfig) -> float:
@@ -81,10 +89,12 @@ def select_units(model: nn.Module, groups: list[Group], config: PruneConfig,
     else:
         removal = {}
         factored = _factored(eligible)
-        for gg, widths in _factor_pairs(eligible):
+        pairs = [(p, False) for p in factor_pairs(eligible)] + [(p, True) for p in
+                                                                 factor_pairs(eligible, "head", "head_dim")]
+        for (gg, widths), heads in pairs:
             r = ratio_for(gg, config)
             if config.threshold is None and all(ratio_for(w, config) == r for w in widths):
-                removal[gg.id], n_w = _pair_counts(len(gg), len(widths[0]), r, config)
+                removal[gg.id], n_w = _pair_counts(len(gg), len(widths[0]), r, config, prefer_outer=heads)
                 removal.update({w.id: n_w for w in widths})
         for g in eligible:
             if g.id in removal:
@@ -111,43 +121,20 @@ def select_units(model: nn.Module, groups: list[Group], config: PruneConfig,
     return chosen, summaries
 
 
-def _factor_pairs(groups: list[Group]) -> list[tuple[Group, list[Group]]]:
-    """``group``-kind groups with their ``channel``-kind width groups (a grouped conv's input and output
-    widths), where every width group has the same size and belongs to no other group-kind group."""
-    by_id = {g.id: g for g in groups}
-    channel_dims: dict[tuple[str, int], set[int]] = {}
-    for g in groups:
-        if g.kind == "channel":
-            for key, _ in g.signature:
-                channel_dims.setdefault(key, set()).add(g.id)
-    partners: dict[int, set[int]] = {}
-    for g in groups:
-        if g.kind == "group":
-            partners[g.id] = {pid for key, _ in g.signature for pid in channel_dims.get(key, ())}
-    used: dict[int, int] = {}
-    for pids in partners.values():
-        for pid in pids:
-            used[pid] = used.get(pid, 0) + 1
-    out = []
-    for gid, pids in partners.items():
-        widths = [by_id[p] for p in sorted(pids)]
-        if widths and all(used[p] == 1 for p in pids) and len({len(w) for w in widths}) == 1:
-            out.append((by_id[gid], widths))
-    return out
-
-
-def _pair_counts(n_groups: int, width: int, r: float, config: PruneConfig) -> tuple[int, int]:
-    """Groups and per-group width to remove from a ``n_groups x width`` channel dimension at ratio ``r``:
-    at least ``floor(r * n_groups * width)`` channels go (as from any channel group), keeping the most
-    channels possible within each factor's bounds; ties keep more groups of a narrower width."""
-    n = n_groups * width
+def _pair_counts(n_outer: int, width: int, r: float, config: PruneConfig,
+                 prefer_outer: bool = False) -> tuple[int, int]:
+    """Outer units (groups, heads) and per-unit width to remove from an ``n_outer x width`` dimension at
+    ratio ``r``: at least ``floor(r * n_outer * width)`` channels go (as from any channel group), keeping
+    the most channels possible within each factor's bounds; ties keep the narrower width (grouped convs) or,
+    with ``prefer_outer``, remove whole outer units first (attention heads keep their width)."""
+    n = n_outer * width
     keep_at_most = n - math.floor(n * r + 1e-9)
-    (glo, ghi), (wlo, whi) = _bounds(n_groups, config), _bounds(width, config)
-    fits = [((n_groups - a) * (width - b), b, a) for a in range(glo, ghi + 1) for b in range(wlo, whi + 1)
-            if (n_groups - a) * (width - b) <= keep_at_most]
+    (glo, ghi), (wlo, whi) = _bounds(n_outer, config), _bounds(width, config)
+    fits = [((n_outer - a) * (width - b), a if prefer_outer else b, a, b)
+            for a in range(glo, ghi + 1) for b in range(wlo, whi + 1) if (n_outer - a) * (width - b) <= keep_at_most]
     if not fits:  # the bounds cannot reach the ratio: remove as much as they allow
         return ghi, whi
-    _, b, a = max(fits)  # most channels kept, then the most width removed (the narrowest groups)
+    _, _, a, b = max(fits)  # most channels kept, then the preferred factor removed most
     return a, b
 
 

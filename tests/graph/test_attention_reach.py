@@ -77,9 +77,10 @@ def test_fused_qkv_heads(fused, num_heads):
     assert len(heads) == 1 and len(heads[0]) == num_heads and heads[0].exact
     _, _, plan = assert_oracle(model, x, kinds=("head",))
     hard = prunekit.apply_plan(copy.deepcopy(model), plan, "hard")
-    kept = num_heads - num_heads // 2
-    width = kept * (32 // num_heads)
-    assert (hard.attn.num_heads, hard.attn.attn_dim, hard.attn.head_dim) == (kept, width, 32 // num_heads)
+    # heads x width lose half the attention width together: 4 x 8 -> 2 whole heads; 3 x 10 -> 3 x 5
+    kept, head_dim = (2, 8) if num_heads == 4 else (3, 5)
+    width = kept * head_dim
+    assert (hard.attn.num_heads, hard.attn.attn_dim, hard.attn.head_dim) == (kept, width, head_dim)
     assert hard.attn.qkv.weight.shape == (3 * width, 32) and hard.attn.proj.weight.shape == (32, width)
 
 
@@ -97,6 +98,88 @@ def test_fused_qkv_mismatched_heads_is_flagged():
     bad.removed["attn.qkv.weight"][0] = bad.removed["attn.qkv.bias"][0] = rows(0, 0) + rows(1, 1) + rows(2, 0)
     assert soft_hard_error(model, good, x) <= 1e-4
     assert soft_hard_error(model, bad, x) > 1e-2
+
+
+class NormedQueryAttention(FusedQKVAttention):
+    """timm's ``qk_norm=True``: q and k normalized over the head width before SDPA's default scale."""
+
+    def __init__(self, dim: int = 32, num_heads: int = 3):
+        super().__init__(dim, num_heads, True)
+        self.q_norm, self.k_norm = nn.LayerNorm(self.head_dim), nn.LayerNorm(self.head_dim)
+
+    def forward(self, x):
+        B, N, C = x.shape
+        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # (3, B, H, N, D)
+        q, k, v = qkv.unbind(0)
+        x = F.scaled_dot_product_attention(self.q_norm(q), self.k_norm(k), v)  # (B, H, N, D)
+        return self.proj(x.transpose(1, 2).reshape(B, N, self.attn_dim))
+
+
+def _sharp_vit(num_heads: int = 3) -> TinyViT:
+    torch.manual_seed(0)
+    model = TinyViT(num_heads, fused=True).eval()
+    with torch.no_grad():
+        model.attn.qkv.weight.mul_(4)  # sharper attention: a wrong softmax scale shows clearly
+    return model
+
+
+def test_default_scale_head_width_prunes_exactly_with_rescaled_queries():
+    """SDPA with no ``scale`` divides by sqrt(head width): cutting 10 -> 5 would sharpen every softmax, so the
+    kept query rows (weight and bias) are multiplied by sqrt(5 / 10) and the pruned model equals the zeroed
+    original. 3 heads at ratio 0.5 keep 3 x 5 (whole heads could only keep 2 of 3)."""
+    model, x = _sharp_vit(3), torch.randn(2, 7, 12)
+    width = _groups_with(trace(model, x), "head_dim", "attn.qkv.weight", 0)
+    assert len(width) == 1 and width[0].exact
+    assert_oracle(copy.deepcopy(model), x, kinds=("head",))
+    fresh = copy.deepcopy(model)
+    r = prunekit.prune_(model, x, ratio=0.5, keep_outputs=("head",))
+    assert r.verified["checked"] == "exact"
+    assert (model.attn.num_heads, model.attn.head_dim) == (3, 5)
+    assert {(n, d) for n, d, _, _ in r.plan.rescale} == {("attn.qkv.weight", 0), ("attn.qkv.bias", 0)}
+    assert all(abs(f - 0.5 ** 0.5) < 1e-12 and len(idx) == 15 for _, _, idx, f in r.plan.rescale)  # q rows only
+    replay = Plan.from_json(r.plan.to_json())  # the factor travels with the plan
+    assert replay.rescale == r.plan.rescale
+    prunekit.apply_plan(fresh, replay, "hard")
+    assert torch.equal(fresh(x), model(x))
+
+
+def test_head_width_without_the_query_rescale_is_wrong():
+    """Negative control: the same plan with its rescale dropped gives a different model."""
+    model, x = _sharp_vit(3), torch.randn(2, 7, 12)
+    r = prunekit.prune_(copy.deepcopy(model), x, ratio=0.5, keep_outputs=("head",))
+    assert r.plan.rescale and soft_hard_error(model, r.plan, x) <= 1e-4
+    bare = copy.deepcopy(r.plan)
+    bare.rescale = []
+    assert soft_hard_error(model, bare, x) > 1e-3
+
+
+def test_rescale_that_does_not_fit_the_model_is_refused():
+    from prunekit.errors import PlanError
+
+    model, x = _sharp_vit(3), torch.randn(2, 7, 12)
+    r = prunekit.prune_(copy.deepcopy(model), x, ratio=0.5, keep_outputs=("head",))
+    for bad in (("attn.qkv.weight", 0, [90], 0.5), ("attn.qkv.weight", 2, [0], 0.5), ("nope", 0, [0], 0.5),
+                ("attn.qkv.weight", 0, [0], float("nan"))):
+        plan = copy.deepcopy(r.plan)
+        plan.rescale = [bad]
+        before = copy.deepcopy(model.state_dict())
+        with pytest.raises(PlanError):
+            prunekit.apply_plan(model, plan, "hard")
+        assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_normed_query_width_is_not_cut_by_default():
+    """A LayerNorm over the head width (qk_norm) makes the width approximate: by default only whole heads
+    go (1 of 3); asking for ``head_dim`` cuts it, verified for finiteness only."""
+    torch.manual_seed(0)
+    model, x = TinyViT(3).eval(), torch.randn(2, 7, 12)
+    model.attn = NormedQueryAttention(32, 3).eval()
+    r = prunekit.prune_(copy.deepcopy(model), x, ratio=0.5, keep_outputs=("head",))
+    assert not r.plan.rescale and {g["kind"] for g in r.plan.groups} == {"channel", "head"}
+    assert r.verified["checked"] in ("exact", "exact-norm-aware")
+    m2 = copy.deepcopy(model)
+    r2 = prunekit.prune_(m2, x, ratio=0.5, keep_outputs=("head",), kinds=("channel", "head", "head_dim"))
+    assert "head_dim" in {g["kind"] for g in r2.plan.groups} and m2.attn.num_heads * m2.attn.head_dim <= 15
 
 
 # -- 2. windowed attention (Swin) -------------------------------------------------------------
@@ -382,3 +465,35 @@ def test_timm_models_prune(name, kw, size, bound, what):
     if what == "heads":
         assert [m.num_heads for m in attns] != heads_before
     assert model(x).shape == (1, 10)
+
+
+class ResidualWidthAttention(nn.Module):
+    """One head whose width is the residual's: ``reshape(B, N, C)`` with C read from the input couples the value
+    width, and through q.k and the shared kv axis the query rows, to the residual stream (PVT-v2's stage 0)."""
+
+    def __init__(self, dim: int = 16):
+        super().__init__()
+        self.num_heads, self.head_dim = 1, dim
+        self.q, self.kv, self.proj = nn.Linear(dim, dim), nn.Linear(dim, 2 * dim), nn.Linear(dim, dim)
+
+    def forward(self, x):
+        B, N, C = x.shape
+        q = self.q(x).reshape(B, N, self.num_heads, -1).permute(0, 2, 1, 3)  # (B, 1, N, C)
+        kv = self.kv(x).reshape(B, -1, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # (2, B, 1, N, C)
+        k, v = kv.unbind(0)
+        x = F.scaled_dot_product_attention(q, k, v)  # (B, 1, N, C)
+        return self.proj(x.transpose(1, 2).reshape(B, N, C))
+
+
+def test_query_rows_coupled_beyond_themselves_are_not_rescaled():
+    """Negative control for the fold: the query rows' classes hold the whole residual stream, so scaling
+    them would scale everything; the width is marked approximate instead and no rescale is planned."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(12, 16), ResidualWidthAttention(16), nn.Linear(16, 5)).eval()
+    x = torch.randn(2, 7, 12)
+    graph = trace(model, x)
+    graph.groups()
+    assert len(graph.store.folds) == 1 and graph._resolver.folds == []  # recorded, then refused
+    r = prunekit.prune_(model, x, ratio=0.5, keep_outputs=("2",))
+    assert not r.plan.rescale and not r.plan.exact
+    assert model[1].q.out_features == 8  # pruned with the residual, verified for finite outputs

@@ -7,6 +7,7 @@ conv's input), so a ratio can be applied to it.
 """
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Iterable
@@ -115,6 +116,27 @@ class Resolver:
                 if a is not None:
                     for r in np.unique(a).tolist():
                         self.touch[r].append(idx)
+        self.folds = [f for f in store.folds if self._fold_holds(f)]
+        for f in store.folds:
+            if not any(f is g for g in self.folds):  # its query rows go with more than themselves: the scale changes
+                roots = np.unique(self.root[f.width])
+                self.inexact.update(roots.tolist())
+                self.inexact_other.update(roots.tolist())
+                self.inexact_roots = np.union1d(self.inexact_roots, roots)
+
+    def _fold_holds(self, fold) -> bool:
+        """Can the query rows of ``fold`` be scaled on their own: are their classes exactly those rows of
+        the projection's own parameters (weight rows, bias), nothing coupled to them elsewhere (a residual
+        stream, the key rows)?"""
+        roots = np.unique(self.root[fold.rows])
+        if roots.size != np.unique(fold.rows).size:
+            return False
+        prefix = fold.owner + "." if fold.owner else ""
+        for (name, dim), idx in self.slices(roots.tolist()).items():
+            own = name.startswith(prefix) and "." not in name[len(prefix):]
+            if not own or dim != 0 or len(idx) != roots.size:
+                return False
+        return True
 
     def kind(self, root: int) -> str:
         code = int(self.kind_code[root])
@@ -392,9 +414,19 @@ def _signatures(res: Resolver, r: np.ndarray, k: np.ndarray, ix: np.ndarray) -> 
 
 
 def build_groups(graph, kinds: Iterable[str] | None = None) -> list[Group]:
+    """The groups of ``graph`` of the given kinds (all when None). ``"head"`` without ``"head_dim"`` also
+    returns the head-width groups that factor a head group with it, are exact (SDPA's default scale is
+    kept by rescaling the query rows, :class:`~prunekit.graph.labels.ScaleFold`) and whose size is an
+    attribute the plan rewrites (``self.head_dim``; a width computed as ``C // self.num_heads`` follows C,
+    not the cut): selection cuts each attention's heads x width to the ratio together, whole heads first."""
     res = Resolver(graph.store)
     graph._resolver = res
     wanted = set(kinds) if kinds is not None else None
+    # heads asked for without their width: an exact head width that factors a head group comes along, as
+    # that group's second factor (selection cuts heads x width together to the ratio, whole heads first)
+    implied_width = wanted is not None and "head" in wanted and "head_dim" not in wanted
+    if implied_width:
+        wanted = wanted | {"head_dim"}
     order = {n: i for i, n in enumerate(graph.param_names + graph.buffer_names)}
     free = res.free_roots()
     if wanted is not None:
@@ -456,12 +488,47 @@ def build_groups(graph, kinds: Iterable[str] | None = None) -> list[Group]:
             roots = None
             exact = not any(res.inexact & u for u in units)
         groups.append(Group(0, kind, units, exact, sig, res, roots=roots))
+    if implied_width:  # exact, and its size a rewritten attribute (``self.head_dim``), not ``C // heads``
+        counted = {int(r) for c in graph.store.counters for r in np.unique(res.root[c.labels]).tolist()}
+        groups = [g for g in groups if g.kind != "head_dim" or (
+            g.exact and all(not counted.isdisjoint(u) for u in g.units))]
+        for i, g in enumerate(groups):
+            g.id = i  # factor_pairs keys groups by id
+        paired = {w.id for _, widths in factor_pairs(groups, "head", "head_dim") for w in widths}
+        groups = [g for g in groups if g.kind != "head_dim" or g.id in paired]
     groups.sort(key=lambda g: (order.get(g.root[0], 1 << 30), g.root, g.kind))
     for i, g in enumerate(groups):
         g.id = i
     if kinds is None:
         graph._all_groups = (len(graph.store), groups)  # for blocked(), while the store is unchanged
     return groups
+
+
+def factor_pairs(groups: list[Group], outer: str = "group", inner: str = "channel") -> list[tuple[Group, list[Group]]]:
+    """``outer``-kind groups with their ``inner``-kind factor groups: a grouped conv's groups with its input
+    and output widths (``group`` x ``channel``), an attention's heads with their width (``head`` x
+    ``head_dim``): every inner group touches the outer group's tensor dims, has the same size as the
+    others and belongs to no other outer group."""
+    by_id = {g.id: g for g in groups}
+    inner_dims: dict[tuple[str, int], set[int]] = {}
+    for g in groups:
+        if g.kind == inner:
+            for key, _ in g.signature:
+                inner_dims.setdefault(key, set()).add(g.id)
+    partners: dict[int, set[int]] = {}
+    for g in groups:
+        if g.kind == outer:
+            partners[g.id] = {pid for key, _ in g.signature for pid in inner_dims.get(key, ())}
+    used: dict[int, int] = {}
+    for pids in partners.values():
+        for pid in pids:
+            used[pid] = used.get(pid, 0) + 1
+    out = []
+    for gid, pids in partners.items():
+        widths = [by_id[p] for p in sorted(pids)]
+        if widths and all(used[p] == 1 for p in pids) and len({len(w) for w in widths}) == 1:
+            out.append((by_id[gid], widths))
+    return out
 
 
 @dataclass
@@ -596,4 +663,36 @@ def index_renumbering(res: Resolver, closure: Iterable[int]) -> dict[str, list[i
         values = np.flatnonzero(gone[res.root[r.labels]])
         if values.size:
             out[r.buffer] = values.tolist()
+    return out
+
+
+def scale_folds(store: LabelStore, res: Resolver, gone: np.ndarray) -> list[tuple[str, int, list[int], float]]:
+    """The slices a hard apply multiplies so that attentions keep their softmax scale (``res.folds``: the
+    folds of ``store`` that hold):
+    for each attention losing head-width units under SDPA's default ``1 / sqrt(width)``, its kept query
+    rows (every parameter slice in their classes: weight rows, bias) times ``sqrt(kept / width)``.
+    ``gone``: the removed classes (a mask over label roots). Raises PlanError when one row would need two
+    factors (two attentions reading it with different widths)."""
+    from ..errors import PlanError
+
+    factor_of: dict[int, float] = {}
+    for fold in res.folds:  # those that hold (Resolver._fold_holds); the others made their widths inexact
+        width = res.root[fold.width]
+        kept = int((~gone[width]).sum())
+        if kept in (0, width.size):
+            continue
+        factor = math.sqrt(kept / width.size)
+        for r in np.unique(res.root[fold.rows]).tolist():
+            if gone[r]:
+                continue
+            if r in factor_of and abs(factor_of[r] - factor) > 1e-12:
+                raise PlanError("a query row read by two attentions whose head widths are cut differently")
+            factor_of[r] = factor
+    by_factor: dict[float, list[int]] = defaultdict(list)
+    for r, f in factor_of.items():
+        by_factor[f].append(r)
+    out = []
+    for f, roots in sorted(by_factor.items()):
+        for (name, dim), idx in res.slices(sorted(roots)).items():
+            out.append((name, dim, idx, f))
     return out

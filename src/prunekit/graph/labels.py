@@ -54,6 +54,19 @@ class Renumber:
 
 
 @dataclass
+class ScaleFold:
+    """Attention whose softmax scale is ``1 / sqrt(width)`` of the query's head width (SDPA with no
+    ``scale``), its query a view of an op output whose last-dim labels are ``rows`` (the query's
+    source rows, e.g. the q part of a fused qkv projection). Removing head-width units would change the
+    scale; multiplying the kept ``rows`` by ``sqrt(kept / width)`` gives it back exactly, so the
+    removal stays exact (:func:`prunekit.plan.make_plan` writes the factor into the plan)."""
+
+    width: np.ndarray  # the query's head-width labels (size ``width``)
+    rows: np.ndarray  # labels of the query's source rows
+    owner: str  # module path of the projection whose output rows they are (its weight and bias may be scaled)
+
+
+@dataclass
 class LabelStore:
     _parent: np.ndarray = field(default_factory=lambda: np.zeros(1024, dtype=np.int64))
     _n: int = 0
@@ -64,6 +77,7 @@ class LabelStore:
     pin_sites: dict[int, tuple[str, str]] = field(default_factory=dict)  # label -> (op, module) that pinned it
     context: tuple[str, str] = ("", "")  # (op, module path) of the op rule running now; the tracer sets it
     renumber: list["Renumber"] = field(default_factory=list)
+    folds: list[ScaleFold] = field(default_factory=list)
     inexact: set[int] = field(default_factory=set)
     inexact_other: set[int] = field(default_factory=set)  # inexact for a reason other than a 1-d normalization
     products: list[Product] = field(default_factory=list)
@@ -219,6 +233,9 @@ class LabelStore:
 
     def add_counter(self, module: str, attr: str, labels: np.ndarray, scale: int = 1) -> None:
         self.counters.append(Counter(module, attr, np.asarray(labels).copy(), scale))
+
+    def add_fold(self, width: np.ndarray, rows: np.ndarray, owner: str) -> None:
+        self.folds.append(ScaleFold(np.asarray(width).copy(), np.asarray(rows).reshape(-1).copy(), owner))
 
     def __len__(self) -> int:
         return self._n

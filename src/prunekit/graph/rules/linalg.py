@@ -244,6 +244,33 @@ def einsum(tracer, name, args, kwargs, out):
     tracer.set_info(out, TensorInfo(labels, False) if labels else None)
 
 
+def _view_rows(tracer, q: torch.Tensor) -> tuple[np.ndarray, str] | None:
+    """Labels of the rows ``q``'s (..., H, N, D) elements are read from, when ``q`` is a view of a
+    contiguous tensor whose last dim is one parameter's dim-0 rows (timm's ``qkv(x).reshape(B, N, 3, H, D)
+    .permute(2, 0, 3, 1, 4).unbind(0)``): ``(H, D)`` row labels and the parameter's module path, or None.
+    (That the rows' classes hold nothing but that module's rows is checked once the classes are final,
+    by :class:`~prunekit.graph.groups.Resolver`.)"""
+    base = q._base
+    if base is None or q.dim() < 3 or not base.is_contiguous():
+        return None
+    binf = tracer.info(base)
+    rows = binf.labels.get(base.dim() - 1) if binf is not None else None
+    wname = next((name for (name, d), lab in tracer.store.param_dims.items()
+                  if d == 0 and rows is not None and lab.size == rows.size and np.array_equal(lab, rows)), None)
+    if wname is None:
+        return None  # not a parameter's own rows (a sum, a normalized tensor ...)
+    F = base.shape[-1]
+    H, D = q.shape[-3], q.shape[-1]
+    sH, sE = q.stride(-3), q.stride(-1)
+    if any(q.stride(d) % F for d in range(q.dim()) if d not in (q.dim() - 3, q.dim() - 1) and q.shape[d] > 1):
+        return None  # batch and sequence dims must step over whole rows
+    start = (q.storage_offset() - base.storage_offset()) % F
+    feat = start + sH * np.arange(H)[:, None] + sE * np.arange(D)[None, :]  # (H, D) positions in a row
+    if feat.max() >= F or np.unique(feat).size != feat.size:
+        return None
+    return rows[feat], owner(wname)
+
+
 @op_rule("scaled_dot_product_attention")
 def sdpa(tracer, name, args, kwargs, out):
     q, k, v = args[0], args[1], args[2]
@@ -257,8 +284,12 @@ def sdpa(tracer, name, args, kwargs, out):
     _consume(tracer, qi, [E])
     _consume(tracer, ki, [E])
     qk = couple(tracer, [(q, qi, E), (k, ki, E)], "attention q.k")
-    if qk is not None and scale is None:
-        store.mark_inexact(qk)  # the default scale depends on the head width
+    if qk is not None and scale is None:  # the default scale 1/sqrt(head width) changes with the width
+        found = _view_rows(tracer, q)
+        if found is not None:
+            store.add_fold(qk, *found)  # ... unless the query's source rows are rescaled to give it back
+        else:
+            store.mark_inexact(qk)
     labels = {}
     if q.dim() >= 3:
         hq, hk = q.shape[H], k.shape[H]
