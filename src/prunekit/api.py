@@ -162,11 +162,15 @@ def prune_(model: nn.Module, example_inputs: Any, config: PruneConfig | None = N
         return _prune(model, example_inputs, config, example_kwargs, mode, criterion, macs, verify)
 
 
-def _macs_of(m: nn.Module, inputs: tuple, kwargs: Mapping[str, Any], modules: list[nn.Module]) -> tuple[int, list]:
-    """MACs of one eval forward (on meta tensors where the model allows) and its output shapes."""
+def _macs_of(m: nn.Module, inputs: tuple, kwargs: Mapping[str, Any], modules: list[nn.Module],
+             meta: bool = True) -> tuple[int, list]:
+    """MACs of one eval forward (on meta tensors where the model allows) and its output shapes.
+    ``meta=False``: straight to a real forward (the model's trace already needed real values)."""
     counter = MacCounter()
     with eval_mode(modules):
         try:
+            if not meta:
+                raise NotImplementedError("the trace needed real values")
             shapes = _output_shapes(meta_forward(m, inputs, kwargs, counter=counter))
         except Exception:  # noqa: BLE001 - needs real values: run for real
             counter = MacCounter()
@@ -217,7 +221,7 @@ class PrunedCopies:
         m = copy.deepcopy(self.model)
         if not plan.is_empty():
             apply_plan(m, plan, "hard")
-        macs = _macs_of(m, self.inputs, self.kwargs, list(m.modules()))[0]
+        macs = _macs_of(m, self.inputs, self.kwargs, list(m.modules()), self.graph.on_meta)[0]
         return m, Counts(sum(p.numel() for p in m.parameters()), macs)
 
 
@@ -262,7 +266,7 @@ def _prune(model: nn.Module, example_inputs: Any, config: PruneConfig, example_k
         if counter is not None and shapes is not None:
             macs = counter.macs
         else:
-            macs, shapes = _macs_of(m, inputs, kwargs, modules)
+            macs, shapes = _macs_of(m, inputs, kwargs, modules, graph.on_meta)
         if shapes != ref_shapes:
             raise PlanError(f"output shapes changed from {ref_shapes} to {shapes}")
         measured["macs"] = macs

@@ -125,3 +125,20 @@ def test_trace_and_prune_keep_each_modules_own_train_mode():
     assert [m.training for m in model] == [False, True, False, False]
     prunekit.prune_(model, x, ratio=0.5)
     assert [m.training for m in model] == [False, True, False, False]
+
+
+def test_trace_says_whether_it_ran_on_meta_tensors():
+    """A model that reads values (``.item()``) is traced for real, and the graph says so (later counts of
+    the same model skip the meta attempt); an ordinary model is traced on meta tensors."""
+    class ReadsValues(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(4, 8), nn.Linear(8, 2)
+
+        def forward(self, x):
+            h = self.a(x)
+            return self.b(h) * (2.0 if float(h.sum().item()) > 1e9 else 1.0)
+
+    x = torch.randn(3, 4)
+    assert trace(ReadsValues(), x).on_meta is False
+    assert trace(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)), x).on_meta is True

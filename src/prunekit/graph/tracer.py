@@ -103,6 +103,7 @@ class DependencyGraph:
     unsupported: list[Unsupported] = field(default_factory=list)
     output_shapes: list[tuple[int, ...]] = field(default_factory=list)
     sites: list["Site"] = field(default_factory=list)  # activation/norm/linear outputs, in call order
+    on_meta: bool = True  # the trace ran on meta tensors (False: the model needed real values)
 
     def groups(self, kinds: Iterable[str] | None = None):
         from .groups import build_groups
@@ -401,9 +402,11 @@ def trace(model: nn.Module, example_inputs: Any = (), example_kwargs: Mapping[st
     kept = _module_paths(model, keep_outputs, "keep_outputs")
     walked = walk(model)
     with eval_mode(walked.modules.values()):
+        on_meta = True
         try:  # shapes are all we need: run on the meta device (no compute)
             tracer, out = _traced_run(model, example_inputs, example_kwargs, True, walked, counter)
         except Exception:  # data-dependent code or an op without a meta kernel: run for real
+            on_meta = False
             if counter is not None:
                 counter.flops = 0  # forget the partial meta count
             tracer, out = _traced_run(model, example_inputs, example_kwargs, False, walked, counter)
@@ -448,6 +451,7 @@ def trace(model: nn.Module, example_inputs: Any = (), example_kwargs: Mapping[st
         unsupported=tracer.unsupported,
         output_shapes=[tuple(t.shape) for t in iter_tensors(out)],
         sites=tracer.sites,
+        on_meta=on_meta,
     )
 
 
