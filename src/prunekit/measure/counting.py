@@ -33,11 +33,18 @@ class Counts:
 _SHAPE_WRAPPED = shape_wrapper(lambda: None).__code__  # the wrapper torch puts around most formulas
 
 
+_PLAIN = (int, float, bool, type(None))
+
+
 def _shapes(x: Any) -> Any:
+    if type(x) in _PLAIN:  # most arguments (strides, paddings, flags): nothing to look into
+        return x
     if isinstance(x, torch.Tensor):
         return x.shape
     if isinstance(x, (tuple, list)):
-        return type(x)(_shapes(i) for i in x)
+        if all(type(i) in _PLAIN for i in x):
+            return x
+        return type(x)([_shapes(i) for i in x])
     return x
 
 
@@ -107,12 +114,16 @@ def flop_rule(func) -> Any:
     return flop_registry.get(packet) or _MISSING_RULES.get(packet.__name__)
 
 
+_CONV = torch.ops.aten.convolution.default
+
+
 class MacCounter(TorchDispatchMode):
     """Counts FLOPs of every ATen op that torch's flop counter knows (matmuls, convs, attention)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.flops = 0
+        self._rules: dict[Any, Any] = {}  # op overload -> its FLOP formula (or None)
 
     @property
     def macs(self) -> int:
@@ -121,9 +132,14 @@ class MacCounter(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
-        rule = flop_rule(func)
+        rules = self._rules  # per op overload: looked up once per count
+        rule = rules[func] if func in rules else rules.setdefault(func, flop_rule(func))
         if rule is not None:
-            self.flops += flops_of(rule, args, kwargs, out)
+            if func is _CONV and len(args) > 6 and not args[6] and isinstance(out, torch.Tensor):  # not transposed
+                # torch's conv_flop_count: 2 * output elements * (in_channels / groups) * kernel size
+                self.flops += 2 * out.numel() * math.prod(args[1].shape[1:])
+            else:
+                self.flops += flops_of(rule, args, kwargs, out)
         return out
 
 
