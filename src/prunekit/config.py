@@ -33,7 +33,7 @@ class PruneConfig:
     kinds: tuple[str, ...] = field(default=("channel", "group", "head"),
                                    metadata={"help": f"group kinds to prune, among {KINDS}; 'head' cuts each "
                                                      "attention's heads x head width together, the width only "
-                                                     "where exact ('head_dim' also where not)"})
+                                                     "where verifiable ('head_dim' also where not)"})
     min_ratio: float = field(default=0.0, metadata={"help": "never remove less than this fraction of a group"})
     scope: str = field(default="local", metadata={"help": "'local': every group to its ratio; 'global': one "
                                                           "ranking over all groups"})

@@ -20,10 +20,10 @@ shared by several pairs falls back to each losing ``1 - sqrt(1 - r)``.
 Attention heads and their width (``head`` x ``head_dim``) are one such pair: ``r`` of the attention width
 goes, whole heads first (ties remove heads), the rest from every head's width. 6 heads of 64 at 0.5 lose
 3 heads; 3 heads of 64 lose 1 head and 16 of each remaining head's 64 (2 x 48 = 96 kept). The width
-comes along with ``kinds=("head", ...)`` only where cutting it is exact (see
-:func:`prunekit.graph.groups.build_groups`); ``"head_dim"`` in ``kinds`` also prunes widths that are not
-(SDPA's default scale on a query that is not a projection's own rows, a norm over the head width) and
-the widths of attentions whose heads cannot go.
+comes along with ``kinds=("head", ...)`` only where cutting it is verifiable: exact, or approximate
+through 1-d norms only (see :func:`prunekit.graph.groups.build_groups`); ``"head_dim"`` in ``kinds`` also
+prunes widths that are not (SDPA's default scale on a query that is not a projection's own rows, a
+softmax over the width) and the widths of attentions whose heads cannot go.
 """
 from __future__ import annotations
 

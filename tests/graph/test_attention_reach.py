@@ -7,6 +7,7 @@ groups and a negative control; then the real timm models at small sizes.
 from __future__ import annotations
 
 import copy
+import warnings
 
 import pytest
 import torch
@@ -497,3 +498,61 @@ def test_query_rows_coupled_beyond_themselves_are_not_rescaled():
     r = prunekit.prune_(model, x, ratio=0.5, keep_outputs=("2",))
     assert not r.plan.rescale and not r.plan.exact
     assert model[1].q.out_features == 8  # pruned with the residual, verified for finite outputs
+
+
+class CrossAttention(nn.Module):
+    """crossvit's cross-attention: the head width is ``C // self.num_heads`` with C read from the residual, for
+    q, k and v alike, so their widths must be cut by the same count. ``soft_v``: a softmax over v's width
+    (a stand-in for any op that makes that width approximate)."""
+
+    def __init__(self, dim: int = 24, num_heads: int = 3, soft_v: bool = False):
+        super().__init__()
+        self.num_heads, self.soft_v = num_heads, soft_v
+        self.wq, self.wk, self.wv, self.proj = (nn.Linear(dim, dim) for _ in range(4))
+
+    def forward(self, x):
+        B, N, C = x.shape
+        q = self.wq(x[:, 0:1, ...]).reshape(B, 1, self.num_heads, C // self.num_heads).permute(0, 2, 1, 3)
+        k = self.wk(x).reshape(B, N, self.num_heads, C // self.num_heads).permute(0, 2, 1, 3)  # (B, H, N, C/H)
+        v = self.wv(x).reshape(B, N, self.num_heads, C // self.num_heads).permute(0, 2, 1, 3)
+        if self.soft_v:
+            v = v.softmax(-1)
+        x = F.scaled_dot_product_attention(q, k, v)  # (B, H, 1, C/H)
+        return self.proj(x.transpose(1, 2).reshape(B, 1, C))  # (B, 1, C)
+
+
+class TinyCrossViT(nn.Module):
+    def __init__(self, soft_v: bool = False):
+        super().__init__()
+        self.embed, self.norm = nn.Linear(5, 24), nn.LayerNorm(24)
+        self.attn, self.head = CrossAttention(24, 3, soft_v), nn.Linear(24, 4)
+
+    def forward(self, x):
+        x = self.embed(x)
+        x = torch.cat([x[:, 0:1] + self.attn(self.norm(x)), x[:, 1:]], 1)
+        return self.head(x[:, 0])
+
+
+def test_cross_attention_widths_computed_from_the_residual_are_cut_by_one_count():
+    """3 heads of 8 at 0.5: 2 heads of 6 (q/k and v widths alike; the residual is heads x v width), verified
+    against the zeroed original with norms over the kept channels."""
+    torch.manual_seed(0)
+    model, x = TinyCrossViT().eval(), torch.randn(2, 6, 5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "heads failed" fallback
+        r = prunekit.prune_(model, x, ratio=0.5, keep_outputs=("head",))
+    assert r.verified["checked"] == "exact-norm-aware"
+    assert model.attn.num_heads == 2 and model.attn.wq.out_features == model.attn.wv.out_features == 12
+    assert model.embed.out_features == 12
+
+
+def test_cross_attention_with_one_width_approximate_cuts_neither():
+    """Negative control: v's width is approximate (a softmax over it), so neither width is cut by default
+    (cutting q/k alone would break ``C // num_heads``): whole heads only."""
+    torch.manual_seed(0)
+    model, x = TinyCrossViT(soft_v=True).eval(), torch.randn(2, 6, 5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        r = prunekit.prune_(model, x, ratio=0.5, keep_outputs=("head",))
+    assert {g["kind"] for g in r.plan.groups} == {"head"}
+    assert model.attn.num_heads == 2 and model.attn.wq.out_features == model.attn.wv.out_features == 16

@@ -415,10 +415,11 @@ def _signatures(res: Resolver, r: np.ndarray, k: np.ndarray, ix: np.ndarray) -> 
 
 def build_groups(graph, kinds: Iterable[str] | None = None) -> list[Group]:
     """The groups of ``graph`` of the given kinds (all when None). ``"head"`` without ``"head_dim"`` also
-    returns the head-width groups that factor a head group with it, are exact (SDPA's default scale is
-    kept by rescaling the query rows, :class:`~prunekit.graph.labels.ScaleFold`) and whose size is an
-    attribute the plan rewrites (``self.head_dim``; a width computed as ``C // self.num_heads`` follows C,
-    not the cut): selection cuts each attention's heads x width to the ratio together, whole heads first."""
+    returns the head-width groups that factor a head group with it, when all of that head group's widths
+    (q/k and v may be two) are exact, or approximate only through 1-d norms (verified norm-aware): SDPA's
+    default scale is kept by rescaling the query rows (:class:`~prunekit.graph.labels.ScaleFold`).
+    Selection cuts each attention's heads x widths to the ratio together, whole heads first, every width
+    by the same count (crossvit's ``reshape(B, N, heads, C // heads)`` needs q/k and v widths equal)."""
     res = Resolver(graph.store)
     graph._resolver = res
     wanted = set(kinds) if kinds is not None else None
@@ -488,13 +489,12 @@ def build_groups(graph, kinds: Iterable[str] | None = None) -> list[Group]:
             roots = None
             exact = not any(res.inexact & u for u in units)
         groups.append(Group(0, kind, units, exact, sig, res, roots=roots))
-    if implied_width:  # exact, and its size a rewritten attribute (``self.head_dim``), not ``C // heads``
-        counted = {int(r) for c in graph.store.counters for r in np.unique(res.root[c.labels]).tolist()}
-        groups = [g for g in groups if g.kind != "head_dim" or (
-            g.exact and all(not counted.isdisjoint(u) for u in g.units))]
+    if implied_width:  # all of an attention's widths, each exact (or approximate through 1-d norms only), or none
         for i, g in enumerate(groups):
             g.id = i  # factor_pairs keys groups by id
-        paired = {w.id for _, widths in factor_pairs(groups, "head", "head_dim") for w in widths}
+        verifiable = lambda w: res.inexact_other.isdisjoint(w.unit_roots(range(len(w))))  # noqa: E731
+        paired = {w.id for _, widths in factor_pairs(groups, "head", "head_dim") if all(map(verifiable, widths))
+                  for w in widths}
         groups = [g for g in groups if g.kind != "head_dim" or g.id in paired]
     groups.sort(key=lambda g: (order.get(g.root[0], 1 << 30), g.root, g.kind))
     for i, g in enumerate(groups):
