@@ -226,7 +226,9 @@ def main() -> None:
         rec_file = recovery_path(out)
         while True:
             done = {(r["row"], r["budget"]) for r in load_rows(rec_file) if r.get("note") == note}
-            todo = [r for r in load_rows(out) if r["note"] == note and (r["row"], r["budget"]) not in done]
+            order = args.rows.split(",")
+            todo = sorted([r for r in load_rows(out) if r["note"] == note and r["row"] in order
+                           and (r["row"], r["budget"]) not in done], key=lambda r: (order.index(r["row"]), r["budget"]))
             if not todo:
                 if not args.until or time.strftime("%H:%M") >= args.until:
                     return
