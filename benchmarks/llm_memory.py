@@ -137,6 +137,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dir", default=None, help="work folder (default: a new one in the temp dir)")
     p.add_argument("--keep", action="store_true", help="keep the shards")
     p.add_argument("--parallel", action="store_true", help="run the methods at the same time (separate processes)")
+    p.add_argument("--mmap-threshold", type=int, default=None,
+                   help="set MALLOC_MMAP_THRESHOLD_ (bytes) for the runs: glibc then serves every larger tensor "
+                        "with its own mapping, returned at free (no heap fragmentation)")
+    p.add_argument("--name", default="llm_memory", help="results file stem in benchmarks/results")
     p.add_argument("--small", action="store_true", help="a tiny config, to check the script (results not written)")
     p.add_argument("--_run", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -162,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
           f"files", flush=True)
     methods = args.methods.split(",")
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
+    if args.mmap_threshold is not None:
+        env["MALLOC_MMAP_THRESHOLD_"] = str(args.mmap_threshold)
     cmd = lambda m: [sys.executable, __file__, "--dir", str(work), "--windows", str(args.windows),  # noqa: E731
                      "--time-box", str(args.time_box), "--_run", m] + (["--small"] if args.small else [])
     if args.parallel:
@@ -179,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         r["shard_bytes"] = meta["shard_bytes"]
         r["ratio"] = round(r["peak_above_baseline_bytes"] / meta["shard_bytes"], 4)
         r["target_met"] = r["ratio"] <= 0.35
+        r["malloc_mmap_threshold"] = args.mmap_threshold
         rows.append(r)
         shutil.rmtree(work / f"out-{m}", ignore_errors=True)
     result = {"benchmark": "llm_memory", "config": CONFIG, "params": meta["params"], "shard_bytes": meta["shard_bytes"],
@@ -188,13 +195,14 @@ def main(argv: list[str] | None = None) -> int:
                       "(LlamaForCausalLM), accelerate and prunekit.llm"}
     results = RESULTS if not args.small else work
     results.mkdir(exist_ok=True)
-    (results / "llm_memory.json").write_text(json.dumps(result, indent=1))
+    (results / f"{args.name}.json").write_text(json.dumps(result, indent=1))
     gib = 2 ** 30
     lines = ["# LLM memory: one block at a time from safetensors shards (#14)", "",
              f"Llama, {meta['params'] / 1e9:.3f} B parameters (TinyLlama-1.1B shape), random bf16 weights, "
              f"{meta['shard_bytes'] / gib:.3f} GiB of shards in {meta['shards']} files. Calibration: {args.windows} "
              f"windows of 512 random token ids. CPU, {env['OMP_NUM_THREADS']} thread(s) per process, float32 compute, "
-             f"blocks written back in bf16. Target: peak RSS above the baseline <= 0.35 x shards.", "",
+             f"blocks written back in bf16. glibc MALLOC_MMAP_THRESHOLD_: "
+             f"{args.mmap_threshold if args.mmap_threshold is not None else 'default (dynamic)'}. Target: peak RSS above the baseline <= 0.35 x shards.", "",
              "| method | baseline RSS | peak RSS | peak - baseline | / shards | target | blocks | time |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -205,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
                      f"| {r['peak_above_baseline_bytes'] / gib:.3f} GiB | {r['ratio']:.3f} | "
                      f"{'met' if r['target_met'] else 'NOT met'} | {r['blocks_done']}/{CONFIG['num_hidden_layers']}"
                      f"{'' if r['finished'] else ' (time-boxed)'} | {r['seconds']:.0f} s |")
-    (results / "llm_memory.md").write_text("\n".join(lines) + "\n")
+    (results / f"{args.name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     if not args.keep and not args.dir:
         shutil.rmtree(work, ignore_errors=True)

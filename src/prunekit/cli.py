@@ -85,6 +85,23 @@ COMMANDS["llm"] = ("one-shot sparsity of a Hugging Face causal LM (magnitude, Wa
                    _llm_args, _llm)
 
 
+def _recover_args(p: argparse.ArgumentParser) -> None:
+    from .llm.recover import add_arguments
+
+    add_arguments(p)
+
+
+def _recover(args: argparse.Namespace) -> int:
+    from .llm.recover import run_command
+
+    return run_command(args)
+
+
+COMMANDS["llm-recover"] = ("recover a pruned causal LM by distillation from the unpruned one or LoRA (merged back); "
+                           "under torchrun with FSDP (torchrun --nproc_per_node N -m prunekit.cli llm-recover ...)",
+                           _recover_args, _recover)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="prunekit",

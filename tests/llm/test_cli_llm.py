@@ -102,3 +102,27 @@ def test_out_and_model_checks(folder, tmp_path, capsys):
 def test_demo_still_listed():
     r = subprocess.run([sys.executable, "-m", "prunekit.cli", "--help"], capture_output=True, text=True)
     assert r.returncode == 0 and "demo" in r.stdout and "llm" in r.stdout
+
+
+def test_llm_recover_command(folder, tmp_path, capsys):
+    """`prunekit llm-recover` (one process here; the same command runs under torchrun with FSDP)."""
+    from prunekit.llm.sparse import sparsify_llm_
+
+    student = transformers.AutoModelForCausalLM.from_pretrained(folder / "model")
+    sparsify_llm_(student, None, "magnitude", 0.5, progress=False)
+    student.save_pretrained(tmp_path / "student")
+    _char_tokenizer().save_pretrained(tmp_path / "student")
+    zeros = {k: v == 0 for k, v in student.state_dict().items() if ".layers." in k and k.endswith("proj.weight")}
+    out = tmp_path / "recovered"
+    args = ["llm-recover", "--student", str(tmp_path / "student"), "--teacher", str(folder / "model"),
+            "--calib", str(folder / "text.txt"), "--seq-len", "64", "--windows", "4", "--steps", "3", "--lr", "0.01",
+            "--out", str(out)]
+    assert main(args) == 0
+    assert "recovered (distill, 3 steps, 1 processes)" in capsys.readouterr().out
+    back = transformers.AutoModelForCausalLM.from_pretrained(out)
+    state = back.state_dict()
+    assert all(torch.equal(state[k] == 0, z) for k, z in zeros.items())  # the 50% zeros kept
+    assert any(not torch.equal(state[k], student.state_dict()[k]) for k in zeros)  # and the weights trained
+    assert len(json.loads((out / "recover.json").read_text())["losses"]) == 3
+    with pytest.raises(ValueError, match="not an empty folder"):  # negative control: never overwrite
+        main(args)

@@ -25,20 +25,22 @@ Under ``torchrun`` (``WORLD_SIZE`` > 1) the student and teacher are sharded with
 (``torch.distributed.fsdp.fully_shard``, one unit per decoder block), gloo on CPU and NCCL on GPU;
 the windows of each global batch are split across ranks. The model object stays sharded; rank 0
 receives the plain full weights in ``RecoverResult.state_dict`` (LoRA merged and masked), ready
-for ``save_pretrained(out, state_dict=...)``. ``python -m prunekit.llm.recover`` is that command::
+for ``save_pretrained(out, state_dict=...)``. ``prunekit llm-recover`` is that command (on GPUs,
+NCCL; one process per GPU)::
 
-    torchrun --nproc_per_node 8 -m prunekit.llm.recover --student PRUNED_DIR --teacher DENSE_DIR \\
+    torchrun --nproc_per_node 8 -m prunekit.cli llm-recover --student PRUNED_DIR --teacher DENSE_DIR \\
         --calib protocol --out RECOVERED_DIR --method distill --steps 200
 """
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
-import sys
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Sequence
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import distributed as dist
@@ -414,9 +416,8 @@ def _calibration(spec: str, tokenizer_dir: str, n: int, seq_len: int) -> torch.T
     return torch.tensor(ids[: rows * seq_len], dtype=torch.long).view(rows, seq_len)[:n]  # [rows, T]
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """``torchrun --nproc_per_node N -m prunekit.llm.recover --student DIR --teacher DIR --calib ... --out DIR``."""
-    p = argparse.ArgumentParser(prog="python -m prunekit.llm.recover", description=__doc__.split("\n")[0])
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The ``prunekit llm-recover`` arguments (every :class:`RecoverConfig` field as a flag)."""
     p.add_argument("--student", required=True, help="the pruned model's folder (save_pretrained)")
     p.add_argument("--teacher", default=None, help="the unpruned model's folder (needed for KL / hidden matching)")
     p.add_argument("--calib", required=True, help="'protocol' or a UTF-8 text file")
@@ -426,21 +427,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     for f_name, f in RecoverConfig.__dataclass_fields__.items():
         if f_name in ("hidden_pairs", "lora_targets", "progress", "lr"):
             continue
-        kind = type(f.default) if f.default is not None else float
+        kind = type(f.default)
         if kind is bool:
             p.add_argument(f"--{f_name.replace('_', '-')}", type=lambda s: s.lower() in ("1", "true", "yes"),
-                           default=f.default)
+                           default=f.default, help=f.metadata.get("help"))
         else:
-            p.add_argument(f"--{f_name.replace('_', '-')}", type=kind, default=f.default, help=f.metadata.get("help"))
+            p.add_argument(f"--{f_name.replace('_', '-')}", type=float if kind is type(None) else kind,
+                           default=f.default, help=f.metadata.get("help"))
     p.add_argument("--lr", type=float, default=None)
-    args = p.parse_args(argv)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """``[torchrun --nproc_per_node N -m] prunekit.cli llm-recover --student DIR --teacher DIR --calib ... --out DIR``."""
     from transformers import AutoModelForCausalLM
+
+    from .loading import _dtype_kw
 
     cfg = RecoverConfig(**{k: getattr(args, k) for k in RecoverConfig.__dataclass_fields__
                            if k not in ("hidden_pairs", "lora_targets", "progress")}, progress=False)
+    out = Path(args.out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ValueError(f"llm-recover: --out {args.out!r} exists and is not an empty folder")
     windows = _calibration(args.calib, args.student, args.windows, args.seq_len)
-    student = AutoModelForCausalLM.from_pretrained(args.student, torch_dtype="auto")
-    teacher = AutoModelForCausalLM.from_pretrained(args.teacher, torch_dtype="auto") if args.teacher else None
+    student = AutoModelForCausalLM.from_pretrained(args.student, **_dtype_kw("auto"))
+    teacher = AutoModelForCausalLM.from_pretrained(args.teacher, **_dtype_kw("auto")) if args.teacher else None
     if torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         student.cuda()
@@ -451,20 +461,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     if rank == 0:
         state = result.state_dict
         if state is None:
-            student.save_pretrained(args.out)
+            student.save_pretrained(out)
         else:
             from accelerate import init_empty_weights
 
             with init_empty_weights():
                 plain = AutoModelForCausalLM.from_config(student.config)
-            plain.save_pretrained(args.out, state_dict=state)
+            plain.save_pretrained(out, state_dict=state)
+        try:
+            from transformers import AutoTokenizer
+
+            AutoTokenizer.from_pretrained(args.student).save_pretrained(out)
+        except (OSError, ValueError):
+            pass  # a folder without a tokenizer: the weights are what recovery makes
+        (out / "recover.json").write_text(json.dumps({k: v for k, v in asdict(result).items() if k != "state_dict"},
+                                                     indent=1, default=str))
         print(f"recovered ({cfg.method}, {result.steps} steps, {result.world_size} processes): loss "
-              f"{result.losses[0]:.4f} -> {result.losses[-1]:.4f}; saved to {args.out}")
+              f"{result.losses[0]:.4f} -> {result.losses[-1]:.4f}; saved to {out}")
     if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
