@@ -153,8 +153,10 @@ def run(args: argparse.Namespace) -> int:
     if calib is not None:
         summary["calib_windows"] = int(calib.shape[0])
     if args.low_memory:
-        from .loading import ShardedSource
+        from .loading import ShardedSource, lean_malloc
 
+        if not lean_malloc():
+            _say("note: glibc's mallopt is not available here; the peak memory may be higher (heap fragmentation)")
         src = ShardedSource(args.model, out, compute_dtype=torch.float32)
         _say(f"{cfg.method} {cfg.pattern or cfg.sparsity}, blocks read one at a time from {args.model}")
         res = sparsify_llm_(src.model, calib, config=cfg, device=args.device, progress=not args.no_progress,
