@@ -132,7 +132,7 @@ def lean_malloc(threshold: int = 1 << 20) -> bool:
     ``M_MMAP_THRESHOLD``, as the ``MALLOC_MMAP_THRESHOLD_`` environment variable does), so a freed
     tensor goes back to the OS at once instead of fragmenting the heap. Process-wide: for entry points
     (the ``--low-memory`` CLI, benchmarks), not for libraries. Returns False where glibc is absent.
-    Measured on the 1.1 B benchmark: Wanda's peak above the baseline 769 MiB -> 409 MiB (0.375x -> 0.200x of the shards)."""
+    Measured on the 1.1 B benchmark: Wanda's peak above the baseline 769 MiB -> 419 MiB (0.366x -> 0.200x of the shards)."""
     try:
         import ctypes
 
