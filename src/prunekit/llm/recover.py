@@ -249,7 +249,7 @@ def recover_(student: nn.Module, windows: torch.Tensor, config: RecoverConfig = 
              teacher: nn.Module | None = None) -> RecoverResult:
     """Recover ``student`` in place on ``windows`` (LongTensor [n, T]); see the module docstring.
 
-    >>> # recover_(pruned, calib[:32], RecoverConfig(method="lora", steps=50), teacher=dense)  # doctest: +SKIP
+    >>> recover_(pruned, calib[:32], RecoverConfig(method="lora", steps=50), teacher=dense)  # doctest: +SKIP
     """
     cfg = config
     if windows.dim() != 2 or windows.dtype != torch.long:
