@@ -41,3 +41,13 @@ def test_unknown_field_rejected():
 def test_every_numeric_setting_is_checked_naming_the_field(overrides, error, match):
     with pytest.raises(error, match=match):
         PruneConfig(**overrides)
+
+
+def test_unknown_criterion_names_are_rejected_when_the_config_is_built():
+    from prunekit.sparsity import SparsityConfig
+
+    with pytest.raises(ValueError, match="'l22' is not a registered criterion.*did you mean"):
+        PruneConfig(criterion="l22")
+    with pytest.raises(ValueError, match="SparsityConfig.criterion 'taylr'"):
+        SparsityConfig(criterion="taylr")
+    assert PruneConfig(criterion="taylor").criterion == "taylor"

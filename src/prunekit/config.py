@@ -10,6 +10,22 @@ from .validate import names, number
 KINDS = ("channel", "group", "head", "head_dim")
 
 
+def _known_criterion(field_name: str, name: object) -> None:
+    """A criterion name must be registered when the config is built (not found out at scoring time)."""
+    from . import criteria  # noqa: F401  (registers the built-in criteria)
+    from .criteria.base import CRITERIA
+
+    if not isinstance(name, str):
+        raise TypeError(f"{field_name} must be a registered criterion's name, got {type(name).__name__}; pass a "
+                        "Criterion object as prune_(..., criterion=obj)")
+    if name not in CRITERIA:
+        import difflib
+
+        close = difflib.get_close_matches(name, list(CRITERIA), n=1)
+        raise ValueError(f"{field_name} {name!r} is not a registered criterion" +
+                         (f" (did you mean {close[0]!r}?)" if close else "") + f"; known: {sorted(CRITERIA)}")
+
+
 @dataclass(frozen=True)
 class PruneConfig:
     """How much to prune and what to leave alone.
@@ -67,6 +83,7 @@ class PruneConfig:
             number("PruneConfig.threshold", self.threshold)
         if not isinstance(self.strict, bool):
             raise TypeError(f"PruneConfig.strict must be True or False, got {self.strict!r}")
+        _known_criterion("PruneConfig.criterion", self.criterion)
         if self.scope not in ("local", "global"):
             raise ValueError(f"scope must be 'local' or 'global', not {self.scope!r}")
         if self.normalize not in ("mean", "max", "sum", "l2", "none"):

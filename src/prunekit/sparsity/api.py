@@ -45,6 +45,9 @@ class SparsityConfig:
                 raise TypeError(f"SparsityConfig.{name} must be a string, got {getattr(self, name)!r}")
         if not isinstance(self.strict, bool):
             raise TypeError(f"SparsityConfig.strict must be True or False, got {self.strict!r}")
+        from ..config import _known_criterion
+
+        _known_criterion("SparsityConfig.criterion", self.criterion)
         if self.scope not in ("local", "global"):
             raise ValueError(f"scope must be 'local' or 'global', not {self.scope!r}")
         if self.pattern != "unstructured":
