@@ -223,3 +223,26 @@ def test_tied_scores_remove_the_first_units():
     (g,) = graph.groups()
     chosen, _ = select_units(m, [g], PruneConfig(ratio=0.5), graph=graph)
     assert chosen == set(g.unit_roots(np.arange(16)))
+
+
+def test_a_ratios_pattern_that_matches_nothing_raises_and_round_to_misfits_are_reported():
+    import warnings
+
+    import pytest
+    import torch
+    from torch import nn
+
+    import prunekit
+
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 1)).eval()
+    x = torch.randn(1, 3, 8, 8)
+    with pytest.raises(ValueError, match="'layer4.\\*' matches no module path"):
+        prunekit.prune_(model, x, ratio=0.5, ratios={"layer4.*": 0.3})
+    assert model[0].out_channels == 8  # nothing changed
+    prunekit.prune_(nn.Sequential(nn.Conv2d(3, 8, 3), nn.Conv2d(8, 4, 1)).eval(), x, ratio=0.5,
+                    ratios={"0": 0.25, "1.weight:0": 0.1})  # a module path and a tensor key both match
+    with pytest.warns(UserWarning, match="round_to=16 is larger than 1 of 1 channel groups"):
+        prunekit.prune_(model, x, ratio=0.5, round_to=16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        prunekit.prune_(nn.Sequential(nn.Conv2d(3, 16, 3), nn.Conv2d(16, 4, 1)).eval(), x, ratio=0.5, round_to=8)

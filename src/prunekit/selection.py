@@ -49,6 +49,28 @@ def ratio_for(group: Group, config: PruneConfig) -> float:
     return config.ratio
 
 
+def check_settings_match(model: nn.Module, groups: list[Group], config: PruneConfig) -> None:
+    """Nothing in the config is silently ignored: a ``ratios`` pattern that names no module and no
+    ``<tensor>:<dim>`` of the model raises; a ``round_to`` larger than a channel group (which is then
+    pruned unrounded) is reported as a warning naming how many groups it skips."""
+    modules = [n for n, _ in model.named_modules()]
+    tensors = [f"{n}:{d}" for n, t in [*model.named_parameters(), *model.named_buffers()] for d in range(t.dim())]
+    for pattern, _ in config.ratios:
+        if not any(fnmatch.fnmatchcase(m, pattern) for m in modules) and \
+                not any(fnmatch.fnmatchcase(k, pattern) for k in tensors):
+            raise ValueError(f"PruneConfig.ratios pattern {pattern!r} matches no module path and no "
+                             f"'<tensor>:<dim>' of {type(model).__name__}")
+    if config.round_to > 1:
+        channel = [g for g in groups if g.kind == "channel"]
+        small = [g for g in channel if len(g) < config.round_to]
+        if small:
+            import warnings
+
+            warnings.warn(f"round_to={config.round_to} is larger than {len(small)} of {len(channel)} channel groups "
+                          f"(smallest {min(len(g) for g in small)} channels): those are pruned without rounding",
+                          stacklevel=3)
+
+
 def _bounds(n: int, config: PruneConfig) -> tuple[int, int]:
     lo = min(math.ceil(n * config.min_ratio - 1e-9), n - 1)
     hi = min(math.floor(n * config.max_ratio + 1e-9), n - 1)
@@ -72,6 +94,7 @@ def select_units(model: nn.Module, groups: list[Group], config: PruneConfig,
     """
     crit = get_criterion(criterion if criterion is not None else config.criterion)
     eligible = [g for g in groups if len(g) >= 2]
+    check_settings_match(model, eligible, config)
     scores: dict[int, torch.Tensor] = {}
 
     def score(g: Group) -> torch.Tensor:  # scored on demand: a local ratio of 0 needs no scores or data
