@@ -189,3 +189,21 @@ def test_after_macs_are_the_same_counted_by_the_verification_forward_or_without_
     r_off = prunekit.prune_(off, x, ratio=0.5, verify=False)
     assert r_on.verified["checked"] == "exact" and "output_shapes" not in r_on.verified
     assert r_on.after.macs == r_off.after.macs == prunekit.measure.count(on, x).macs < r_on.before.macs
+
+
+def test_prune_on_a_model_with_masks_attached_raises_and_changes_nothing():
+    import pytest
+    import torch
+    from torch import nn
+
+    from prunekit.errors import PrunekitError
+    from prunekit.sparsity import finalize, sparsify_
+
+    m = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4)).eval()
+    sparsify_(m, sparsity=0.5)
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    with pytest.raises(PrunekitError, match="parametrizations .*finalize"):
+        prunekit.prune_(m, torch.randn(2, 8), ratio=0.5)
+    assert all(torch.equal(v, before[k]) for k, v in m.state_dict().items())
+    finalize(m)
+    assert prunekit.prune_(m, torch.randn(2, 8), ratio=0.5).macs_ratio < 1.0

@@ -14,7 +14,7 @@ from torch import nn
 
 from .config import PruneConfig
 from .criteria import CachedScores, Criterion
-from .errors import ApplyError, CounterConflict, PlanError
+from .errors import ApplyError, CounterConflict, PlanError, PrunekitError
 from .graph.execute import meta_forward
 from .graph.groups import Blocked, Group
 from .graph.tracer import DependencyGraph, Unsupported, as_inputs, iter_tensors, trace
@@ -247,6 +247,13 @@ def _ratio_for_macs(copies: PrunedCopies, config: PruneConfig, target: float) ->
 def _prune(model: nn.Module, example_inputs: Any, config: PruneConfig, example_kwargs: Mapping[str, Any] | None,
            mode: str, criterion: Criterion | None, target_macs: float | None = None,
            verify: bool = True) -> PruneResult:
+    from torch.nn.utils import parametrize
+
+    masked = [n for n, m in model.named_modules() if parametrize.is_parametrized(m)]
+    if masked:
+        raise PrunekitError(f"prune_: {len(masked)} module(s) carry parametrizations (sparsity masks?), e.g. "
+                            f"{masked[0] or type(model).__name__!r}; bake them in first "
+                            "(prunekit.sparsity.finalize(model)), then prune the plain model")
     inputs = as_inputs(example_inputs)
     kwargs = dict(example_kwargs or {})
     t0 = time.perf_counter()
