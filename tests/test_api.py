@@ -207,3 +207,30 @@ def test_prune_on_a_model_with_masks_attached_raises_and_changes_nothing():
     assert all(torch.equal(v, before[k]) for k, v in m.state_dict().items())
     finalize(m)
     assert prunekit.prune_(m, torch.randn(2, 8), ratio=0.5).macs_ratio < 1.0
+
+
+def test_a_model_nested_200_deep_prunes_like_it_runs():
+    import sys
+
+    import torch
+    from torch import nn
+
+    class Wrap(nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            return self.inner(x)
+
+    m = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    for _ in range(200):
+        m = Wrap(m)
+    x = torch.randn(2, 8)
+    m(x)  # a plain forward works at the default recursion limit
+    limit = sys.getrecursionlimit()
+    graph = prunekit.trace(m, x)
+    assert graph.groups()
+    result = prunekit.prune_(m, x, ratio=0.5)
+    assert result.verified and result.macs_ratio < 1.0
+    assert sys.getrecursionlimit() == limit  # restored

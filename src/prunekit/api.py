@@ -18,7 +18,7 @@ from .errors import ApplyError, CounterConflict, PlanError, PrunekitError
 from .graph.execute import meta_forward
 from .graph.groups import Blocked, Group
 from .graph.tracer import DependencyGraph, Unsupported, as_inputs, iter_tensors, trace
-from .graph.walk import eval_mode
+from .graph.walk import eval_mode, recursion_headroom
 from .measure import Counts
 from .measure.counting import MacCounter
 from .plan import Plan, apply_plan, make_plan
@@ -158,7 +158,7 @@ def prune_(model: nn.Module, example_inputs: Any, config: PruneConfig | None = N
         if config.threshold is not None or (config.ratios and config.scope == "global"):
             raise ValueError("macs= searches the one ratio; it cannot be combined with threshold=, nor with "
                              "ratios= in global scope")
-    with _gc_paused():
+    with _gc_paused(), recursion_headroom(model):
         return _prune(model, example_inputs, config, example_kwargs, mode, criterion, macs, verify)
 
 

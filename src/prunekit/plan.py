@@ -10,6 +10,8 @@ replays on a fresh instance of the same architecture (no pickles, no tracing nee
 """
 from __future__ import annotations
 
+import functools
+
 import contextlib
 import json
 import math
@@ -26,7 +28,7 @@ from .errors import ApplyError, CounterConflict, PlanError, PrunekitError, Verif
 from .graph.groups import Group, Resolver, index_renumbering, scale_folds
 from .graph.rules.indexing import renumber_index
 from .graph.tracer import as_inputs
-from .graph.walk import Walk, failing_module, walk
+from .graph.walk import Walk, failing_module, recursion_headroom, walk
 from .io.atomic import write_text
 from .layers import update_module
 from .measure.counting import MacCounter
@@ -205,7 +207,7 @@ def _validate(model: nn.Module, plan: Plan, walked: Walk) -> dict[str, torch.Ten
     return tensors
 
 
-def apply_plan(model: nn.Module, plan: Plan, mode: str = "hard",
+def _apply_plan(model: nn.Module, plan: Plan, mode: str = "hard",
                check: Callable[[nn.Module], None] | None = None, *, example_inputs: Any = None,
                example_kwargs: Mapping[str, Any] | None = None, verify: bool | None = None,
                rtol: float = 1e-4, report: dict[str, Any] | None = None,
@@ -463,3 +465,9 @@ def _rebind_tied(slots, new):
             first = entries[0][0]._parameters[entries[0][1]]
             for mod, key, _ in entries[1:]:
                 mod._parameters[key] = first
+
+
+@functools.wraps(_apply_plan)
+def apply_plan(model: nn.Module, *args: Any, **kwargs: Any):
+    with recursion_headroom(model):  # a deeply nested model that runs plainly runs here too
+        return _apply_plan(model, *args, **kwargs)

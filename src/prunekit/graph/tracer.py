@@ -14,6 +14,8 @@ autograd nodes that lose attributes. Forward hooks only track the module path fo
 """
 from __future__ import annotations
 
+import functools
+
 import contextlib
 import dataclasses
 from dataclasses import dataclass, field
@@ -29,7 +31,7 @@ from ..measure.counting import MacCounter
 from .info import TensorInfo
 if TYPE_CHECKING:
     from .groups import Blocked
-from .walk import Walk, eval_mode, walk
+from .walk import Walk, eval_mode, recursion_headroom, walk
 from .labels import LabelStore
 from .registry import NEUTRAL_OPS, OP_RULES, op_name
 from . import rules  # noqa: F401  (registers the op rules)
@@ -369,7 +371,7 @@ def output_dims(module: nn.Module, key: str, param: torch.Tensor) -> tuple[int, 
     return (0,)
 
 
-def trace(model: nn.Module, example_inputs: Any = (), example_kwargs: Mapping[str, Any] | None = None,
+def _trace(model: nn.Module, example_inputs: Any = (), example_kwargs: Mapping[str, Any] | None = None,
           ignore: Iterable[str | nn.Module] = (), strict: bool = False,
           counter: MacCounter | None = None, keep_outputs: Iterable[str | nn.Module] = ()) -> DependencyGraph:
     """Run ``model`` once on the example inputs and return its dependency graph.
@@ -467,3 +469,9 @@ def _check_renumbered(tracer: Tracer) -> None:
         else:
             keep.append(r)
     store.renumber[:] = keep
+
+
+@functools.wraps(_trace)
+def trace(model: nn.Module, *args: Any, **kwargs: Any):
+    with recursion_headroom(model):  # a deeply nested model that runs plainly runs here too
+        return _trace(model, *args, **kwargs)

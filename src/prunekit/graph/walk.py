@@ -8,6 +8,7 @@ de-duplication (a shared module or tied tensor is listed once, under its first n
 from __future__ import annotations
 
 import contextlib
+import sys
 from dataclasses import dataclass
 from typing import Iterable, Iterator
 
@@ -44,6 +45,38 @@ def walk(model: nn.Module) -> Walk:
                 seen_b.add(id(b))
                 buffers[prefix + key] = b
     return Walk(modules, params, buffers)
+
+
+def nesting_depth(model: nn.Module) -> int:
+    """How deep the module tree goes (1 for a module without children), found without recursion."""
+    deepest, stack, seen = 0, [(model, 1)], set()
+    while stack:
+        mod, d = stack.pop()
+        if id(mod) in seen:
+            continue
+        seen.add(id(mod))
+        deepest = max(deepest, d)
+        stack.extend((c, d + 1) for c in mod._modules.values() if c is not None)
+    return deepest
+
+
+FRAMES_PER_LEVEL = 12  # a module call under prunekit's function mode and hooks takes a few Python frames
+
+
+@contextlib.contextmanager
+def recursion_headroom(model: nn.Module) -> Iterator[None]:
+    """Raise Python's recursion limit while prunekit runs ``model``, so a deeply nested model that runs
+    plainly also runs under the tracer and the verification (200 nested wrappers: ~600 frames plain,
+    more with prunekit's per-call frames); the old limit is restored afterwards."""
+    old = sys.getrecursionlimit()
+    need = 1000 + FRAMES_PER_LEVEL * nesting_depth(model)
+    if need > old:
+        sys.setrecursionlimit(need)
+    try:
+        yield
+    finally:
+        if need > old:
+            sys.setrecursionlimit(old)
 
 
 @contextlib.contextmanager
