@@ -234,3 +234,32 @@ def test_a_model_nested_200_deep_prunes_like_it_runs():
     result = prunekit.prune_(m, x, ratio=0.5)
     assert result.verified and result.macs_ratio < 1.0
     assert sys.getrecursionlimit() == limit  # restored
+
+
+def test_a_fallback_to_a_real_forward_is_reported_and_scripted_models_get_a_clear_error():
+    import pytest
+    import torch
+    from torch import nn
+
+    from prunekit.errors import UnsupportedOpError
+
+    class Branchy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(4, 16), nn.Linear(16, 2)
+
+        def forward(self, x):
+            h = self.a(x)
+            if h.sum() > 0:  # needs values: the meta trace cannot decide
+                h = h * 2
+            return self.b(torch.relu(h))
+
+    result = prunekit.prune_(Branchy().eval(), torch.randn(3, 4), ratio=0.5)
+    assert any("traced with a real forward" in w for w in result.warnings)
+    assert "warning: traced with a real forward" in result.summary()
+    plain = prunekit.prune_(nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 2)).eval(), torch.randn(3, 4))
+    assert not any("real forward" in w for w in plain.warnings)  # negative control
+
+    scripted = torch.jit.script(nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 2)))
+    with pytest.raises(UnsupportedOpError, match="TorchScript module.*prune the eager nn.Module"):
+        prunekit.prune_(scripted, torch.randn(3, 4))

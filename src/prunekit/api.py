@@ -316,6 +316,10 @@ def _prune(model: nn.Module, example_inputs: Any, config: PruneConfig, example_k
                                              f" ({len(groups)} groups, none selected at this config)"))
     for n in notes:
         warnings.warn(n)
+    if graph.meta_fallback:  # reported in result.warnings and the summary (HF models often need it: no warning)
+        result.warnings.append(f"traced with a real forward on the example inputs (the meta trace failed in "
+                               f"{graph.meta_fallback}); branches that depend on tensor values were followed "
+                               "for these inputs only")
     if graph.unsupported:
         warnings.warn("kept the dims touched by unsupported ops: " + "; ".join(map(str, graph.unsupported[:5])))
     return result

@@ -57,7 +57,10 @@ def test_prune_runs_and_shrinks(name):
     with torch.no_grad():
         ref = model(**kwargs)
     result = prunekit.prune_(model, (), example_kwargs=kwargs, ratio=0.5)
-    assert not result.warnings, result.warnings
+    # HF models often need values while tracing (a mask built with .item(), autocast in rotary
+    # embeddings): that fallback is reported, and it is the only note allowed here
+    others = [w for w in result.warnings if not w.startswith("traced with a real forward")]
+    assert not others, others
     heads = [g for g in result.plan.groups if g["kind"] == "head"]
     assert heads, f"{name}: no head group was pruned"
     with torch.no_grad():

@@ -31,7 +31,7 @@ from ..measure.counting import MacCounter
 from .info import TensorInfo
 if TYPE_CHECKING:
     from .groups import Blocked
-from .walk import Walk, eval_mode, recursion_headroom, walk
+from .walk import Walk, eval_mode, failing_module, recursion_headroom, walk
 from .labels import LabelStore
 from .registry import NEUTRAL_OPS, OP_RULES, op_name
 from . import rules  # noqa: F401  (registers the op rules)
@@ -106,6 +106,9 @@ class DependencyGraph:
     output_shapes: list[tuple[int, ...]] = field(default_factory=list)
     sites: list["Site"] = field(default_factory=list)  # activation/norm/linear outputs, in call order
     on_meta: bool = True  # the trace ran on meta tensors (False: the model needed real values)
+    # why the meta trace failed (module path and error) when it fell back to a real forward: that forward
+    # followed the example's values, so value-dependent branches are traced for these inputs only
+    meta_fallback: str | None = None
 
     def groups(self, kinds: Iterable[str] | None = None):
         from .groups import build_groups
@@ -403,12 +406,20 @@ def _trace(model: nn.Module, example_inputs: Any = (), example_kwargs: Mapping[s
     ignored = _module_paths(model, ignore, "ignored")
     kept = _module_paths(model, keep_outputs, "keep_outputs")
     walked = walk(model)
+    scripted = [p for p, m in walked.modules.items() if isinstance(m, torch.jit.ScriptModule)]
+    if scripted:
+        where = f"module `{scripted[0]}`" if scripted[0] else type(model).__name__
+        raise UnsupportedOpError(f"{where} is a TorchScript module: prunekit traces eager PyTorch; prune the "
+                                 "eager nn.Module (before torch.jit.script / torch.jit.trace), then script the result")
     with eval_mode(walked.modules.values()):
         on_meta = True
         try:  # shapes are all we need: run on the meta device (no compute)
             tracer, out = _traced_run(model, example_inputs, example_kwargs, True, walked, counter)
-        except Exception:  # data-dependent code or an op without a meta kernel: run for real
+        except Exception as exc:  # data-dependent code or an op without a meta kernel: run for real
             on_meta = False
+            where = failing_module(model, exc.__traceback__)
+            fallback = (f"module `{where}`" if where else "the model") + \
+                f": {type(exc).__name__}: {str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ''}"
             if counter is not None:
                 counter.flops = 0  # forget the partial meta count
             tracer, out = _traced_run(model, example_inputs, example_kwargs, False, walked, counter)
@@ -454,6 +465,7 @@ def _trace(model: nn.Module, example_inputs: Any = (), example_kwargs: Mapping[s
         output_shapes=[tuple(t.shape) for t in iter_tensors(out)],
         sites=tracer.sites,
         on_meta=on_meta,
+        meta_fallback=None if on_meta else fallback,
     )
 
 
