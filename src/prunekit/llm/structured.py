@@ -23,10 +23,10 @@ from torch import nn
 
 from ..errors import PlanError, VerificationError
 from ..plan import Plan, ZeroedSlices, apply_plan
+from .arch import FAMILIES
 
-BLOCKS_PATH = {"llama": "model.layers", "mistral": "model.layers", "qwen2": "model.layers",
-               "phi3": "model.layers", "gpt2": "transformer.h", "opt": "model.decoder.layers",
-               "gpt_neox": "gpt_neox.layers"}
+# where each family's decoder blocks live: read from arch.FAMILIES, the one table of family layouts
+BLOCKS_PATH = {fam: spec.blocks for fam, spec in FAMILIES.items()}
 
 
 @dataclass(frozen=True)
