@@ -85,14 +85,20 @@ class BlockInputs:
     def __len__(self) -> int:
         return self.hidden.shape[0]
 
-    def run(self, block: nn.Module, *, keep: bool = False, stop_after: nn.Module | None = None) -> torch.Tensor | None:
+    def run(self, block: nn.Module, *, keep: bool = False, stop_after: nn.Module | None = None,
+            stop_before: nn.Module | None = None) -> torch.Tensor | None:
         """Run ``block`` on every window, one at a time (hooks on its layers see each call).
         Returns the outputs ``[n, T, d]`` when ``keep``, else ``None``. ``stop_after``: a submodule
-        after whose call each window's run stops (statistics of the layers before it only)."""
-        if keep and stop_after is not None:
-            raise ValueError("llm.pipeline: keep=True needs the whole block; do not pass stop_after")
+        after whose call each window's run stops (statistics of the layers before it only);
+        ``stop_before``: a submodule whose pre-hooks registered before this call still run (e.g. to
+        record its input), then the window's run stops without computing it."""
+        if keep and (stop_after is not None or stop_before is not None):
+            raise ValueError("llm.pipeline: keep=True needs the whole block; do not pass stop_after/stop_before")
+        if stop_after is not None and stop_before is not None:
+            raise ValueError("llm.pipeline: pass stop_after or stop_before, not both")
         out = torch.empty_like(self.hidden) if keep else None
-        handle = stop_after.register_forward_hook(_stop) if stop_after is not None else None
+        handle = stop_after.register_forward_hook(_stop) if stop_after is not None else \
+            stop_before.register_forward_pre_hook(_stop_pre) if stop_before is not None else None
         try:
             with torch.no_grad():
                 for j in range(len(self)):
@@ -113,6 +119,10 @@ class _Stopped(Exception):
 
 
 def _stop(module, args, out):
+    raise _Stopped
+
+
+def _stop_pre(module, args):
     raise _Stopped
 
 

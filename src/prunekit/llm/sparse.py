@@ -186,8 +186,11 @@ def _stage_of(lay: DecoderLayout, names: list[str]) -> dict[str, str]:
 
 
 def _collect(block: nn.Module, inputs: BlockInputs, linears: dict[str, nn.Module], key: dict[str, str],
-             hessian: bool, *, stop_after: nn.Module | None = None, keep: bool = False) -> tuple[dict[str, _InputStats], torch.Tensor | None]:
-    """Run the block on every window with hooks on ``linears``; one statistics object per input key."""
+             hessian: bool, *, stop_after: nn.Module | None = None, keep: bool = False,
+             last_key: str | None = None) -> tuple[dict[str, _InputStats], torch.Tensor | None]:
+    """Run the block on every window with hooks on ``linears``; one statistics object per input key.
+    ``last_key``: the input read last in the block; each window's run stops once it is recorded (the
+    Linear layers reading it, e.g. ``down_proj``, are not computed: their outputs are not needed)."""
     stats: dict[str, _InputStats] = {}
     handles = []
     firsts = {}
@@ -202,11 +205,16 @@ def _collect(block: nn.Module, inputs: BlockInputs, linears: dict[str, nn.Module
                 stats[k] = _InputStats(x.shape[-1], x.device, hessian)
             stats[k].add(x)
         handles.append(mod.register_forward_pre_hook(hook))
+    stop_before = linears[firsts[last_key]] if last_key is not None and not keep and stop_after is None else None
     try:
-        out = inputs.run(block, keep=keep, stop_after=stop_after)
+        out = inputs.run(block, keep=keep, stop_after=stop_after, stop_before=stop_before)
     finally:
         for h in handles:
             h.remove()
+    missing = sorted(set(firsts) - set(stats))
+    if missing:
+        raise RuntimeError(f"llm.sparse: the inputs of {missing} were not recorded (the block did not call them "
+                           f"before {firsts.get(last_key, 'its end')}); the block's layout does not match its forward")
     return stats, out
 
 
@@ -232,6 +240,14 @@ class _Visitor:
     def __init__(self, cfg: SparsifyConfig, lay: DecoderLayout, block_sparsity: list[float]) -> None:
         self.cfg, self.lay, self.block_sparsity = cfg, lay, block_sparsity
 
+    def _last_key(self, linears: dict[str, nn.Module], key: dict[str, str]) -> str | None:
+        """The input key of the block's last stage (its Linear layers run last and feed no other)."""
+        for stage in reversed(self.lay.sequential):
+            present = [n for n in stage if n in linears]
+            if present:
+                return key[present[0]]
+        return None
+
     def __call__(self, i: int, block: nn.Module, inputs: BlockInputs) -> None:
         cfg = self.cfg
         linears = block_linears(block)
@@ -244,8 +260,10 @@ class _Visitor:
                 stats: dict[str, _InputStats] = {}
             else:
                 last = stage[-1] if cfg.sequential else None
+                final = stage is stages[-1]
                 stats, _ = _collect(block, inputs, {n: linears[n] for n in stage}, key, cfg.method == "sparsegpt",
-                                    stop_after=linears[last] if last and stage is not stages[-1] else None)
+                                    stop_after=linears[last] if last and not final else None,
+                                    last_key=self._last_key(linears, key) if final else None)
             if cfg.group == "global" and cfg.nm is None:
                 ws = {n: weight_of(linears[n]) for n in stage}
                 scores = {n: (ws[n].abs().float() if cfg.method == "magnitude" else _wanda_scores(ws[n], stats[key[n]]))
