@@ -110,8 +110,9 @@ def test_tied_weights_stay_tied():
     cfg = transformers.GPT2Config(vocab_size=50, n_embd=16, n_layer=1, n_head=2, n_positions=16)
     model = transformers.GPT2LMHeadModel(cfg).eval()
     ids = torch.randint(0, 50, (1, 6))
+    wte = model.transformer.wte.weight
     prunekit.prune_(model, (), example_kwargs={"input_ids": ids}, ratio=0.5)
-    assert model.lm_head.weight is model.transformer.wte.weight
+    assert model.lm_head.weight is model.transformer.wte.weight is wte  # one object, pruned once
     assert model.transformer.wte.weight.shape[1] < 16
 
 
@@ -235,3 +236,45 @@ def test_verify_defaults_on_with_example_inputs_and_off_without():
     report = {}
     apply_plan(copy.deepcopy(m), plan, "soft", example_inputs=x, report=report)
     assert report["checked"] == "finite"  # a soft apply is not compared with itself
+
+
+def _mlp_and_plan():
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Linear(6, 12), torch.nn.ReLU(), torch.nn.Linear(12, 3))
+    x = torch.randn(4, 6)
+    plan = prunekit.prune_(copy.deepcopy(m), x, ratio=0.5).plan
+    return m, x, plan
+
+
+def test_hard_apply_keeps_parameter_objects_and_their_hooks():
+    m, x, plan = _mlp_and_plan()
+    params = list(m.parameters())
+    seen = []
+    m[0].weight.register_hook(lambda g: seen.append(tuple(g.shape)))
+    m[2].weight.register_post_accumulate_grad_hook(lambda p: seen.append(("acc", tuple(p.grad.shape))))
+    m(x).sum().backward()
+    apply_plan(m, plan, example_inputs=x)
+    assert all(a is b for a, b in zip(m.parameters(), params))
+    assert m[0].weight.shape == (6, 6) and m[0].weight.grad.shape == (6, 6)  # the grad is sliced alike
+    seen.clear()
+    m.zero_grad()
+    m(x).sum().backward()
+    assert seen == [("acc", (3, 6)), (6, 6)] or seen == [(6, 6), ("acc", (3, 6))]
+
+
+def test_rollback_restores_parameter_identity_data_and_grad_bit_for_bit():
+    m, x, plan = _mlp_and_plan()
+    m(x).sum().backward()
+    params = list(m.parameters())
+    data = [(p.data_ptr(), p.detach().clone(), p.grad.clone()) for p in params]
+    for exc in (RuntimeError("refused"), KeyboardInterrupt()):
+        def check(model, exc=exc):
+            assert model[0].weight.shape == (6, 6)  # applied before the failure
+            raise exc
+
+        with pytest.raises((ApplyError, KeyboardInterrupt)):
+            apply_plan(m, plan, check=check)
+        assert all(a is b for a, b in zip(m.parameters(), params))
+        for p, (ptr, v, g) in zip(params, data):
+            assert p.data_ptr() == ptr and torch.equal(p, v) and torch.equal(p.grad, g)
+    assert m[0].out_features == 12

@@ -120,7 +120,7 @@ def _output_shapes(out: Any) -> list[tuple[int, ...]]:
 
 def prune_(model: nn.Module, example_inputs: Any, config: PruneConfig | None = None, *,
            example_kwargs: Mapping[str, Any] | None = None, mode: str = "hard", macs: float | None = None,
-           verify: bool = True, **overrides: Any) -> PruneResult:
+           verify: bool = True, optimizer: torch.optim.Optimizer | None = None, **overrides: Any) -> PruneResult:
     """Prune ``model`` in place to the config's ratio and return a :class:`PruneResult`.
 
     >>> import torchvision
@@ -147,6 +147,12 @@ def prune_(model: nn.Module, example_inputs: Any, config: PruneConfig | None = N
     with the config's rounding and bounds, is found by bisection on pruned copies (scores are
     computed once); ``result.config.ratio`` is the ratio used. In local scope, groups matched by
     ``ratios=`` keep their given ratio (e.g. 0 to leave them whole) and the search sets the rest.
+
+    Pruning mid-training: the model's ``nn.Parameter`` objects stay the same (only their data shrinks),
+    so an optimizer built before still trains them; pass it as ``optimizer=opt`` and its state (SGD
+    momentum, Adam moments) is sliced along the same dims, as part of the same all-or-nothing apply.
+    An optimizer whose state cannot be sliced raises :class:`~prunekit.errors.OptimizerStateError`
+    naming the parameter and state key, before anything changes.
     """
     criterion = overrides.pop("criterion", None)
     if isinstance(criterion, str):
@@ -159,7 +165,7 @@ def prune_(model: nn.Module, example_inputs: Any, config: PruneConfig | None = N
             raise ValueError("macs= searches the one ratio; it cannot be combined with threshold=, nor with "
                              "ratios= in global scope")
     with _gc_paused(), recursion_headroom(model):
-        return _prune(model, example_inputs, config, example_kwargs, mode, criterion, macs, verify)
+        return _prune(model, example_inputs, config, example_kwargs, mode, criterion, macs, verify, optimizer)
 
 
 def _macs_of(m: nn.Module, inputs: tuple, kwargs: Mapping[str, Any], modules: list[nn.Module],
@@ -246,7 +252,7 @@ def _ratio_for_macs(copies: PrunedCopies, config: PruneConfig, target: float) ->
 
 def _prune(model: nn.Module, example_inputs: Any, config: PruneConfig, example_kwargs: Mapping[str, Any] | None,
            mode: str, criterion: Criterion | None, target_macs: float | None = None,
-           verify: bool = True) -> PruneResult:
+           verify: bool = True, optimizer: torch.optim.Optimizer | None = None) -> PruneResult:
     from torch.nn.utils import parametrize
 
     masked = [n for n, m in model.named_modules() if parametrize.is_parametrized(m)]
@@ -289,7 +295,7 @@ def _prune(model: nn.Module, example_inputs: Any, config: PruneConfig, example_k
             return
         counter = MacCounter() if verify else None  # the verification forward counts the pruned MACs
         apply_plan(model, plan, mode=mode, check=lambda m: check(m, counter), example_inputs=inputs,
-                   example_kwargs=kwargs, verify=verify, report=verified, counter=counter)
+                   example_kwargs=kwargs, verify=verify, report=verified, counter=counter, optimizer=optimizer)
         verified.pop("output_shapes", None)
 
     plan = copies.plan(config)

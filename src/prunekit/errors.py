@@ -43,3 +43,9 @@ class FileFormatError(PrunekitError, ValueError):
     def __init__(self, message: str, path: str | None = None) -> None:
         super().__init__(f"{path}: {message}" if path else message)
         self.path = path
+
+
+class OptimizerStateError(PrunekitError, ValueError):
+    """An optimizer's state cannot be carried across a prune (``prune_(..., optimizer=)``): a state tensor
+    not shaped like its parameter, or state kept across parameters. The message names the parameter and
+    the state key; nothing was changed."""

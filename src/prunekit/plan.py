@@ -32,6 +32,7 @@ from .graph.walk import Walk, failing_module, recursion_headroom, walk
 from .io.atomic import write_text
 from .layers import update_module
 from .measure.counting import MacCounter
+from .optimizer_state import remove_indices, state_updates
 
 PLAN_VERSION = 1
 
@@ -211,7 +212,7 @@ def _apply_plan(model: nn.Module, plan: Plan, mode: str = "hard",
                check: Callable[[nn.Module], None] | None = None, *, example_inputs: Any = None,
                example_kwargs: Mapping[str, Any] | None = None, verify: bool | None = None,
                rtol: float = 1e-4, report: dict[str, Any] | None = None,
-               counter: MacCounter | None = None) -> nn.Module:
+               counter: MacCounter | None = None, optimizer: torch.optim.Optimizer | None = None) -> nn.Module:
     """Apply ``plan`` to ``model`` in place and return it.
 
     ``mode="hard"`` removes the slices (a smaller, ordinary dense model); ``mode="soft"``
@@ -229,6 +230,15 @@ def _apply_plan(model: nn.Module, plan: Plan, mode: str = "hard",
     verified outputs' ``output_shapes``. With ``counter`` (a :class:`~prunekit.measure.counting.MacCounter`)
     the verification forward of the applied model runs under it, so one forward both verifies the
     model and counts its MACs; ``check`` runs after that forward.
+
+    Parameters keep their identity: a hard apply replaces the ``.data`` (and slices the ``.grad``) of
+    the same ``nn.Parameter`` objects, so optimizers and tensor hooks still hold the model's parameters.
+    With ``optimizer`` (a ``torch.optim.Optimizer`` over the model's parameters), its per-parameter
+    state tensors (SGD momentum, Adam moments) lose the same slices (``mode="soft"``: are zeroed there)
+    within the same all-or-nothing step; state that cannot be sliced raises
+    :class:`~prunekit.errors.OptimizerStateError` before anything changes. Without it, an optimizer
+    that already holds state for a pruned parameter keeps the old shapes, and its next ``step()``
+    fails on a size mismatch: pass it here, or build a new one.
     """
     if mode not in ("hard", "soft"):
         raise ValueError(f"mode must be 'hard' or 'soft', not {mode!r}")
@@ -238,6 +248,8 @@ def _apply_plan(model: nn.Module, plan: Plan, mode: str = "hard",
         raise ValueError("verify=True needs example_inputs (and/or example_kwargs) to run the model on")
     walked = walk(model)
     tensors = _validate(model, plan, walked)
+    opt_updates = () if optimizer is None else state_updates(
+        optimizer, plan.removed, walked.params, mode, {name for name, *_ in plan.rescale})
     was_meta = {id(t) for t in tensors.values() if t.is_meta}
     inputs = () if example_inputs is None else as_inputs(example_inputs)
     kwargs = dict(example_kwargs or {})
@@ -290,8 +302,8 @@ def _apply_plan(model: nn.Module, plan: Plan, mode: str = "hard",
 
     try:
         if mode == "soft":
-            return _apply_soft(model, plan, tensors, run_checks)
-        return _apply_hard(model, plan, tensors, _tensor_slots(walked), walked.modules, run_checks)
+            return _apply_soft(model, plan, tensors, run_checks, opt_updates)
+        return _apply_hard(model, plan, tensors, _tensor_slots(walked), walked.modules, run_checks, opt_updates)
     except ApplyError as exc:
         if not failure:
             raise
@@ -368,13 +380,19 @@ class ZeroedSlices:
         self.restore()
 
 
-def _apply_soft(model, plan, tensors, check):
+def _apply_soft(model, plan, tensors, check, opt_updates=()):
     zeroed = ZeroedSlices(tensors, plan)
+    undo: list[tuple[dict, str, Any]] = []
     try:
         zeroed.zero()
+        for state, key, value in opt_updates:  # the optimizer's state: the same slices zeroed
+            undo.append((state, key, state[key]))
+            state[key] = value
         if check is not None:
             check(model)
     except BaseException as exc:
+        for state, key, old in reversed(undo):
+            state[key] = old
         zeroed.restore()
         if not isinstance(exc, Exception):
             raise  # an interrupt: restored, and passed on as it was
@@ -382,11 +400,15 @@ def _apply_soft(model, plan, tensors, check):
     return model
 
 
-def _apply_hard(model, plan, tensors, slots, modules, check):
+def _apply_hard(model, plan, tensors, slots, modules, check, opt_updates=()):
+    """Remove the plan's slices. Parameters keep their identity (the same ``nn.Parameter`` objects, so
+    optimizers and tensor hooks still hold them): their ``.data`` (and ``.grad``, sliced alike) is
+    replaced; buffers are replaced in their modules. On any failure everything is put back."""
     new: dict[str, torch.Tensor] = {}
     scaled: dict[str, list[tuple[int, list[int], float]]] = {}
     for name, dim, idx, factor in plan.rescale:
         scaled.setdefault(name, []).append((dim, idx, factor))
+    grads: dict[str, torch.Tensor] = {}
     with torch.no_grad():
         for name in [*plan.removed, *(n for n in scaled if n not in plan.removed)]:
             dims = plan.removed.get(name, {})
@@ -394,26 +416,31 @@ def _apply_hard(model, plan, tensors, slots, modules, check):
             for dim, idx, factor in scaled.get(name, ()):  # on a copy: the original stays for a restore
                 index = torch.tensor(idx, dtype=torch.long, device=t.device)
                 t = t.index_copy(dim, index, t.index_select(dim, index) * factor)
-            for dim, idx in sorted(dims.items()):
-                keep = np.ones(t.shape[dim], dtype=bool)
-                keep[idx] = False
-                t = t.index_select(dim, torch.from_numpy(np.flatnonzero(keep)).to(t.device))
-            new[name] = t.contiguous()
+            new[name] = remove_indices(t, dims).contiguous()
+            grad = tensors[name].grad if isinstance(tensors[name], nn.Parameter) else None
+            if grad is not None:
+                if name in scaled:  # d(loss)/d(w * f) = grad / f on the rescaled slices
+                    for dim, idx, factor in scaled[name]:
+                        index = torch.tensor(idx, dtype=torch.long, device=grad.device)
+                        grad = grad.index_copy(dim, index, grad.index_select(dim, index) / factor)
+                grads[name] = remove_indices(grad, dims).contiguous()
     undo: list[tuple[Any, str, Any, str]] = []  # (container, key, old, kind)
     touched: set[str] = set()
     try:
         for name, t in new.items():
             old = tensors[name]
+            if isinstance(old, nn.Parameter):  # one object, however many modules hold it (tied weights)
+                undo.append((old, "grad", old.grad, "grad"))
+                undo.append((old, "data", old.data, "data"))
+                old.grad = None  # its old shape would not match the new data
+                old.data = t
+                if name in grads:
+                    old.grad = grads[name]
             for mod, key, is_param in slots[name]:
-                if is_param:
-                    value = nn.Parameter(t, requires_grad=old.requires_grad)
-                    undo.append((mod._parameters, key, old, "dict"))
-                    mod._parameters[key] = value
-                else:
+                if not is_param:
                     undo.append((mod._buffers, key, old, "dict"))
                     mod._buffers[key] = t
             touched.add(name.rsplit(".", 1)[0] if "." in name else "")
-        _rebind_tied(slots, new)
         for name, values in plan.renumber.items():  # index buffers: positions dropped, values renumbered
             old = tensors[name]
             fresh = renumber_index(old, values)
@@ -439,12 +466,20 @@ def _apply_hard(model, plan, tensors, slots, modules, check):
                 for k, v in before.items():
                     if k not in ("_parameters", "_buffers", "_modules") and vars(mod).get(k) is not v:
                         undo.append((mod, k, v, "attr"))
+        for state, key, value in opt_updates:  # the optimizer's state, sliced like its parameters
+            undo.append((state, key, state[key], "dict"))
+            state[key] = value
         if check is not None:
             check(model)
     except BaseException as exc:
         for container, key, old, kind in reversed(undo):
             if kind == "dict":
                 container[key] = old
+            elif kind == "data":
+                container.data = old
+            elif kind == "grad":
+                container.grad = None  # shapes change with the data: clear first, then put back
+                container.grad = old
             else:
                 setattr(container, key, old)
         for path in touched:
@@ -455,16 +490,6 @@ def _apply_hard(model, plan, tensors, slots, modules, check):
             raise  # an interrupt: restored, and passed on as it was
         raise ApplyError(f"hard apply failed and the model was restored: {type(exc).__name__}: {exc}") from exc
     return model
-
-
-def _rebind_tied(slots, new):
-    """Tied parameters must stay one object: every slot of a name gets the first slot's Parameter."""
-    for name in new:
-        entries = slots[name]
-        if len(entries) > 1 and entries[0][2]:
-            first = entries[0][0]._parameters[entries[0][1]]
-            for mod, key, _ in entries[1:]:
-                mod._parameters[key] = first
 
 
 @functools.wraps(_apply_plan)

@@ -12,6 +12,7 @@ import copy
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Mapping, Sequence
 
+import torch
 from torch import nn
 
 from .api import PruneResult, prune_
@@ -40,12 +41,13 @@ def progressive_prune_(model: nn.Module, example_inputs: Any, config: PruneConfi
                        stages: Sequence[str] | None = None, evaluate: Callable[[nn.Module], float] | None = None,
                        recover: Callable[[nn.Module, str], None] | None = None,
                        criterion: Criterion | None = None, example_kwargs: Mapping[str, Any] | None = None,
-                       **overrides: Any) -> list[StageResult]:
+                       optimizer: torch.optim.Optimizer | None = None, **overrides: Any) -> list[StageResult]:
     """Prune ``model`` stage by stage to the config's ratio (per stage). Returns one row per stage.
 
     With ``evaluate`` (higher = better), every stage is first tried alone on a copy and the
     stages are pruned in order of least damage; otherwise in the given order. ``recover(model,
-    stage)`` runs after each stage (fine-tune, distill ...).
+    stage)`` runs after each stage (fine-tune, distill ...). ``optimizer`` (one that ``recover`` trains
+    with) has its state sliced at every stage, as in :func:`~prunekit.prune_`.
     """
     config = replace(config, **overrides) if config is not None else PruneConfig(**overrides)
     stages = list(stages) if stages is not None else default_stages(model)
@@ -63,7 +65,8 @@ def progressive_prune_(model: nn.Module, example_inputs: Any, config: PruneConfi
         stages = sorted(stages, key=lambda s: damage[s])
     out = []
     for s in stages:
-        result = prune_(model, example_inputs, _stage_config(config, s), example_kwargs=example_kwargs, **kw)
+        result = prune_(model, example_inputs, _stage_config(config, s), example_kwargs=example_kwargs,
+                        optimizer=optimizer, **kw)
         if recover is not None:
             recover(model, s)
         out.append(StageResult(s, result, evaluate(model) if evaluate is not None else None))
@@ -83,7 +86,8 @@ def iterative_prune_(model: nn.Module, example_inputs: Any, target: float | None
                      config: PruneConfig | None = None, spacing: str = "geometric", macs: float | None = None,
                      recover: Callable[[nn.Module, int], None] | None = None,
                      evaluate: Callable[[nn.Module], float] | None = None, criterion: Criterion | None = None,
-                     example_kwargs: Mapping[str, Any] | None = None, **overrides: Any) -> list[StepResult]:
+                     example_kwargs: Mapping[str, Any] | None = None, optimizer: torch.optim.Optimizer | None = None,
+                     **overrides: Any) -> list[StepResult]:
     """Reach a channel ratio of ``target`` (or a MACs budget, ``macs=``) in ``steps`` prunes,
     re-tracing and re-scoring the current (recovered) model before each one.
 
@@ -95,7 +99,9 @@ def iterative_prune_(model: nn.Module, example_inputs: Any, target: float | None
     model to ``macs ** (k / steps)`` of the original MACs (``spacing="linear"``:
     ``1 - (1 - macs) * k / steps``) with :func:`prune_`'s ``macs=`` bisection, so each step
     removes about the same fraction of the remaining compute (geometric) and rounding errors do
-    not add up. ``recover(model, k)`` runs after each step (e.g. a share of the fine-tuning).
+    not add up. ``recover(model, k)`` runs after each step (e.g. a share of the fine-tuning);
+    ``optimizer`` (one that ``recover`` trains with) has its state sliced at every step, as in
+    :func:`~prunekit.prune_`.
     """
     from .schedules import Iterative
 
@@ -112,14 +118,14 @@ def iterative_prune_(model: nn.Module, example_inputs: Any, target: float | None
         if macs is None:
             step_ratio = 1.0 - (1.0 - cur) / (1.0 - prev)
             result = prune_(model, example_inputs, replace(config, ratio=step_ratio), example_kwargs=example_kwargs,
-                            **kw)
+                            optimizer=optimizer, **kw)
         else:
             # geometric spacing of the kept fraction: macs ** (k / steps); Iterative(1 - macs) gives exactly that
             cur = 1.0 - cur  # the fraction of the original MACs kept after this step
             # relative to the current model: the original MACs are the first step's "before"
             fraction = cur * out[0].result.before.macs / max(out[-1].result.after.macs, 1) if out else cur
             result = prune_(model, example_inputs, config, example_kwargs=example_kwargs, macs=min(fraction, 1.0),
-                            **kw)
+                            optimizer=optimizer, **kw)
         if recover is not None:
             recover(model, k)
         out.append(StepResult(k, cur, result, evaluate(model) if evaluate is not None else None))
