@@ -1,4 +1,6 @@
-"""The ``prunekit`` command. Subcommands live in one table so the CLI can grow."""
+"""The ``prunekit`` command. Subcommands live in one table so the CLI can grow: ``demo``, the user's own
+model (``prune``, ``sparsify``, ``measure``, ``export``, ``report``: :mod:`prunekit.recipes.command`)
+and decoder LLMs (``llm``, ``llm-recover``)."""
 from __future__ import annotations
 
 import argparse
@@ -100,6 +102,34 @@ def _recover(args: argparse.Namespace) -> int:
 COMMANDS["llm-recover"] = ("recover a pruned causal LM by distillation from the unpruned one or LoRA (merged back); "
                            "under torchrun with FSDP (torchrun --nproc_per_node N -m prunekit.cli llm-recover ...)",
                            _recover_args, _recover)
+
+
+def _recipes(name: str) -> tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]:
+    """The argument and run functions of ``prunekit.recipes.command`` for one subcommand (imported on use)."""
+    def add(p: argparse.ArgumentParser) -> None:
+        from .recipes import command
+
+        getattr(command, f"{name}_args")(p)
+
+    def run(args: argparse.Namespace) -> int:
+        from .recipes import command
+
+        return getattr(command, name)(args)
+
+    return add, run
+
+
+COMMANDS["prune"] = ("prune YOUR model (torchvision:NAME, timm:NAME, a Hugging Face folder, file.py:factory) by a "
+                     "recipe or --ratio/--macs; writes weights, plan, report.html, summary.json (and ONNX) to --out",
+                     *_recipes("prune"))
+COMMANDS["sparsify"] = ("zero weights of YOUR model (unstructured --sparsity or N:M --pattern) by a recipe or flags; "
+                        "same output folder as prune", *_recipes("sparsify"))
+COMMANDS["measure"] = ("params, MACs, file size, peak memory and latency of a MODEL or of a prunekit output folder",
+                       *_recipes("measure"))
+COMMANDS["export"] = ("export a prunekit output folder's model to DIR/model.onnx (torch.export, checked against "
+                      "ONNX Runtime)", *_recipes("export"))
+COMMANDS["report"] = ("re-measure a prunekit output folder before/after and rewrite its report.html and plots",
+                      *_recipes("report"))
 
 
 def build_parser() -> argparse.ArgumentParser:
