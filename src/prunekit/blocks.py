@@ -20,7 +20,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .calibration.activations import _default_forward
-from .graph.tracer import iter_tensors
+from .graph.tracer import as_inputs, iter_tensors
 
 
 def _first_tensor(x: Any) -> torch.Tensor | None:
@@ -42,7 +42,7 @@ def _is_block(m: nn.Module) -> bool:
 def find_blocks(model: nn.Module, example_inputs: Any, example_kwargs: Mapping[str, Any] | None = None) -> list[str]:
     """Entries of Sequential/ModuleList containers that are blocks (composite modules with a
     Linear or Conv inside) and keep their input's shape: the outermost such entries."""
-    inputs = example_inputs if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
+    inputs = as_inputs(example_inputs)
     candidates = {}
     for path, mod in model.named_modules():
         if isinstance(mod, (nn.Sequential, nn.ModuleList)):

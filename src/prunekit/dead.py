@@ -28,7 +28,7 @@ from torch import nn
 from .calibration.activations import KIND_ORDER, _default_forward, collect_activation_stats
 from .errors import ApplyError
 from .graph.groups import Group
-from .graph.tracer import iter_tensors, trace
+from .graph.tracer import as_inputs, iter_tensors, trace
 from .measure import Counts, count
 from .plan import Plan, apply_plan, make_plan
 
@@ -125,7 +125,7 @@ def remove_dead_units_(model: nn.Module, example_inputs: Any, data: Iterable[Any
                        forward: Callable[[nn.Module, Any], Any] = _default_forward,
                        ignore: Iterable[str] = ()) -> DeadUnitsResult:
     """Find and remove dead, constant and disconnected units of ``model`` (in place); see the module doc."""
-    inputs = example_inputs if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
+    inputs = as_inputs(example_inputs)
     was = model.training
     model.eval()
     batches = list(data)[:max_batches] if max_batches is not None else list(data)

@@ -19,7 +19,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_weights, fuse_linear_bn_weights
 from torch.overrides import TorchFunctionMode
 
 from .errors import PrunekitError
-from .graph.tracer import tensors_in
+from .graph.tracer import as_inputs, tensors_in
 from .graph.walk import eval_mode
 
 _PRODUCERS = frozenset({"conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d",
@@ -113,7 +113,7 @@ def fold_batchnorm_(model: nn.Module, example_inputs: Any, example_kwargs: Mappi
     >>> len(report.folded), any(isinstance(x, nn.BatchNorm2d) for x in m.modules())
     (20, False)
     """
-    inputs = example_inputs if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
+    inputs = as_inputs(example_inputs)
     kwargs = dict(example_kwargs or {})
     named = dict(model.named_modules())
     weight_owner = {id(m.weight): p for p, m in named.items()

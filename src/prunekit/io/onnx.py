@@ -32,7 +32,7 @@ from torch import nn
 
 from ..errors import PrunekitError
 from .atomic import atomic_path
-from ..graph.tracer import tensors_in
+from ..graph.tracer import as_inputs, tensors_in
 from ..graph.walk import eval_mode
 
 
@@ -45,7 +45,7 @@ def _onnxruntime():
 
 
 def _as_inputs(example_inputs: Any) -> tuple[torch.Tensor, ...]:
-    inputs = tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
+    inputs = as_inputs(example_inputs)
     bad = [type(x).__name__ for x in inputs if not isinstance(x, torch.Tensor)]
     if bad:
         raise PrunekitError(f"export_onnx takes tensors as inputs, got {bad}")
