@@ -51,3 +51,52 @@ def test_unknown_criterion_names_are_rejected_when_the_config_is_built():
     with pytest.raises(ValueError, match="SparsityConfig.criterion 'taylr'"):
         SparsityConfig(criterion="taylr")
     assert PruneConfig(criterion="taylor").criterion == "taylor"
+
+
+def test_a_criterion_object_is_recorded_by_name_and_arguments():
+    import torch
+    from torch import nn
+
+    import prunekit
+    from prunekit.criteria import TaylorCriterion
+    from prunekit.criteria.magnitude import MagnitudeCriterion
+
+    def net():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
+
+    x, y = torch.randn(6, 8), torch.randint(0, 3, (6,))
+    r = prunekit.prune_(net(), x, ratio=0.5, criterion=TaylorCriterion(data=[(x, y)], max_batches=1))
+    assert r.config.criterion == "taylor"  # not the default "l2" (negative control: the old record)
+    assert r.config.criterion_args["max_batches"] == 1
+    assert r.config.criterion_args["data"] == {"__object__": "list"}
+    again = PruneConfig.from_json(r.config.to_json())
+    assert again == r.config
+    with pytest.raises(ValueError, match=r"\['data', 'loss_fn', 'step'\].*TaylorCriterion"):
+        prunekit.prune_(net(), x, again)  # the data is not in the record: asked for, not silently dropped
+
+    r1 = prunekit.prune_(net(), x, ratio=0.5, criterion=MagnitudeCriterion(p=1))
+    assert (r1.config.criterion, r1.config.criterion_args) == ("l2", {"p": 1})
+    r2 = prunekit.prune_(net(), x, PruneConfig.from_json(r1.config.to_json()))  # plain arguments: replayed
+    assert r2.plan.removed == r1.plan.removed
+    assert prunekit.prune_(net(), x, ratio=0.5).config.criterion_args is None  # a name: its defaults
+
+
+def test_an_unregistered_criterion_is_recorded_by_class_path():
+    import torch
+    from torch import nn
+
+    import prunekit
+    from prunekit.criteria import Criterion
+
+    class Ones(Criterion):
+        def score(self, model, group):
+            return torch.arange(len(group), dtype=torch.float64)
+
+    m = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
+    r = prunekit.prune_(m, torch.randn(2, 8), ratio=0.5, criterion=Ones())
+    assert r.config.criterion.endswith("Ones") and r.config.criterion_args == {}
+    with pytest.raises(ValueError, match="not a registered criterion"):
+        r.config.make_criterion()
+    with pytest.raises(ValueError, match="not a registered criterion"):
+        PruneConfig(criterion="nope")  # a bare unknown name is still refused

@@ -12,7 +12,8 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from .config import PruneConfig
+from .budgets import allocated_config, budget_of
+from .config import PruneConfig, describe_criterion
 from .criteria import CachedScores, Criterion
 from .errors import ApplyError, CounterConflict, PlanError, PrunekitError
 from .graph.execute import meta_forward
@@ -37,6 +38,8 @@ class PruneResult:
     config: PruneConfig | None = None  # as applied (with ``macs=``: the ratio found)
     verified: dict[str, Any] = field(default_factory=dict)  # what the returned model was checked for
     graph: DependencyGraph | None = field(default=None, repr=False, compare=False)
+    # with macs= / params=: metric, target and achieved fractions, how the ratios were allocated
+    budget: dict[str, Any] = field(default_factory=dict)
     _blocked: list[Blocked] | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
@@ -77,6 +80,10 @@ class PruneResult:
         pruned = sum(1 for g in self.plan.groups)
         lines.append(f"{pruned} of {len(self.groups)} groups pruned in {self.seconds:.2f}s"
                      f"{'' if self.plan.exact else ' (some groups are approximate: normalization over pruned dims)'}")
+        if self.budget:
+            b = self.budget
+            lines.append(f"budget: {b['metric']} <= {b['target']:.3f} of the original, {b['achieved']:.3f} reached "
+                         f"({b['allocation']} ratios)")
         v = self.verified
         if self.plan.is_empty():
             lines.append("the model is unchanged")
@@ -120,7 +127,8 @@ def _output_shapes(out: Any) -> list[tuple[int, ...]]:
 
 def prune_(model: nn.Module, example_inputs: Any, config: PruneConfig | None = None, *,
            example_kwargs: Mapping[str, Any] | None = None, mode: str = "hard", macs: float | None = None,
-           verify: bool = True, optimizer: torch.optim.Optimizer | None = None, **overrides: Any) -> PruneResult:
+           params: float | None = None, allocate: Any = None, verify: bool = True,
+           optimizer: torch.optim.Optimizer | None = None, **overrides: Any) -> PruneResult:
     """Prune ``model`` in place to the config's ratio and return a :class:`PruneResult`.
 
     >>> import torchvision
@@ -140,13 +148,22 @@ def prune_(model: nn.Module, example_inputs: Any, config: PruneConfig | None = N
     output diverged. ``result.verified`` says what was checked.
 
     ``criterion`` may be a registry name or a :class:`~prunekit.criteria.Criterion` instance
-    (data-driven ones carry their data: ``TaylorCriterion(data=loader)``).
+    (data-driven ones carry their data: ``TaylorCriterion(data=loader)``). An instance is recorded in
+    ``result.config`` by name and constructor arguments (``criterion="taylor"``, ``criterion_args=
+    {"max_batches": 4, "data": {"__object__": "list"}, ...}``); a config whose arguments are all plain
+    values replays as it is, one that records data or functions asks for the object again.
 
-    ``macs=0.5`` prunes to at most that fraction of the model's MACs instead of to ``ratio``:
-    the smallest ratio (uniform, or the global fraction with ``scope="global"``) that gets there,
-    with the config's rounding and bounds, is found by bisection on pruned copies (scores are
-    computed once); ``result.config.ratio`` is the ratio used. In local scope, groups matched by
-    ``ratios=`` keep their given ratio (e.g. 0 to leave them whole) and the search sets the rest.
+    Budgets -- the one entry for them: ``macs=0.5`` (or ``params=0.5``) prunes to at most that
+    fraction of the model's MACs (parameters) instead of to ``ratio``. By default the smallest ratio
+    (uniform, or the global fraction with ``scope="global"``) that gets there, with the config's
+    rounding and bounds, is found by bisection on pruned copies (scores are computed once);
+    ``result.config.ratio`` is the ratio used. In local scope, groups matched by ``ratios=`` keep
+    their given ratio (e.g. 0 to leave them whole) and the search sets the rest. ``allocate=`` spends
+    the budget per group instead: a :class:`~prunekit.measure.sensitivity.Sensitivity` (least score
+    lost per unit saved along its curves) or a :class:`~prunekit.budgets.RatioSearch` (candidate
+    networks scored by your ``evaluate``); ``result.config.ratios`` holds the ratios chosen and
+    ``result.budget`` what was asked and measured. A budget that cannot be met raises
+    :class:`~prunekit.errors.PlanError` with the model unchanged.
 
     Pruning mid-training: the model's ``nn.Parameter`` objects stay the same (only their data shrinks),
     so an optimizer built before still trains them; pass it as ``optimizer=opt`` and its state (SGD
@@ -158,14 +175,21 @@ def prune_(model: nn.Module, example_inputs: Any, config: PruneConfig | None = N
     if isinstance(criterion, str):
         overrides["criterion"], criterion = criterion, None
     config = replace(config, **overrides) if config is not None else PruneConfig(**overrides)
-    if macs is not None:
-        if not 0.0 < macs <= 1.0:
-            raise ValueError(f"macs must be a fraction of the model's MACs in (0, 1], got {macs}")
-        if config.threshold is not None or (config.ratios and config.scope == "global"):
-            raise ValueError("macs= searches the one ratio; it cannot be combined with threshold=, nor with "
+    if criterion is not None:  # the result's config says what was used: name and arguments
+        name, args = describe_criterion(criterion)
+        config = replace(config, criterion=name, criterion_args=args)
+    elif config.criterion_args is not None:  # a recorded config replayed: the criterion it records
+        criterion = config.make_criterion()
+    budget = budget_of(macs, params)
+    if budget is not None:
+        if config.threshold is not None or (config.ratios and config.scope == "global" and allocate is None):
+            raise ValueError(f"{budget[0]}= searches the ratios; it cannot be combined with threshold=, nor with "
                              "ratios= in global scope")
+    elif allocate is not None:
+        raise ValueError("allocate= spends a budget: give macs= or params= with it")
     with _gc_paused(), recursion_headroom(model):
-        return _prune(model, example_inputs, config, example_kwargs, mode, criterion, macs, verify, optimizer)
+        return _prune(model, example_inputs, config, example_kwargs, mode, criterion, budget, verify, optimizer,
+                      allocate)
 
 
 def _macs_of(m: nn.Module, inputs: tuple, kwargs: Mapping[str, Any], modules: list[nn.Module],
@@ -197,7 +221,7 @@ class PrunedCopies:
                  example_kwargs: Mapping[str, Any] | None = None, criterion: Criterion | str | None = None) -> None:
         self.model, self.inputs, self.kwargs = model, as_inputs(example_inputs), dict(example_kwargs or {})
         self.criterion = criterion if isinstance(criterion, CachedScores) else CachedScores(
-            criterion if criterion is not None else config.criterion)
+            criterion if criterion is not None else config.make_criterion())
         flops = MacCounter()
         self.graph = trace(model, self.inputs, self.kwargs, ignore=config.ignore, strict=config.strict, counter=flops,
                            keep_outputs=config.keep_outputs)
@@ -231,19 +255,22 @@ class PrunedCopies:
         return m, Counts(sum(p.numel() for p in m.parameters()), macs)
 
 
-def _ratio_for_macs(copies: PrunedCopies, config: PruneConfig, target: float) -> float:
-    """Smallest ratio (to within max_ratio / 1024) whose pruned copy has at most ``target`` MACs."""
-    def macs_at(r: float) -> int:
-        return copies.copy(replace(config, ratio=r))[1].macs
+def _ratio_for_budget(copies: PrunedCopies, config: PruneConfig, metric: str, target: float) -> float:
+    """Smallest ratio (to within max_ratio / 1024) whose pruned copy has at most ``target`` MACs or
+    parameters (``metric``)."""
+    def value_at(r: float) -> int:
+        counts = copies.copy(replace(config, ratio=r))[1]
+        return counts.macs if metric == "macs" else counts.params
 
     lo, hi = 0.0, config.max_ratio * 0.999999  # ratio must stay below max_ratio's bound and 1
-    at_hi = macs_at(hi)
+    at_hi = value_at(hi)
     if at_hi > target:
-        raise PlanError(f"cannot reach {target:,.0f} MACs: at ratio {hi:.3f} (max_ratio) the model keeps "
-                        f"{at_hi:,} MACs; raise max_ratio or the budget")
+        name = "MACs" if metric == "macs" else "parameters"
+        raise PlanError(f"cannot reach {target:,.0f} {name}: at ratio {hi:.3f} (max_ratio) the model keeps "
+                        f"{at_hi:,} {name}; raise max_ratio or the budget")
     for _ in range(10):
         mid = (lo + hi) / 2
-        if macs_at(mid) <= target:
+        if value_at(mid) <= target:
             hi = mid
         else:
             lo = mid
@@ -251,8 +278,8 @@ def _ratio_for_macs(copies: PrunedCopies, config: PruneConfig, target: float) ->
 
 
 def _prune(model: nn.Module, example_inputs: Any, config: PruneConfig, example_kwargs: Mapping[str, Any] | None,
-           mode: str, criterion: Criterion | None, target_macs: float | None = None,
-           verify: bool = True, optimizer: torch.optim.Optimizer | None = None) -> PruneResult:
+           mode: str, criterion: Criterion | None, budget: tuple[str, float] | None = None,
+           verify: bool = True, optimizer: torch.optim.Optimizer | None = None, allocate: Any = None) -> PruneResult:
     from torch.nn.utils import parametrize
 
     masked = [n for n, m in model.named_modules() if parametrize.is_parametrized(m)]
@@ -285,8 +312,17 @@ def _prune(model: nn.Module, example_inputs: Any, config: PruneConfig, example_k
         measured["macs"] = macs
 
     notes: list[str] = []
-    if target_macs is not None:
-        config = replace(config, ratio=_ratio_for_macs(copies, config, target_macs * before.macs))
+    budget_record: dict[str, Any] = {}
+    if budget is not None:
+        metric, fraction = budget
+        if allocate is None:
+            full = before.macs if metric == "macs" else before.params
+            config = replace(config, ratio=_ratio_for_budget(copies, config, metric, fraction * full))
+            budget_record = {"allocation": "uniform" if config.scope == "local" else "global"}
+        else:
+            config, budget_record = allocated_config(model, inputs, kwargs, config, criterion, metric, fraction,
+                                                     allocate)
+        budget_record = {"metric": metric, "target": fraction, **budget_record}
     verified: dict[str, Any] = {}
 
     def apply(plan: Plan) -> None:
@@ -313,8 +349,11 @@ def _prune(model: nn.Module, example_inputs: Any, config: PruneConfig, example_k
     if "macs" not in measured:  # nothing was applied
         check(model)
     after = Counts(sum(p.numel() for p in model.parameters()), measured["macs"])
+    if budget_record:
+        budget_record["achieved"] = (after.macs / max(before.macs, 1) if budget_record["metric"] == "macs"
+                                     else after.params / max(before.params, 1))
     result = PruneResult(plan, before, after, groups, graph.unsupported, notes, time.perf_counter() - t0, config,
-                         dict(verified), graph)
+                         dict(verified), graph, budget_record)
     if not plan.groups and (config.ratio > 0 or config.ratios or config.threshold is not None):
         reasons = [] if notes else result.kept_reasons(3)
         notes.append("nothing was pruned" + (" (see the warning above)" if notes else "") +

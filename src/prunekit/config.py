@@ -1,11 +1,16 @@
 """Typed, self-validating configuration for :func:`prunekit.prune_` (round-trips through JSON)."""
 from __future__ import annotations
 
+import inspect
 import json
+import math
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 from .validate import names, number
+
+if TYPE_CHECKING:
+    from .criteria import Criterion
 
 KINDS = ("channel", "group", "head", "head_dim")
 
@@ -24,6 +29,49 @@ def _known_criterion(field_name: str, name: object) -> None:
         close = difflib.get_close_matches(name, list(CRITERIA), n=1)
         raise ValueError(f"{field_name} {name!r} is not a registered criterion" +
                          (f" (did you mean {close[0]!r}?)" if close else "") + f"; known: {sorted(CRITERIA)}")
+
+
+OBJECT = "__object__"  # key of a criterion argument recorded by type only (data, functions): {OBJECT: "DataLoader"}
+
+
+def _json_value(value: Any) -> Any:
+    """``value`` if it is plain JSON (None, bool, int, finite float, str, and lists / string-keyed dicts
+    of them), else ``{OBJECT: type name}``."""
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else {OBJECT: f"float {value}"}
+    if isinstance(value, (list, tuple)):
+        items = [_json_value(v) for v in value]
+        return items if not any(isinstance(v, dict) and OBJECT in v for v in items) else {OBJECT: type(value).__name__}
+    return {OBJECT: getattr(value, "__qualname__", None) or type(value).__name__}
+
+
+def describe_criterion(criterion: "Criterion") -> tuple[str, dict[str, Any]]:
+    """A criterion object's record for a config: its registry name (for a class that is not registered,
+    ``module.QualName``) and its constructor arguments, read from the attributes of the same names.
+    Arguments that are not plain JSON (data, functions) are recorded by type as ``{"__object__": name}``;
+    an argument the object does not keep as an attribute is recorded as ``{"__object__": "unrecorded"}``.
+
+    >>> from prunekit.criteria.magnitude import MagnitudeCriterion
+    >>> describe_criterion(MagnitudeCriterion(p=1))
+    ('l2', {'p': 1})
+    """
+    from .criteria import CachedScores
+    from .criteria.base import CRITERIA
+
+    while isinstance(criterion, CachedScores):
+        criterion = criterion.inner
+    cls = type(criterion)
+    name = getattr(criterion, "name", None)
+    if not (isinstance(name, str) and CRITERIA.get(name) is cls):
+        name = f"{cls.__module__}.{cls.__qualname__}"
+    args: dict[str, Any] = {}
+    for pname, param in inspect.signature(cls.__init__).parameters.items():
+        if pname == "self" or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            continue
+        args[pname] = _json_value(getattr(criterion, pname)) if hasattr(criterion, pname) else {OBJECT: "unrecorded"}
+    return name, args
 
 
 @dataclass(frozen=True)
@@ -58,6 +106,9 @@ class PruneConfig:
     threshold: float | None = field(default=None, metadata={"help": "remove units scoring below this "
                                                                     "(normalized in global scope) instead of a ratio"})
     criterion: str = field(default="l2", metadata={"help": "importance criterion (registry name)"})
+    criterion_args: dict[str, Any] | None = field(
+        default=None, hash=False, metadata={"help": "the criterion's constructor arguments (None: its defaults); "
+                                                    "recorded by prune_ for a criterion passed as an object"})
     strict: bool = field(default=False, metadata={"help": "raise on ops without a rule instead of keeping their dims"})
 
     def __post_init__(self) -> None:
@@ -83,7 +134,14 @@ class PruneConfig:
             number("PruneConfig.threshold", self.threshold)
         if not isinstance(self.strict, bool):
             raise TypeError(f"PruneConfig.strict must be True or False, got {self.strict!r}")
-        _known_criterion("PruneConfig.criterion", self.criterion)
+        if self.criterion_args is not None:
+            if not isinstance(self.criterion_args, Mapping) or not all(isinstance(k, str) for k in self.criterion_args):
+                raise TypeError("PruneConfig.criterion_args must be a mapping of argument names to values, got "
+                                f"{type(self.criterion_args).__name__}")
+            object.__setattr__(self, "criterion_args", {k: _json_value(v) if not isinstance(v, dict) else v
+                                                        for k, v in self.criterion_args.items()})
+        if self.criterion_args is None or "." not in str(self.criterion):  # a dotted name: a record of a class
+            _known_criterion("PruneConfig.criterion", self.criterion)  # that is not registered
         if self.scope not in ("local", "global"):
             raise ValueError(f"scope must be 'local' or 'global', not {self.scope!r}")
         if self.normalize not in ("mean", "max", "sum", "l2", "none"):
@@ -91,6 +149,24 @@ class PruneConfig:
         bad = [k for k in self.kinds if k not in KINDS]
         if bad:
             raise ValueError(f"unknown group kinds {bad}; choose among {KINDS}")
+
+    def make_criterion(self) -> "Criterion":
+        """The criterion this config names, built with its recorded arguments. Raises ``ValueError``
+        naming what is missing when the record holds arguments that are not plain values (data,
+        functions) or the class is not registered: pass the object itself then (``criterion=obj``)."""
+        from .criteria.base import CRITERIA, get_criterion
+
+        if self.criterion_args is None:
+            return get_criterion(self.criterion)
+        if self.criterion not in CRITERIA:
+            raise ValueError(f"PruneConfig.criterion records {self.criterion!r}, which is not a registered criterion; "
+                             "pass the criterion object: prune_(..., criterion=obj)")
+        objects = sorted(k for k, v in self.criterion_args.items() if isinstance(v, dict) and OBJECT in v)
+        if objects:
+            raise ValueError(f"PruneConfig.criterion_args for {self.criterion!r} record {objects} by type only "
+                             f"({', '.join(str(self.criterion_args[k][OBJECT]) for k in objects)}); pass the criterion "
+                             f"object: prune_(..., criterion={CRITERIA[self.criterion].__name__}(...))")
+        return CRITERIA[self.criterion](**self.criterion_args)
 
     def only(self, ratios: Iterable[tuple[str, float]]) -> "PruneConfig":
         """This config pruning only the groups matched by ``ratios`` (default ratio 0), with
