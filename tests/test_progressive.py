@@ -112,3 +112,26 @@ def test_evaluate_order_overrides_the_given_order():
     # each row's score is taken after its own stage: 8 units of b, then of c, then of a are gone
     assert [r.score for r in rows] == [-8.0, -24.0, -48.0]
     assert [m.get_submodule(s)[0].out_features for s in "abc"] == [8, 8, 8]
+
+
+def test_iterative_to_a_params_budget_and_with_an_optimizer_training_on():
+    import torch.nn as nn
+
+    from prunekit.progressive import iterative_prune_
+
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 2))
+    x = torch.randn(4, 8)
+    opt = torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9)
+
+    def recover(model, k):
+        opt.zero_grad()
+        model(x).pow(2).mean().backward()
+        opt.step()  # the sliced momentum fits the pruned parameters
+
+    recover(m, 0)
+    rows = iterative_prune_(m, x, params=0.3, steps=2, recover=recover, optimizer=opt)
+    assert rows[-1].result.after.params <= 0.3 * rows[0].result.before.params
+    assert all(opt.state[p]["momentum_buffer"].shape == p.shape for p in m.parameters())
+    with pytest.raises(ValueError, match="not both"):
+        iterative_prune_(m, x, macs=0.5, params=0.5)

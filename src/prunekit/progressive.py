@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from .api import PruneResult, prune_
+from .budgets import budget_of
 from .config import PruneConfig
 from .criteria import Criterion
 
@@ -84,11 +85,11 @@ class StepResult:
 
 def iterative_prune_(model: nn.Module, example_inputs: Any, target: float | None = None, steps: int = 2, *,
                      config: PruneConfig | None = None, spacing: str = "geometric", macs: float | None = None,
-                     recover: Callable[[nn.Module, int], None] | None = None,
+                     params: float | None = None, recover: Callable[[nn.Module, int], None] | None = None,
                      evaluate: Callable[[nn.Module], float] | None = None, criterion: Criterion | None = None,
                      example_kwargs: Mapping[str, Any] | None = None, optimizer: torch.optim.Optimizer | None = None,
                      **overrides: Any) -> list[StepResult]:
-    """Reach a channel ratio of ``target`` (or a MACs budget, ``macs=``) in ``steps`` prunes,
+    """Reach a channel ratio of ``target`` (or a budget, ``macs=`` / ``params=``) in ``steps`` prunes,
     re-tracing and re-scoring the current (recovered) model before each one.
 
     The schedule (:class:`~prunekit.schedules.Iterative`) gives the fraction of the original
@@ -99,33 +100,35 @@ def iterative_prune_(model: nn.Module, example_inputs: Any, target: float | None
     model to ``macs ** (k / steps)`` of the original MACs (``spacing="linear"``:
     ``1 - (1 - macs) * k / steps``) with :func:`prune_`'s ``macs=`` bisection, so each step
     removes about the same fraction of the remaining compute (geometric) and rounding errors do
-    not add up. ``recover(model, k)`` runs after each step (e.g. a share of the fine-tuning);
+    not add up; ``params=`` does the same for parameters. ``recover(model, k)`` runs after each step (e.g. a share of the fine-tuning);
     ``optimizer`` (one that ``recover`` trains with) has its state sliced at every step, as in
     :func:`~prunekit.prune_`.
     """
     from .schedules import Iterative
 
-    if (target is None) == (macs is None):
-        raise ValueError("iterative_prune_ takes one of target= (a channel ratio) or macs= (a MACs fraction)")
-    if macs is not None and not 0.0 < macs <= 1.0:
-        raise ValueError(f"macs must be a fraction of the model's MACs in (0, 1], got {macs}")
-    schedule = Iterative(1.0 - macs if macs is not None else target, steps, spacing)
+    budget = budget_of(macs, params)
+    if (target is None) == (budget is None):
+        raise ValueError("iterative_prune_ takes one of target= (a channel ratio), macs= or params= (a fraction "
+                         "of the model's MACs or parameters)")
+    schedule = Iterative(1.0 - budget[1] if budget is not None else target, steps, spacing)
     config = replace(config, **overrides) if config is not None else PruneConfig(**overrides)
     kw = {"criterion": criterion} if criterion is not None else {}
     out: list[StepResult] = []
     for k in range(1, steps + 1):
         prev, cur = schedule.sparsity_at(k - 1), schedule.sparsity_at(k)
-        if macs is None:
+        if budget is None:
             step_ratio = 1.0 - (1.0 - cur) / (1.0 - prev)
             result = prune_(model, example_inputs, replace(config, ratio=step_ratio), example_kwargs=example_kwargs,
                             optimizer=optimizer, **kw)
         else:
             # geometric spacing of the kept fraction: macs ** (k / steps); Iterative(1 - macs) gives exactly that
-            cur = 1.0 - cur  # the fraction of the original MACs kept after this step
-            # relative to the current model: the original MACs are the first step's "before"
-            fraction = cur * out[0].result.before.macs / max(out[-1].result.after.macs, 1) if out else cur
-            result = prune_(model, example_inputs, config, example_kwargs=example_kwargs, macs=min(fraction, 1.0),
-                            optimizer=optimizer, **kw)
+            metric = budget[0]
+            cur = 1.0 - cur  # the fraction of the original MACs (parameters) kept after this step
+            # relative to the current model: the original count is the first step's "before"
+            fraction = (cur * getattr(out[0].result.before, metric) / max(getattr(out[-1].result.after, metric), 1)
+                        if out else cur)
+            result = prune_(model, example_inputs, config, example_kwargs=example_kwargs,
+                            **{metric: min(fraction, 1.0)}, optimizer=optimizer, **kw)
         if recover is not None:
             recover(model, k)
         out.append(StepResult(k, cur, result, evaluate(model) if evaluate is not None else None))
