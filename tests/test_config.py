@@ -100,3 +100,16 @@ def test_an_unregistered_criterion_is_recorded_by_class_path():
         r.config.make_criterion()
     with pytest.raises(ValueError, match="not a registered criterion"):
         PruneConfig(criterion="nope")  # a bare unknown name is still refused
+
+
+def test_pruned_copies_build_the_recorded_criterion_with_its_arguments():
+    import torch
+    from torch import nn
+
+    from prunekit.api import PrunedCopies
+
+    m, x = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)), torch.randn(2, 4)
+    cfg = PruneConfig(criterion="l2", criterion_args={"p": 1})
+    assert PrunedCopies(m, x, cfg).criterion.inner.p == 1
+    assert PrunedCopies(m, x, cfg, criterion="l2").criterion.inner.p == 1  # the name as searches pass it
+    assert PrunedCopies(m, x, PruneConfig()).criterion.inner.p == 2  # negative control: defaults without a record

@@ -220,8 +220,9 @@ class PrunedCopies:
     def __init__(self, model: nn.Module, example_inputs: Any, config: PruneConfig,
                  example_kwargs: Mapping[str, Any] | None = None, criterion: Criterion | str | None = None) -> None:
         self.model, self.inputs, self.kwargs = model, as_inputs(example_inputs), dict(example_kwargs or {})
-        self.criterion = criterion if isinstance(criterion, CachedScores) else CachedScores(
-            criterion if criterion is not None else config.make_criterion())
+        if criterion is None or (criterion == config.criterion and config.criterion_args is not None):
+            criterion = config.make_criterion()  # the name with its recorded arguments
+        self.criterion = criterion if isinstance(criterion, CachedScores) else CachedScores(criterion)
         flops = MacCounter()
         self.graph = trace(model, self.inputs, self.kwargs, ignore=config.ignore, strict=config.strict, counter=flops,
                            keep_outputs=config.keep_outputs)
