@@ -119,6 +119,8 @@ def _guard(prog: str, fn: Callable[[], int]) -> int:
         return fn()
     except ModelSpecError as e:
         return _fail(prog, e, 2)
+    except KeyError as e:  # the library names a module that is not there
+        return _fail(prog, ValueError(e.args[0] if e.args else e), 1)
     except (PrunekitError, FolderError, ValueError, OSError) as e:
         return _fail(prog, e, 1)
 

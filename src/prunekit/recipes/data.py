@@ -4,7 +4,8 @@ Two sources are supported:
 
 - ``random``: distillation from the unpruned model on random inputs drawn like the example inputs
   (same shapes; token ids in the vocabulary). No labels are needed and any model works; it pulls the
-  pruned model's outputs back towards the original's, it does not teach the task.
+  pruned model's outputs back towards the original's, it does not teach the task. Batch norms keep
+  their statistics and scales (noise has not the data's statistics).
 - ``fashion-mnist``: the labelled images the demo uses (Debian package ``dataset-fashion-mnist``),
   resized to the model's example input and ImageNet-normalized, trained with cross-entropy (and,
   with ``distill: true``, distillation from the unpruned model). Only for image classifiers that

@@ -41,6 +41,16 @@ class RunState:
     source_config: dict[str, Any] | None = None
 
 
+def _own_memory(model: nn.Module) -> None:
+    """Give every parameter and buffer freshly allocated memory. ``from_pretrained`` leaves tensors as
+    views into the memory-mapped file, at arbitrary alignment, and CPU kernels round differently on
+    unaligned data (2e-8 on a BERT pooler): the saved reference outputs would then differ in the last
+    bit from those of the reloaded model, whose tensors are fresh."""
+    with torch.no_grad():
+        for t in [*model.parameters(), *model.buffers()]:
+            t.data = t.data.clone()
+
+
 def load(spec: ModelSpec, recipe: Recipe, weights: str | None = None,
          input_shape: tuple[int, ...] | None = None) -> RunState:
     """Build the model (seeded by the recipe), load ``weights`` and draw its example inputs."""
@@ -48,6 +58,7 @@ def load(spec: ModelSpec, recipe: Recipe, weights: str | None = None,
     model = spec.build()
     if weights is not None:
         load_weights(model, weights)
+    _own_memory(model)
     model.eval()
     example = example_inputs(spec, model, input_shape, recipe.seed)
     source_config = None
@@ -122,13 +133,23 @@ def _recover(state: RunState, stage: RecoverStage, say: Callable[[str], None]) -
                              f"returns {tuple(out.shape)} (use source: random)")
         loss_fn = F.cross_entropy
         distill = Distillation(teacher, temperature=4.0, alpha=0.5) if spec.distill else None
-    result = train(state.model, batches, stage.config, loss_fn=loss_fn, distill=distill, step=step)
+    # random inputs do not have the data's statistics: batch norms keep theirs (frozen, so train() leaves
+    # them in eval mode) instead of drifting to the noise's
+    frozen = [p for m in state.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+              for p in m.parameters(recurse=False) if p.requires_grad] if spec.source == "random" else []
+    for p in frozen:
+        p.requires_grad_(False)
+    try:
+        result = train(state.model, batches, stage.config, loss_fn=loss_fn, distill=distill, step=step)
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
     state.model.eval()
     first, last = (result.losses[0], result.losses[-1]) if result.losses else (None, None)
     say(f"{result.steps} steps on {spec.source} data, loss {first:.4g} -> {last:.4g}" if result.losses
         else "no steps")
     state.records.append({"stage": "recover", "config": stage.to_fields(), "steps": result.steps,
-                          "loss_first": first, "loss_last": last})
+                          "loss_first": first, "loss_last": last, "losses": result.losses[:1000]})
 
 
 def _measure(state: RunState, stage: MeasureStage, say: Callable[[str], None]) -> None:

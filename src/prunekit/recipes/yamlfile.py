@@ -97,15 +97,20 @@ def _stage(name: str, key: yaml.Node, body: yaml.Node | None, loader: _Loader, s
                                   f"{', '.join(known)}", source, _line(knode))
             values[field] = loader.construct_object(vnode, deep=True)
             lines[field] = _line(vnode)
+            if isinstance(vnode, yaml.MappingNode):  # e.g. recover's data: each key's own line
+                for k, v in vnode.value:
+                    lines[f"{field}.{k.value}"] = _line(k)
     try:
         return cls.from_fields(values)
     except (TypeError, ValueError) as e:
         msg = str(e)
         if "data" in values and re.search(r"\bdata[.\s]", msg):
             field = "data"
+            sub = _blame(msg, [k[5:] for k in lines if k.startswith("data.")])
+            where = lines.get(f"data.{sub}", lines["data"])
         else:
             field = _blame(msg, list(values))
-        where = lines.get(field, _line(key))
+            where = lines.get(field, _line(key))
         raise RecipeError(f"{name}.{field}: {msg}" if field else f"{name}: {msg}", source, where) from None
 
 
