@@ -278,3 +278,55 @@ def test_module_outputs_and_verification_with_keyword_inputs():
     assert [p for p, _ in rec] == ["a", "b", ""] and rec[0][1][0].shape == (3, 8)
     r = prunekit.prune_(m, (), example_kwargs={"x": x}, ratio=0.5)
     assert r.verified["checked"] == "exact" and m.a.out_features == 4
+
+
+def test_zeroed_reference_never_writes_the_model_tensors_and_handles_inf():
+    from prunekit.graph.walk import walk
+    from prunekit.verify import SwappedZeros
+
+    m, x = _net(), torch.randn(2, 3, 8, 8)
+    plan = _plan(m, x)
+    name = next(n for n, dims in plan.removed.items() if 1 in dims)  # a weight cut along its input dim
+    w = walk(m).params[name]
+    idx = plan.removed[name][1]
+    kept = [i for i in range(w.shape[1]) if i not in idx]
+    with torch.no_grad():
+        w[0, idx[0]] = math.inf  # in a removed slice: the multiply-by-mask path would make it NaN
+        w[0, kept[0]] = -math.inf  # in a kept slice: it must stay
+    state, ptr = _state(m), w.data_ptr()
+    soft = walk(apply_plan(copy.deepcopy(m), plan, "soft")).params[name].detach()  # zeroed by index_fill
+    with SwappedZeros({**walk(m).buffers, **walk(m).params}, plan):
+        z = w.detach()
+        assert z.data_ptr() != ptr  # a copy is swapped in, the model's storage is not written
+        assert not z.isnan().any()
+        assert (z.index_select(1, torch.tensor(idx)) == 0).all()
+        assert torch.isinf(z).any()  # the kept -inf stays
+        assert torch.equal(z, soft)
+    assert w.data_ptr() == ptr and _same_state(m, state)
+
+
+def test_zeroed_reference_equals_the_soft_apply_with_tied_weights():
+    class Tied(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = nn.Embedding(10, 16)
+            self.mid = nn.Linear(16, 16)
+            self.head = nn.Linear(16, 10, bias=False)
+            self.head.weight = self.emb.weight
+
+        def forward(self, ids):
+            return self.head(torch.relu(self.mid(self.emb(ids))))
+
+    torch.manual_seed(0)
+    m, x = Tied().eval(), torch.randint(0, 10, (2, 5))
+    plan = _plan(m, x)
+    assert not plan.is_empty()
+    soft = apply_plan(copy.deepcopy(m), plan, "soft")
+    state = _state(m)
+    with torch.no_grad():
+        ref, want = zeroed_outputs(m, plan, x)[0], soft(x)
+    assert torch.equal(ref, want)
+    assert _same_state(m, state) and m.head.weight is m.emb.weight
+    # negative control: the unpruned model differs from the zeroed reference
+    with torch.no_grad():
+        assert not torch.equal(m(x), ref)
