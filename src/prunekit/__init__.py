@@ -33,7 +33,7 @@ def from_pretrained(folder, **kwargs):
 # Every documented submodule is reachable after ``import prunekit`` (``prunekit.sparsity.sparsify_``),
 # imported on first use so that ``import prunekit`` stays fast.
 SUBMODULES = ("api", "blocks", "budgets", "calibration", "config", "criteria", "dead", "deploy", "errors", "graph",
-              "io", "layers", "llm", "measure", "plan", "progress", "progressive", "recovery", "report", "schedules",
+              "io", "layers", "llm", "measure", "plan", "progress", "progressive", "recipes", "recovery", "report", "schedules",
               "selection", "sparsity", "streams", "validate", "verify", "zoo")
 
 
