@@ -42,9 +42,13 @@ def runs(tmp_path_factory) -> dict[str, Path]:
                                   intermediate_size=64, max_position_embeddings=32)
     torch.manual_seed(0)
     transformers.BertModel(cfg).save_pretrained(tmp / "bert")
+    vit = transformers.ViTConfig(image_size=16, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                 intermediate_size=64)
+    transformers.ViTModel(vit).save_pretrained(tmp / "vit")
     models = {"torchvision": ["torchvision:resnet18", "--input-shape", "1,3,32,32"],
               "timm": ["timm:test_efficientnet"],
               "hf": [str(tmp / "bert")],
+              "hf_vision": [str(tmp / "vit")],
               "file": [f"{tmp / 'net.py'}:build", "--input-shape", "2,3,8,8"]}
     argvs = [["prune", *m, "--recipe", str(tmp / "recipe.yaml"), "--out", str(tmp / kind)] for kind, m in models.items()]
     driver = ("import json, sys\nfrom prunekit.cli import main\n"
@@ -53,7 +57,7 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     r = subprocess.run([sys.executable, "-c", driver], capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr
-    assert r.stdout.count("done:") == 4 and "\r" not in r.stdout + r.stderr  # plain lines in a log, no bar redraws
+    assert r.stdout.count("done:") == len(models) and "\r" not in r.stdout + r.stderr  # plain lines in a log, no bar redraws
     return {kind: tmp / kind for kind in models} | {"bert": tmp / "bert"}
 
 
@@ -82,6 +86,10 @@ def test_timm_model_takes_its_input_size_from_its_config(runs):
 def test_hugging_face_folder(runs):
     _check(runs["hf"], "input_ids=(1, 16) (config.json vocab_size, 16 tokens)")
     assert (runs["hf"] / "source_config.json").is_file()  # rebuilt from the saved config, not the source folder
+
+
+def test_hugging_face_vision_folder_takes_image_size_from_its_config(runs):
+    _check(runs["hf_vision"], "pixel_values=(1, 3, 16, 16) (config.json image_size/num_channels)")
 
 
 def test_file_factory_model(runs):

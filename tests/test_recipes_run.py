@@ -78,6 +78,19 @@ def test_flags_make_the_same_plan_as_a_recipe(tmp_path, tiny):
     assert Plan.load(c / "plan.json").to_dict() != Plan.load(b / "plan.json").to_dict()  # negative control
 
 
+def test_several_stages_replay_in_order(tmp_path, tiny):
+    """sparsify, then two prune stages: two plan files, replayed in order on a fresh model."""
+    recipe = _recipe(tmp_path, "stages:\n  - sparsify: {sparsity: 0.5}\n  - prune: {ratio: 0.25}\n"
+                               "  - prune: {ratio: 0.5}\n" + QUICK)
+    out = tmp_path / "out"
+    assert main(["prune", f"{tiny}:build", "--recipe", recipe, "--out", str(out)]) == 0
+    loaded = load_folder(out)
+    assert loaded.manifest["plans"] == ["plan.json", "plan-2.json"] and check_reload(loaded) == 0.0
+    assert loaded.model[0].out_channels == 6  # 16 -> 12 -> 6
+    assert [s["stage"] for s in json.loads((out / "summary.json").read_text())["stages"]] == [
+        "sparsify", "prune", "prune", "measure"]
+
+
 def test_recover_on_random_data_distills_from_the_unpruned_model(tmp_path, tiny):
     recipe = _recipe(tmp_path, "stages:\n  - prune: {ratio: 0.5}\n  - recover:\n      lr: 2e-3\n      epochs: 4\n"
                                "      data: {source: random, batches: 2, batch_size: 4}\n" + QUICK)
