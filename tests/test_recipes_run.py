@@ -138,6 +138,11 @@ def test_sparsify_2_of_4_reloads(tmp_path, tiny):
     assert check_reload(loaded) == 0.0 and loaded.manifest["plans"] == []
     w = loaded.model[3].weight.detach().reshape(16, -1, 4)  # (out, groups of 4, 4)
     assert ((w != 0).sum(-1) <= 2).all()
+    from prunekit.sparsity import load_sparse
+
+    compressed = load_sparse(out / "model.sparse.safetensors")  # the same weights, smaller on disk
+    assert all(torch.equal(compressed[k], v) for k, v in loaded.model.state_dict().items())
+    assert (out / "model.sparse.safetensors").stat().st_size < (out / "model.safetensors").stat().st_size
 
 
 def test_weights_safetensors_and_state_dict_are_loaded(tmp_path, tiny):

@@ -5,6 +5,7 @@
     out/
       prunekit.json        what to rebuild: the model spec, the plan files in order, the file names (written last)
       model.safetensors    the pruned (and recovered) weights
+      model.sparse.safetensors  after a sparsify stage: the same weights in prunekit's compressed format
       plan.json            the plan (plan-2.json, ... for later prune stages), replayable on a fresh model
       recipe.yaml          the recipe that ran (flags on the command line become one)
       example.safetensors  the example inputs; outputs.safetensors: the final model's outputs on them
@@ -109,10 +110,20 @@ def write_folder(state: "RunState", out: str | Path, say: Callable[[str], None])
         if state.source_config is not None:
             (stage / "source_config.json").write_text(json.dumps(state.source_config, indent=1))
         files = ["model.safetensors", *plans, "example.safetensors", "outputs.safetensors", "recipe.yaml"]
+        sparse = None
+        if any(r["stage"] == "sparsify" for r in state.records):  # the zeros pay off on disk only compressed
+            from ..sparsity import save_sparse
+
+            sparse = "model.sparse.safetensors"
+            save_sparse(state.model, stage / sparse)
+            dense_bytes, sparse_bytes = (stage / "model.safetensors").stat().st_size, (stage / sparse).stat().st_size
+            say(f"{sparse}: {sparse_bytes:,} bytes (prunekit's compressed format; dense {dense_bytes:,})")
+            files.append(sparse)
         if state.export is not None:
             state.records.append(export(state.model, state.example, stage / "model.onnx", state.export, say))
             files.append("model.onnx")
         manifest = {"format": FORMAT, "model": state.spec.to_dict(), "plans": plans, "weights": "model.safetensors",
+                    "sparse_weights": sparse,
                     "example": "example.safetensors", "outputs": "outputs.safetensors",
                     "source_config": "source_config.json" if state.source_config is not None else None,
                     "seed": state.recipe.seed, "inputs": state.example.source}
