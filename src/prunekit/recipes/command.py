@@ -52,7 +52,7 @@ def prune_args(p: argparse.ArgumentParser) -> None:
     _run_args(p)
     g = p.add_argument_group("without --recipe: one prune stage")
     amount = g.add_mutually_exclusive_group()
-    amount.add_argument("--ratio", type=fraction, default=None, help="fraction of each group's channels to remove")
+    amount.add_argument("--ratio", type=fraction, default=None, help="fraction of each group's channels to remove (default 0.5)")
     amount.add_argument("--macs", type=budget, default=None, help="keep at most this fraction of the MACs")
     g.add_argument("--round-to", type=positive_int, default=None, help="keep channel counts a multiple of this")
     g.add_argument("--criterion", type=criterion_name, default=None,
@@ -134,8 +134,12 @@ def run_command(args: argparse.Namespace, command: str) -> int:
         recipe = recipe_of(args, command)
     except (TypeError, ValueError) as e:
         return _fail(prog, e, 2)
-    return _guard(prog, lambda: (run_recipe(args.model, recipe, args.out, weights=args.weights,
-                                            input_shape=args.input_shape), 0)[1])
+
+    def work() -> int:
+        run_recipe(args.model, recipe, args.out, weights=args.weights, input_shape=args.input_shape)
+        return 0
+
+    return _guard(prog, work)
 
 
 def prune(args: argparse.Namespace) -> int:

@@ -16,11 +16,10 @@ Anything else is an error that lists these two.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from ..validate import number
 
