@@ -16,7 +16,9 @@ import torch
 
 from prunekit.recipes import check_reload, load_folder
 
-RECIPE = "stages:\n  - prune: {ratio: 0.5, round_to: 4}\n  - measure: {rounds: 2, repeats: 2, warmup: 1}\n"
+RECIPE = ("stages:\n  - prune: {ratio: 0.5, round_to: 4}\n"
+          "  - recover: {max_steps: 2, data: {source: random, batches: 2, batch_size: 2}}\n"
+          "  - measure: {rounds: 2, repeats: 2, warmup: 1}\n")
 
 
 NET = textwrap.dedent("""\
@@ -58,6 +60,7 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     r = subprocess.run([sys.executable, "-c", driver], capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr
     assert r.stdout.count("done:") == len(models) and "\r" not in r.stdout + r.stderr  # plain lines in a log, no bar redraws
+    assert "recovery: 2/2 (100%)" in r.stderr
     return {kind: tmp / kind for kind in models} | {"bert": tmp / "bert"}
 
 
@@ -72,6 +75,8 @@ def _check(out: Path, inputs: str) -> dict:
     plots = re.findall(r'<img src="([^"]+\.png)"', page)
     assert len(plots) >= 2 and all((out / p).stat().st_size > 1000 for p in plots), plots
     assert json.loads((out / "prunekit.json").read_text())["plans"] == ["plan.json"]
+    recover = summary["stages"][1]
+    assert recover["stage"] == "recover" and recover["steps"] == 2  # the recovered weights are what reloads
     return summary
 
 

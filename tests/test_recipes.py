@@ -77,6 +77,7 @@ def test_bare_stage_names_take_the_defaults():
     ("stages:\n  - prune:\n      ratio: '0.5'\n", 3, "must be a number, got str '0.5'"),
     ("stages:\n  - recover:\n      lr: 1e-3\n      epochs: 0\n", 4, "TrainConfig.epochs must be in [1, inf]"),
     ("stages:\n  - recover:\n      data: {source: imagenet}\n", 3, "supported: 'random'"),
+    ("stages:\n  - recover:\n      lr: 1e-3\n", 2, "recover needs data: 'data: {source: random}'"),
     ("stages:\n  - recover:\n      data:\n        source: random\n        batchs: 3\n", 5,
      "unknown data fields 'batchs' (did you mean 'batches'?)"),
     ("stages:\n  - measure: {rounds: 0}\n", 2, "measure.rounds"),

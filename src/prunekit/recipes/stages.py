@@ -82,7 +82,12 @@ class RecoverStage:
     @classmethod
     def from_fields(cls, d: Mapping[str, Any]) -> "RecoverStage":
         rest = {k: v for k, v in d.items() if k != "data"}
-        data = d.get("data", {})
+        config = TrainConfig(**rest)
+        if "data" not in d:
+            raise ValueError("recover needs data: 'data: {source: random}' (distillation from the unpruned model on "
+                             "random inputs shaped like the example, any model) or 'data: {source: fashion-mnist}' "
+                             "(labelled images, image classifiers)")
+        data = d["data"]
         if isinstance(data, str):
             data = {"source": data}
         if not isinstance(data, Mapping):
@@ -95,7 +100,7 @@ class RecoverStage:
             hints = [f"{k!r}" + (f" (did you mean {c[0]!r}?)" if (c := difflib.get_close_matches(k, known, n=1)) else "")
                      for k in sorted(extra)]
             raise ValueError(f"unknown data fields {', '.join(hints)}; known: {', '.join(known)}")
-        return cls(TrainConfig(**rest), DataSpec(**data))
+        return cls(config, DataSpec(**data))
 
     def to_fields(self) -> dict[str, Any]:
         return {**{f: getattr(self.config, f) for f in config_fields(TrainConfig)}, "data": self.data.to_dict()}
