@@ -91,3 +91,35 @@ def test_batched_closures_of_a_free_product():
     el = res.root[store.param_dims[("w", 0)]]
     assert got[0] == {int(heads[0]), *el[:3].tolist()}  # a head: its row of elements
     assert got[2] == {int(width[0]), int(el[0]), int(el[3])}  # a width offset: its column
+
+
+def _tiny_llama():
+    transformers = __import__("pytest").importorskip("transformers")
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32)
+    return transformers.LlamaForCausalLM(cfg).eval(), torch.randint(0, 64, (1, 8))
+
+
+def test_a_head_width_whose_attribute_also_counts_a_kept_width_is_not_a_group():
+    """Llama's ``head_dim`` counts the value width and the query/key widths that rotary keeps: cutting the
+    value width alone can never be applied (``prune_(macs=0.5)``'s copy at max_ratio failed on it, #13)."""
+    import prunekit
+
+    m, ids = _tiny_llama()
+    graph = trace(m, (ids,))
+    for kinds in (None, ("channel", "head")):
+        got = {g.kind for g in graph.groups(kinds)}
+        assert "head_dim" not in got and "head" in got
+    assert set(graph._resolver.counter_blocked.values()) == {(f"model.layers.{i}.self_attn", "head_dim")
+                                                             for i in range(2)}
+    r = prunekit.prune_(m, ids, macs=0.5)
+    assert r.macs_ratio <= 0.5 and r.verified
+    # negative control: BERT's attention_head_size counts q, k and v widths, all cuttable: head_dim stays
+    transformers = __import__("pytest").importorskip("transformers")
+    torch.manual_seed(0)
+    bert = transformers.BertModel(transformers.BertConfig(vocab_size=64, hidden_size=32, intermediate_size=64,
+                                                          num_hidden_layers=1, num_attention_heads=4)).eval()
+    g = trace(bert, (torch.randint(0, 64, (1, 8)),))
+    assert "head_dim" in {x.kind for x in g.groups()}
+    assert g._resolver.counter_blocked == {}

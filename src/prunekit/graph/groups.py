@@ -98,6 +98,7 @@ class Resolver:
         self.kind_code[self.active_roots] = store.kind[act[first]]
         self._mask = np.zeros(max(n, 1), dtype=bool)
         self._comp_of: list[int] | None = None  # product -> connected component (see closures)
+        self.counter_blocked: dict[int, tuple[str, str]] = {}  # width class -> the attribute that kept it
         self._components: list[list[int]] = []
         self.failed: dict[int, int | None] = {}  # free root whose closure met a pinned class -> that class
         self.products = []
@@ -633,12 +634,38 @@ def build_groups(graph, kinds: Iterable[str] | None = None) -> list[Group]:
         paired = {w.id for _, widths in factor_pairs(groups, "head", "head_dim") if all(map(verifiable, widths))
                   for w in widths}
         groups = [g for g in groups if g.kind != "head_dim" or g.id in paired]
+    groups = _without_partial_widths(groups, res, graph.store)
     groups.sort(key=lambda g: (order.get(g.root[0], 1 << 30), g.root, g.kind))
     for i, g in enumerate(groups):
         g.id = i
     if kinds is None:
         graph._all_groups = (len(graph.store), groups)  # for blocked(), while the store is unchanged
     return groups
+
+
+def _without_partial_widths(groups: list[Group], res: Resolver, store: LabelStore) -> list[Group]:
+    """Head-width groups whose module attribute (a :class:`~prunekit.graph.labels.Counter`, e.g. Llama's
+    ``head_dim``) also counts a width that no group holds are dropped: the attribute has one value, so
+    cutting one width without the other cannot be applied (Llama: the value width is a group, the
+    query/key widths are kept by rotary; its MAC search's copy at max_ratio failed on it, #13)."""
+    widths = [g for g in groups if g.kind == "head_dim"]
+    if not widths:
+        return groups
+    covered = np.zeros(max(len(res.root), 1), dtype=bool)
+    for g in groups:
+        covered[np.asarray(g.unit_roots(range(len(g))), dtype=np.int64)] = True
+    by_key: dict[tuple[str, str], list[np.ndarray]] = defaultdict(list)
+    for c in store.counters:
+        by_key[(c.module, c.attr)].append(np.unique(res.root[c.labels]))
+    drop: set[int] = set()
+    for g in widths:
+        roots = np.asarray(g.unit_roots(range(len(g))), dtype=np.int64)
+        for key, regs in by_key.items():
+            if len(regs) > 1 and any(np.isin(r, roots).any() for r in regs) \
+                    and any(not covered[r].any() for r in regs):
+                drop.add(id(g))
+                res.counter_blocked.update((int(r), key) for r in roots.tolist())
+    return [g for g in groups if id(g) not in drop]
 
 
 def factor_pairs(groups: list[Group], outer: str = "group", inner: str = "channel") -> list[tuple[Group, list[Group]]]:
