@@ -190,6 +190,17 @@ def warm_up(tools: tuple[str, ...]) -> None:
                 pass
 
 
+def _forward_cpu_s(model, inputs, repeats: int = 2) -> float:
+    """Process CPU seconds of one plain eval forward (no_grad), the best of ``repeats``: the unit of a
+    prune's floor (prunekit's verification runs the model twice for real)."""
+    best = math.inf
+    for _ in range(repeats):
+        c0 = time.process_time()
+        measure.forward(model, inputs)
+        best = min(best, time.process_time() - c0)
+    return best
+
+
 def run_model(spec: Spec, tools: tuple[str, ...] = ("prunekit", "torch_pruning"), tp_limit_s: int = 60) -> dict[str, Any]:
     torch.set_num_threads(1)
     warm_up(tools)
@@ -204,6 +215,7 @@ def run_model(spec: Spec, tools: tuple[str, ...] = ("prunekit", "torch_pruning")
     row["params"] = measure.params(model)
     original = copy.deepcopy(model)
     row["macs"] = base_macs = measure.macs(original, inputs)
+    row["forward_cpu_s"] = _forward_cpu_s(original, inputs)
     if "prunekit" in tools:
         _run_prunekit(model, inputs, built.heads, original, base_macs, row)
     if "torch_pruning" in tools:

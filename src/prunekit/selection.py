@@ -53,8 +53,9 @@ def check_settings_match(model: nn.Module, groups: list[Group], config: PruneCon
     """Nothing in the config is silently ignored: a ``ratios`` pattern that names no module and no
     ``<tensor>:<dim>`` of the model raises; a ``round_to`` larger than a channel group (which is then
     pruned unrounded) is reported as a warning naming how many groups it skips."""
-    modules = [n for n, _ in model.named_modules()]
-    tensors = [f"{n}:{d}" for n, t in [*model.named_parameters(), *model.named_buffers()] for d in range(t.dim())]
+    modules = [n for n, _ in model.named_modules()] if config.ratios else []
+    tensors = [f"{n}:{d}" for n, t in [*model.named_parameters(), *model.named_buffers()] for d in range(t.dim())] \
+        if config.ratios else []
     for pattern, _ in config.ratios:
         if not any(fnmatch.fnmatchcase(m, pattern) for m in modules) and \
                 not any(fnmatch.fnmatchcase(k, pattern) for k in tensors):
