@@ -27,6 +27,7 @@ from .arch import DecoderLayout, block_linears, layout, set_weight, weight_of
 from .masks import global_keep, prune_count, select_keep
 from .owl import OwlConfig, owl_sparsities
 from .pipeline import BlockInputs, BlockSource, run_blocks
+from .refit import refit_kept
 from .sparsegpt import sparsegpt_prune
 
 METHODS = ("magnitude", "wanda", "sparsegpt")
@@ -95,6 +96,9 @@ class SparsifyConfig:
     dense_target: bool = field(default=False, metadata={
         "help": "sparsegpt: fit the dense block's outputs (W X_dense) from the pruned inputs X instead of "
                 "W X (a least-squares correction before pruning)"})
+    refit: bool = field(default=False, metadata={
+        "help": "wanda/sparsegpt: after the mask is chosen, set each row's kept weights to the exact least-squares "
+                "fit of the layer's outputs on the calibration inputs (llm/refit.py); the mask is unchanged"})
     blocksize: int = field(default=128, metadata={"help": "sparsegpt: columns per lazy-update block"})
     damp: float = field(default=0.01, metadata={"help": "sparsegpt: dampening, fraction of mean diag(H)"})
 
@@ -118,11 +122,15 @@ class SparsifyConfig:
             object.__setattr__(self, "owl", OwlConfig(**self.owl))
         if self.owl is not None and not isinstance(self.owl, OwlConfig):
             raise TypeError(f"SparsifyConfig.owl must be an OwlConfig, a dict or None, got {type(self.owl).__name__}")
-        for name in ("sequential", "dense_target"):
+        for name in ("sequential", "dense_target", "refit"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"SparsifyConfig.{name} must be a bool, got {getattr(self, name)!r}")
         if self.dense_target and self.method != "sparsegpt":
             raise ValueError("SparsifyConfig.dense_target applies to method='sparsegpt' only")
+        if self.refit and self.method == "magnitude":
+            raise ValueError("SparsifyConfig.refit needs calibration statistics: use method='wanda' or 'sparsegpt'")
+        if self.refit and self.dense_target:
+            raise ValueError("SparsifyConfig.refit and dense_target are two different weight updates; pick one")
         _check_number("blocksize", self.blocksize, 1, 1 << 20, integer=True)
         _check_number("damp", self.damp, 0.0, 1e3, low_open=True)
         if nm is not None and self.method == "sparsegpt" and self.blocksize % nm[1]:
@@ -132,6 +140,11 @@ class SparsifyConfig:
     def nm(self) -> tuple[int, int] | None:
         """The N:M pattern as a tuple, or ``None``."""
         return parse_pattern(self.pattern)
+
+    @property
+    def needs_hessian(self) -> bool:
+        """Whether the inputs' ``X Xᵀ`` is collected (SparseGPT's updates, or the refit)."""
+        return self.method == "sparsegpt" or self.refit
 
     @property
     def needs_data(self) -> bool:
@@ -225,13 +238,21 @@ def _wanda_scores(w: torch.Tensor, st: _InputStats) -> torch.Tensor:
 def _prune_layer(cfg: SparsifyConfig, mod: nn.Module, st: _InputStats | None, sparsity: float) -> None:
     w = weight_of(mod)
     if cfg.method == "sparsegpt":
-        new, _ = sparsegpt_prune(w, st.hessian, sparsity, pattern=cfg.nm, group=cfg.group,
-                                 blocksize=cfg.blocksize, damp=cfg.damp)
-        set_weight(mod, new)
-        return
-    scores = w.abs().float() if cfg.method == "magnitude" else _wanda_scores(w, st)
-    keep = select_keep(scores, sparsity, pattern=cfg.nm, group=cfg.group)
-    set_weight(mod, w * keep)
+        new, keep = sparsegpt_prune(w, st.hessian, sparsity, pattern=cfg.nm, group=cfg.group,
+                                    blocksize=cfg.blocksize, damp=cfg.damp)
+    else:
+        scores = w.abs().float() if cfg.method == "magnitude" else _wanda_scores(w, st)
+        keep = select_keep(scores, sparsity, pattern=cfg.nm, group=cfg.group)
+        new = w * keep
+    _set(cfg, mod, w, new, keep, st)
+
+
+def _set(cfg: SparsifyConfig, mod: nn.Module, w: torch.Tensor, new: torch.Tensor, keep: torch.Tensor,
+         st: _InputStats | None) -> None:
+    """Write the pruned weight, refitted on the kept entries when ``cfg.refit``."""
+    if cfg.refit:
+        new = refit_kept(w, st.hessian, keep, damp=cfg.damp).to(w.dtype)
+    set_weight(mod, new)
 
 
 class _Visitor:
@@ -261,7 +282,7 @@ class _Visitor:
             else:
                 last = stage[-1] if cfg.sequential else None
                 final = stage is stages[-1]
-                stats, _ = _collect(block, inputs, {n: linears[n] for n in stage}, key, cfg.method == "sparsegpt",
+                stats, _ = _collect(block, inputs, {n: linears[n] for n in stage}, key, cfg.needs_hessian,
                                     stop_after=linears[last] if last and not final else None,
                                     last_key=self._last_key(linears, key) if final else None)
             if cfg.group == "global" and cfg.nm is None:
@@ -269,7 +290,7 @@ class _Visitor:
                 scores = {n: (ws[n].abs().float() if cfg.method == "magnitude" else _wanda_scores(ws[n], stats[key[n]]))
                           for n in stage}
                 for n, keep in global_keep(scores, s).items():
-                    set_weight(linears[n], ws[n] * keep)
+                    _set(cfg, linears[n], ws[n], ws[n] * keep, keep, stats.get(key[n]))
                 continue
             for n in stage:
                 _prune_layer(cfg, linears[n], stats.get(key[n]), s)
