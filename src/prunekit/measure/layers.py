@@ -141,7 +141,7 @@ def measure_layers(model: nn.Module, example_inputs: Any, example_kwargs: Mappin
     order, for every module that owns parameters, saved buffers, or counted ops of its own.
 
     >>> net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 4 * 4, 10))
-    >>> [(l.path, l.params, l.macs) for l in measure_layers(net, torch.randn(1, 3, 6, 6), latency=False)]
+    >>> print([(l.path, l.params, l.macs) for l in measure_layers(net, torch.randn(1, 3, 6, 6), latency=False)])
     [('0', 224, 3456), ('3', 1290, 1280)]
     """
     inputs = example_inputs if isinstance(example_inputs, (tuple, list)) else (example_inputs,)

@@ -195,7 +195,7 @@ class GradualPruner:
     >>> from prunekit.schedules import Cubic
     >>> m = nn.Linear(16, 16)
     >>> pruner = GradualPruner(m, Cubic(0.0, 0.5, begin_step=0, end_step=4))
-    >>> [round(pruner.step(), 3) for _ in range(5)]
+    >>> print([round(pruner.step(), 3) for _ in range(5)])
     [0.289, 0.438, 0.492, 0.5, 0.5]
     """
 
