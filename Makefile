@@ -25,13 +25,18 @@ $(FMNIST):
 		echo "note: could not install dataset-fashion-mnist; tests that need it are skipped"; \
 	else echo "note: apt-get (as root) not available; install dataset-fashion-mnist to run the data tests"; fi
 
-.PHONY: demo test bench data
+.PHONY: demo test bench data docs
 data: $(FMNIST)
 
 demo: $(STAMP) data
 	$(BIN)/prunekit demo
 
-test: $(STAMP) data
+# The API reference (mkdocs + mkdocstrings, offline) into build/site/; any warning fails the build.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
+
+# The suite (tests/test_readme.py runs the README's code blocks) and the docs build.
+test: $(STAMP) data docs
 	$(BIN)/python -m pytest
 
 bench: $(STAMP) data
