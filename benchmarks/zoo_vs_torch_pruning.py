@@ -16,7 +16,7 @@ Prune time is the wall time (and the process CPU time) of the prune call (prunek
 verification and MAC count; Torch-Pruning's is pruner construction + ``step()``; the report spells out each span).
 
     python benchmarks/zoo_vs_torch_pruning.py [--family timm|hf|rnn|custom] [--only a,b] [--timeout 300]
-                                              [--out zoo_vs_torch_pruning]
+                                              [--out zoo_vs_torch_pruning] [--repeats 3]
 
 Writes benchmarks/results/<out>.{md,json}.
 """
@@ -42,21 +42,21 @@ FAMILIES: dict[str, list[Spec]] = {"timm": timm_zoo.SPECS, "hf": hf_zoo.SPECS, "
                                    "custom": custom_zoo.SPECS}
 
 
-def _child(spec: Spec, tools: tuple[str, ...], tp_limit_s: int, queue) -> None:
+def _child(spec: Spec, tools: tuple[str, ...], tp_limit_s: int, queue, repeats: int = 1) -> None:
     os.environ["OMP_NUM_THREADS"] = "1"
     from zoo.worker import run_model
 
     try:
-        row = run_model(spec, tools, tp_limit_s)
+        row = run_model(spec, tools, tp_limit_s, repeats)
     except BaseException as exc:  # noqa: BLE001 - report, never hang the parent
         row = {"model": spec.name, "family": spec.family, "crash": f"{type(exc).__name__}: {str(exc)[:300]}"}
     queue.put(json.dumps(row, default=str))
 
 
-def run_one(spec: Spec, timeout: float, tools: tuple[str, ...], tp_limit_s: int) -> dict:
+def run_one(spec: Spec, timeout: float, tools: tuple[str, ...], tp_limit_s: int, repeats: int = 1) -> dict:
     ctx = mp.get_context("fork")
     q = ctx.Queue()
-    p = ctx.Process(target=_child, args=(spec, tools, tp_limit_s, q))
+    p = ctx.Process(target=_child, args=(spec, tools, tp_limit_s, q, repeats))
     t0 = time.perf_counter()
     p.start()
     try:
@@ -208,6 +208,8 @@ def write(rows: list[dict], args, out: str, commit: str = "unknown") -> str:
              f"Channel ratio 0.5, L2 magnitude, head outputs kept, random init (seed 0), batch 1-2, small inputs. "
              f"{platform.machine()}, torch {torch.__version__}, 1 thread per model process, timeout "
              f"{args.timeout:.0f}s (Torch-Pruning {getattr(args, 'tp_timeout', 30)}s). prunekit at commit {commit}. "
+             f"Each tool's prune timed {getattr(args, 'repeats', 1)}x per model (fresh copies; the best wall and CPU "
+             "times are reported). "
              f"prunekit's head option: {', '.join(s['keep_options']) or '-'}"
              f"{' (ignore= also keeps the head inputs: not the same kept outputs as Torch-Pruning)' if 'ignore' in s['keep_options'] else ''}.",
              "",
@@ -301,6 +303,8 @@ def main(argv=None) -> int:
     ap.add_argument("--tp-timeout", type=int, default=30, help="Torch-Pruning's own limit inside a model's process")
     ap.add_argument("--tools", default="prunekit,torch_pruning")
     ap.add_argument("--out", default="zoo_vs_torch_pruning")
+    ap.add_argument("--repeats", type=int, default=1, help="time each tool's prune this many times (fresh copies); "
+                                                          "the best wall and CPU times are reported")
     args = ap.parse_args(argv)
     specs = [s for f in (args.family or list(FAMILIES)) for s in FAMILIES[f]]
     if args.only:
@@ -313,7 +317,7 @@ def main(argv=None) -> int:
     commit = engine_commit()
     rows = []
     for spec in specs:
-        row = run_one(spec, args.timeout, tools, args.tp_timeout)
+        row = run_one(spec, args.timeout, tools, args.tp_timeout, args.repeats)
         rows.append(row)
         brief = {k: row.get(k) for k in ("model", "pk_status", "pk_verified", "pk_silently_wrong", "pk_macs_ratio",
                                          "pk_time_s", "tp_status", "tp_macs_ratio", "tp_time_s", "crash")}
