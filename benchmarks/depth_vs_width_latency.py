@@ -4,7 +4,7 @@ At batch 1 a small network's CPU time is largely per-op cost (memory-bound depth
 activations, layout copies, kernel launch), which width pruning does not remove: every op is
 still there, only narrower. Removing whole blocks removes their ops. This benchmark prunes
 ResNet-50 and MobileNetV2 (224x224, random init: latency does not depend on the weights) to half
-their MACs with ``n`` blocks removed first (``prunekit.blocks.prune_blocks_``, block influence on
+their MACs with ``n`` blocks removed first (``prunekit.structure.blocks.prune_blocks_``, block influence on
 random calibration images; ``n`` from 0 to as many as fit in the budget) and the rest by uniform
 width (``prune_(macs=...)``, round_to 16), deployed (``optimize_for_inference_``: batch norm folded,
 channels-last) like the unpruned model, and measures both in interleaved rounds
@@ -26,7 +26,7 @@ import torch
 import torchvision
 
 import prunekit
-from prunekit.blocks import find_blocks, prune_blocks_
+from prunekit.structure.blocks import find_blocks, prune_blocks_
 from prunekit.deploy import optimize_for_inference_
 from realized_speedup import ROUNDS, paired_speedup  # the same latency protocol (benchmarks/ is on sys.path)
 

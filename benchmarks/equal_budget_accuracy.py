@@ -12,7 +12,7 @@ user brings to pruning. It is pruned to 1/2 and 1/3 of its MACs by:
 - ``pk_<best>_uniform``: the same with the criterion that scored best on the validation split
   (each candidate pruned to the budget, warm-started as below, accuracy on the validation split);
 - ``pk_<best>_iterative``: prunekit's recipe, declared before the run (from 2026-11-29; before,
-  it was ``pk_<best>_uniform``): ``prunekit.progressive.iterative_prune_(macs=1/budget,
+  it was ``pk_<best>_uniform``): ``prunekit.structure.progressive.iterative_prune_(macs=1/budget,
   steps=--steps)`` with the best criterion -- each step prunes to ``budget ** (k/steps)`` of the
   MACs (one uniform ratio by bisection, scores re-computed on the current network), then gets the
   warm start and ``epochs/steps`` of the recovery below. Same epochs, data and order as every
@@ -24,10 +24,10 @@ user brings to pruning. It is pruned to 1/2 and 1/3 of its MACs by:
   split; the best one is kept. Compared with ``pk_<best>_uniform``: do budget ratios beat uniform?
 
 With ``--inner`` it adds ``pk_<best>_inner``: the residual streams kept
-(``prunekit.streams.keep_residual_streams``) and only the widths inside the blocks pruned to the
+(``prunekit.structure.streams.keep_residual_streams``) and only the widths inside the blocks pruned to the
 budget with the best criterion (the profile whose MAC saving shows up best as CPU latency, see
 ``realized_speedup.py``). With ``--depth-blocks N ...`` it adds ``pk_<best>_depth<N>``: the N blocks of least influence on the
-calibration images removed (``prunekit.blocks.prune_blocks_``), then width with the best criterion
+calibration images removed (``prunekit.structure.blocks.prune_blocks_``), then width with the best criterion
 to the budget. ``--only depth`` runs just those rows (development runs: no summary).
 
 MACs are counted the same way for every method (``prunekit.count`` on one 1x3x64x64 input).
@@ -73,13 +73,13 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 import prunekit
-from prunekit.blocks import prune_blocks_
+from prunekit.structure.blocks import prune_blocks_
 from prunekit.config import PruneConfig
 from prunekit.criteria import (APoZCriterion, ActivationMeanCriterion, ActivationVarCriterion, BNScaleCriterion,
                                Criterion, TaylorCriterion, get_criterion)
 from prunekit.measure.search import search_ratios
-from prunekit.progressive import iterative_prune_
-from prunekit.streams import keep_residual_streams
+from prunekit.structure.progressive import iterative_prune_
+from prunekit.structure.streams import keep_residual_streams
 from prunekit.recovery import Distillation, TrainConfig, extract_features, fit_linear_head, recalibrate_bn, train
 from prunekit.zoo import demo_model
 from prunekit.zoo import fashion_mnist as fm

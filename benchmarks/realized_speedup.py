@@ -3,7 +3,7 @@
 ResNet-50 and MobileNetV2 (224x224) pruned to at most half their MACs with L2 magnitude, three
 ways: ``uniform`` (``prune_(..., macs=0.5)``: one channel ratio found by bisection; channel counts
 rounded to multiples of 1, 8 or 16), ``inner`` (the same, with the residual streams kept:
-``prunekit.streams.keep_residual_streams``, so only the widths inside the blocks are cut;
+``prunekit.structure.streams.keep_residual_streams``, so only the widths inside the blocks are cut;
 round_to 8 and 16) and ``latency-searched`` (``search_ratios(..., macs=0.5)`` with minus the
 deployed model's batch-1 latency as the score, round_to 16): where the channels are cut, at the
 same MACs, decides how much of the saving shows up as speed.
@@ -44,7 +44,7 @@ from prunekit.io import OnnxRuntimeModule, export_onnx
 from prunekit.config import PruneConfig
 from prunekit.measure.latency import LatencyConfig, measure_latency, paired_latency
 from prunekit.measure.search import search_ratios
-from prunekit.streams import keep_residual_streams
+from prunekit.structure.streams import keep_residual_streams
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MODELS = ("resnet50", "mobilenet_v2")

@@ -32,18 +32,22 @@ def from_pretrained(folder, **kwargs):
 
 # Every documented submodule is reachable after ``import prunekit`` (``prunekit.sparsity.sparsify_``),
 # imported on first use so that ``import prunekit`` stays fast.
-SUBMODULES = ("api", "blocks", "budgets", "calibration", "config", "criteria", "dead", "deploy", "errors", "graph",
-              "io", "layers", "llm", "measure", "plan", "progress", "progressive", "recipes", "recovery", "report", "schedules",
-              "selection", "sparsity", "streams", "validate", "verify", "zoo")
+SUBMODULES = ("api", "budgets", "calibration", "config", "criteria", "deploy", "errors", "graph",
+              "io", "layers", "llm", "measure", "plan", "progress", "recipes", "recovery", "report", "schedules",
+              "selection", "sparsity", "structure", "validate", "verify", "zoo")
+# Old top-level names of modules that moved into a room, kept for attribute access
+# (``prunekit.blocks.prune_blocks_``); ``from prunekit.blocks import ...`` needs the new path.
+ALIASES = {"blocks": "structure.blocks", "dead": "structure.dead", "progressive": "structure.progressive",
+           "streams": "structure.streams"}
 
 
 def __getattr__(name: str):
-    if name in SUBMODULES:
+    if name in SUBMODULES or name in ALIASES:
         import importlib
 
-        return importlib.import_module(f"{__name__}.{name}")
+        return importlib.import_module(f"{__name__}.{ALIASES.get(name, name)}")
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(SUBMODULES))
+    return sorted(set(globals()) | set(SUBMODULES) | set(ALIASES))

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 import prunekit
-from prunekit.dead import remove_dead_units_
+from prunekit.structure.dead import remove_dead_units_
 
 
 class Reduce(nn.Module):

@@ -5,7 +5,7 @@ import pytest
 import torch
 import transformers as T
 
-from prunekit.blocks import block_scores
+from prunekit.structure.blocks import block_scores
 from prunekit.llm.scores import add_bias_, collect_stats, collect_taylor, compensation, layer_scores
 from prunekit.llm.structured import LayerCut, cut_, model_units
 

@@ -1,5 +1,5 @@
 """Structured LLM recipes on a parameter budget: which units go (uniform per layer or global across
-layers), FLAP's bias compensation, and depth by block influence (prunekit.blocks).
+layers), FLAP's bias compensation, and depth by block influence (prunekit.structure.blocks).
 
 >>> cal = collect_stats(model, calib)                               # doctest: +SKIP
 >>> res = prune_width_(model, WidthConfig(ratio=0.1), cal)         # doctest: +SKIP
@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..blocks import block_scores, remove_blocks_
+from ..structure.blocks import block_scores, remove_blocks_
 from .scores import SCORERS, Calibration, LayerScores, add_bias_, compensation, layer_scores
 from .structured import BLOCKS_PATH, CutResult, LayerCut, LayerUnits, _channels, blocks, cut_, decoder_params, \
     family, model_units, normalize_cut, unit_costs
@@ -157,7 +157,7 @@ def depth_scores(model: nn.Module, windows: torch.Tensor) -> dict[str, float]:
 
 def prune_depth_(model: nn.Module, scores: dict[str, float], n: int) -> list[str]:
     """Remove the ``n`` layers of lowest block influence (``config.num_hidden_layers`` and each
-    attention's ``layer_idx`` are renumbered by prunekit.blocks)."""
+    attention's ``layer_idx`` are renumbered by prunekit.structure.blocks)."""
     worst = sorted(scores, key=lambda b: scores[b])[:n]
     return remove_blocks_(model, worst)
 

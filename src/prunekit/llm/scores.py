@@ -71,7 +71,7 @@ class Calibration:
 
     stats: dict[tuple[int, str], ChannelStats] = field(default_factory=dict)
     taylor: dict[tuple[int, str], torch.Tensor] = field(default_factory=dict)
-    influence: dict[int, float] = field(default_factory=dict)   # block influence (1 - cos), prunekit.blocks' measure
+    influence: dict[int, float] = field(default_factory=dict)   # block influence (1 - cos), prunekit.structure.blocks' measure
 
 
 def collect_stats(model: nn.Module, windows: torch.Tensor, units: list[LayerUnits] | None = None, *,
@@ -79,7 +79,7 @@ def collect_stats(model: nn.Module, windows: torch.Tensor, units: list[LayerUnit
     """Channel statistics of every output projection's input, and every block's influence, over the
     calibration ``windows`` (int64 [n, T]), through the sequential pipeline (:func:`~prunekit.llm.pipeline.run_blocks`):
     one block and the hidden states on ``device`` at a time. The model is not changed."""
-    from ..blocks import _cos_change
+    from ..structure.blocks import _cos_change
     from .pipeline import run_blocks
 
     units = units or model_units(model)

@@ -15,10 +15,10 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 from torch import nn
 
-from .api import PruneResult, prune_
-from .budgets import budget_of
-from .config import PruneConfig
-from .criteria import Criterion
+from ..api import PruneResult, prune_
+from ..budgets import budget_of
+from ..config import PruneConfig
+from ..criteria import Criterion
 
 
 @dataclass
@@ -104,7 +104,7 @@ def iterative_prune_(model: nn.Module, example_inputs: Any, target: float | None
     ``optimizer`` (one that ``recover`` trains with) has its state sliced at every step, as in
     :func:`~prunekit.prune_`.
     """
-    from .schedules import Iterative
+    from ..schedules import Iterative
 
     budget = budget_of(macs, params)
     if (target is None) == (budget is None):

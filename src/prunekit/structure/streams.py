@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from .graph.groups import Group
+from ..graph.groups import Group
 
 
 def _writers(model: nn.Module) -> dict[tuple[str, int], str]:

@@ -19,8 +19,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .calibration.activations import _default_forward
-from .graph.tracer import as_inputs, iter_tensors
+from ..calibration.activations import _default_forward
+from ..graph.tracer import as_inputs, iter_tensors
 
 
 def _first_tensor(x: Any) -> torch.Tensor | None:

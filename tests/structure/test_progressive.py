@@ -2,7 +2,7 @@ import pytest
 import torch
 import torchvision
 
-from prunekit.progressive import default_stages, progressive_prune_
+from prunekit.structure.progressive import default_stages, progressive_prune_
 
 
 def test_stages_are_pruned_one_at_a_time_into_one_model():
@@ -40,7 +40,7 @@ def test_evaluate_orders_stages_by_least_damage():
 def test_iterative_reaches_the_target_in_steps_with_recovery_between():
     import torch.nn as nn
 
-    from prunekit.progressive import iterative_prune_
+    from prunekit.structure.progressive import iterative_prune_
 
     torch.manual_seed(0)
     m = nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 4))
@@ -57,7 +57,7 @@ def test_iterative_to_a_macs_budget_steps_geometrically_and_ends_within_it():
     import torch.nn as nn
 
     import prunekit
-    from prunekit.progressive import iterative_prune_
+    from prunekit.structure.progressive import iterative_prune_
 
     torch.manual_seed(0)
     m = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.Conv2d(32, 64, 3, padding=1),
@@ -78,7 +78,7 @@ def test_iterative_to_a_macs_budget_steps_geometrically_and_ends_within_it():
 def test_iterative_needs_exactly_one_target():
     import torch.nn as nn
 
-    from prunekit.progressive import iterative_prune_
+    from prunekit.structure.progressive import iterative_prune_
 
     m = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
     with pytest.raises(ValueError, match="one of target"):
@@ -117,7 +117,7 @@ def test_evaluate_order_overrides_the_given_order():
 def test_iterative_to_a_params_budget_and_with_an_optimizer_training_on():
     import torch.nn as nn
 
-    from prunekit.progressive import iterative_prune_
+    from prunekit.structure.progressive import iterative_prune_
 
     torch.manual_seed(0)
     m = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 2))

@@ -5,7 +5,7 @@ import torchvision
 from torch import nn
 from torch.nn import functional as F
 
-from prunekit.blocks import block_scores, find_blocks, prune_blocks_, remove_blocks_
+from prunekit.structure.blocks import block_scores, find_blocks, prune_blocks_, remove_blocks_
 
 
 def test_resnet_blocks_found_scored_and_removed():

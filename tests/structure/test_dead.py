@@ -4,7 +4,7 @@ import copy
 import torch
 from torch import nn
 
-from prunekit.dead import remove_dead_units_
+from prunekit.structure.dead import remove_dead_units_
 
 
 def _net():

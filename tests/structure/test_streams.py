@@ -6,7 +6,7 @@ import torchvision
 from torch import nn
 
 import prunekit
-from prunekit.streams import keep_residual_streams, residual_groups
+from prunekit.structure.streams import keep_residual_streams, residual_groups
 
 
 def test_mobilenet_v2_streams_are_the_stage_outputs_with_several_blocks():

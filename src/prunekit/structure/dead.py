@@ -25,12 +25,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from .calibration.activations import KIND_ORDER, _default_forward, collect_activation_stats
-from .errors import ApplyError
-from .graph.groups import Group
-from .graph.tracer import as_inputs, iter_tensors, trace
-from .measure import Counts, count
-from .plan import Plan, apply_plan, make_plan
+from ..calibration.activations import KIND_ORDER, _default_forward, collect_activation_stats
+from ..errors import ApplyError
+from ..graph.groups import Group
+from ..graph.tracer import as_inputs, iter_tensors, trace
+from ..measure import Counts, count
+from ..plan import Plan, apply_plan, make_plan
 
 _READERS = (nn.Linear, nn.modules.conv._ConvNd)
 
