@@ -1,6 +1,6 @@
 """The README is a contract: its Python blocks run (pytest-markdown-docs, in a scratch folder), its
 command lines parse, the names it mentions exist, its set-up commands are the Makefile's and CI's,
-and it stays short."""
+and it stays short. The docs' guide (docs/guide.md) is held to the same: its blocks run, its names exist."""
 from __future__ import annotations
 
 import importlib
@@ -14,6 +14,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
+GUIDE = ROOT / "docs" / "guide.md"
 MAX_CHARS = 12_500  # "at most about 12,000 characters" (issue #16 item 8)
 
 
@@ -22,17 +23,18 @@ def fences(text: str, lang: str) -> list[str]:
     return [m.group(2) for m in re.finditer(r"^```(\S*)[^\n]*\n(.*?)^```", text, re.S | re.M) if m.group(1) == lang]
 
 
-def run_markdown(path: Path, cwd: Path) -> subprocess.CompletedProcess:
-    """Run pytest-markdown-docs on ``path`` in ``cwd`` (files the blocks write land there)."""
+def run_markdown(paths: list[Path], cwd: Path) -> subprocess.CompletedProcess:
+    """Run pytest-markdown-docs on ``paths`` in ``cwd`` (files the blocks write land there)."""
     cmd = [sys.executable, "-m", "pytest", "--markdown-docs", "-p", "no:cacheprovider", "-W",
-           "ignore::UserWarning", str(path)]
+           "ignore::UserWarning", *map(str, paths)]
     return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=600)
 
 
-def test_readme_python_blocks_run(tmp_path: Path) -> None:
+def test_readme_and_guide_python_blocks_run(tmp_path: Path) -> None:
     n = len(fences(README.read_text(), "python"))
     assert n >= 4
-    proc = run_markdown(README, tmp_path)
+    n += len(fences(GUIDE.read_text(), "python"))
+    proc = run_markdown([README, GUIDE], tmp_path)  # one process: torch is imported once
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     assert re.search(rf"\b{n} passed\b", proc.stdout), proc.stdout[-2000:]  # every block ran, none skipped
 
@@ -40,7 +42,7 @@ def test_readme_python_blocks_run(tmp_path: Path) -> None:
 def test_markdown_runner_flags_a_failing_block(tmp_path: Path) -> None:  # negative control
     bad = tmp_path / "bad.md"
     bad.write_text("# x\n\n```python\nassert sum([1, 1]) == 3\n```\n")
-    proc = run_markdown(bad, tmp_path)
+    proc = run_markdown([bad], tmp_path)
     assert proc.returncode == 1 and "1 failed" in proc.stdout
 
 
@@ -111,12 +113,13 @@ def resolves(dotted: str) -> bool:
     return False
 
 
-def test_every_prunekit_name_in_the_readme_exists() -> None:
-    names = set(re.findall(r"\bprunekit(?:\.[A-Za-z_]\w*)+", README.read_text()))
+@pytest.mark.parametrize("doc", [README, GUIDE], ids=["README", "guide"])
+def test_every_prunekit_name_in_the_docs_exists(doc: Path) -> None:
+    names = set(re.findall(r"\bprunekit(?:\.[A-Za-z_]\w*)+", doc.read_text()))
     names -= {"prunekit.cli"}  # checked above, as command lines
     assert len(names) >= 8
     missing = sorted(n for n in names if not resolves(n))
-    assert not missing, f"README names that do not exist: {missing}"
+    assert not missing, f"{doc.name}: names that do not exist: {missing}"
 
 
 def test_name_check_flags_a_missing_name() -> None:  # negative control
