@@ -4,6 +4,7 @@ and it stays short. The docs' guide (docs/guide.md) is held to the same: its blo
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import re
 import shlex
 import subprocess
@@ -126,3 +127,13 @@ def test_name_check_flags_a_missing_name() -> None:  # negative control
     assert resolves("prunekit.sparsity.sparsify_")
     assert not resolves("prunekit.sparsity.no_such_function")
     assert not resolves("prunekit.no_such_module.x")
+
+
+def test_docs_hook_shows_sphinx_roles_as_plain_code() -> None:
+    spec = importlib.util.spec_from_file_location("docs_hooks", ROOT / "docs" / "hooks.py")
+    hooks = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hooks)
+    assert hooks.strip_roles(":class:<code>~prunekit.plan.Plan</code>") == "<code>Plan</code>"
+    assert hooks.strip_roles(":meth:<code>step</code>") == "<code>step</code>"
+    plain = "a ratio: <code>ratio:</code> stays"  # negative control: no role, nothing changes
+    assert hooks.strip_roles(plain) == plain
