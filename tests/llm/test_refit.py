@@ -24,7 +24,7 @@ def _data(rows=12, cols=32, tokens=600, seed=0):
 def test_refit_equals_least_squares_per_row():
     x, w = _data()
     keep = torch.rand(w.shape, generator=torch.Generator().manual_seed(2)) > 0.5  # rows keep different counts
-    new = refit_kept(w.float(), (x.t() @ x).float(), keep, damp=0.0)
+    new = refit_kept(w.float(), (x.t() @ x).float(), keep, damp=0.0, iters=200)
     for r in range(w.shape[0]):
         k = keep[r].nonzero().squeeze(1)
         direct = torch.linalg.lstsq(x[:, k], x @ w[r]).solution  # min ‖X w − X_K ŵ_K‖
@@ -39,9 +39,10 @@ def test_refit_beats_masking_and_sparsegpt_keeps_mask(pattern):
     h = x.t() @ x
     err = lambda v: float(((w - v) @ x.t()).norm())  # noqa: E731  ‖WX − ŴX‖
     sgpt, keep = sparsegpt_prune(w, h, 0.5, pattern=pattern, blocksize=16)
-    new = refit_kept(w, h, keep)
+    new = refit_kept(w, h, keep, start=sgpt)
     assert torch.equal(new != 0, keep)  # same mask (and N:M) exactly
     assert err(new) < err(sgpt) < err(w * keep)
+    assert err(refit_kept(w, h, keep, start=sgpt, iters=0)) == pytest.approx(err(sgpt), rel=1e-6)  # start kept
     wanda = select_keep(w.abs() * x.norm(dim=0)[None], 0.5, pattern=pattern, group="row")
     assert err(refit_kept(w, h, wanda)) < 0.9 * err(w * wanda)
 
@@ -51,6 +52,11 @@ def test_refit_negative_control_identity_hessian_changes_nothing():
     _, w = _data()
     keep = torch.rand(w.shape, generator=torch.Generator().manual_seed(3)) > 0.3
     assert torch.allclose(refit_kept(w.float(), torch.eye(w.shape[1]), keep, damp=0.0), (w * keep).float(), atol=1e-6)
+    # started elsewhere, it comes back to w * keep (and a wrong start alone would be far off)
+    off = torch.randn(w.shape, dtype=torch.float32)
+    assert not torch.allclose(off * keep, (w * keep).float(), atol=1e-1)
+    assert torch.allclose(refit_kept(w.float(), torch.eye(w.shape[1]), keep, damp=0.0, start=off), (w * keep).float(),
+                          atol=1e-5)
     with pytest.raises(ValueError, match="do not match"):
         refit_kept(w.float(), torch.eye(w.shape[1] + 1), keep)
 

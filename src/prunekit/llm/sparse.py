@@ -97,8 +97,9 @@ class SparsifyConfig:
         "help": "sparsegpt: fit the dense block's outputs (W X_dense) from the pruned inputs X instead of "
                 "W X (a least-squares correction before pruning)"})
     refit: bool = field(default=False, metadata={
-        "help": "wanda/sparsegpt: after the mask is chosen, set each row's kept weights to the exact least-squares "
-                "fit of the layer's outputs on the calibration inputs (llm/refit.py); the mask is unchanged"})
+        "help": "wanda/sparsegpt: after the mask is chosen, refit each row's kept weights to the least-squares fit "
+                "of the layer's outputs on the calibration inputs (25 conjugate-gradient steps from the method's "
+                "weights, llm/refit.py); the mask is unchanged"})
     blocksize: int = field(default=128, metadata={"help": "sparsegpt: columns per lazy-update block"})
     damp: float = field(default=0.01, metadata={"help": "sparsegpt: dampening, fraction of mean diag(H)"})
 
@@ -251,7 +252,7 @@ def _set(cfg: SparsifyConfig, mod: nn.Module, w: torch.Tensor, new: torch.Tensor
          st: _InputStats | None) -> None:
     """Write the pruned weight, refitted on the kept entries when ``cfg.refit``."""
     if cfg.refit:
-        new = refit_kept(w, st.hessian, keep, damp=cfg.damp).to(w.dtype)
+        new = refit_kept(w, st.hessian, keep, damp=cfg.damp, start=new).to(w.dtype)
     set_weight(mod, new)
 
 
