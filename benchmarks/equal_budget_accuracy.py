@@ -18,7 +18,7 @@ user brings to pruning. It is pruned to 1/2 and 1/3 of its MACs by:
   warm start and ``epochs/steps`` of the recovery below. Same epochs, data and order as every
   other row, cut into pieces (the earlier pieces train a wider network, so it costs more compute
   than one-shot). The row the summary compares with Torch-Pruning and with the unpruned network;
-- ``pk_<best>_search``: per-group ratios from ``prunekit.measure.search.search_ratios`` with the
+- ``pk_<best>_search``: per-group ratios from ``prunekit.decide.search.search_ratios`` with the
   same best criterion: ``--candidates`` random ratio profiles (the first one uniform), each scaled
   to the budget, warm-started as below and scored by minus the cross-entropy on the validation
   split; the best one is kept. Compared with ``pk_<best>_uniform``: do budget ratios beat uniform?
@@ -77,7 +77,7 @@ from prunekit.structure.blocks import prune_blocks_
 from prunekit.config import PruneConfig
 from prunekit.criteria import (APoZCriterion, ActivationMeanCriterion, ActivationVarCriterion, BNScaleCriterion,
                                Criterion, TaylorCriterion, get_criterion)
-from prunekit.measure.search import search_ratios
+from prunekit.decide.search import search_ratios
 from prunekit.structure.progressive import iterative_prune_
 from prunekit.structure.streams import keep_residual_streams
 from prunekit.recovery import Distillation, TrainConfig, extract_features, fit_linear_head, recalibrate_bn, train

@@ -43,7 +43,7 @@ from prunekit.deploy import optimize_for_inference_
 from prunekit.io import OnnxRuntimeModule, export_onnx
 from prunekit.config import PruneConfig
 from prunekit.measure.latency import LatencyConfig, measure_latency, paired_latency
-from prunekit.measure.search import search_ratios
+from prunekit.decide.search import search_ratios
 from prunekit.structure.streams import keep_residual_streams
 
 RESULTS = Path(__file__).resolve().parent / "results"

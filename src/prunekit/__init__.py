@@ -32,13 +32,13 @@ def from_pretrained(folder, **kwargs):
 
 # Every documented submodule is reachable after ``import prunekit`` (``prunekit.sparsity.sparsify_``),
 # imported on first use so that ``import prunekit`` stays fast.
-SUBMODULES = ("api", "budgets", "calibration", "config", "criteria", "deploy", "errors", "graph",
+SUBMODULES = ("api", "calibration", "config", "criteria", "decide", "deploy", "errors", "graph",
               "io", "layers", "llm", "measure", "plan", "progress", "recipes", "recovery", "report", "schedules",
               "selection", "sparsity", "structure", "validate", "verify", "zoo")
 # Old top-level names of modules that moved into a room, kept for attribute access
 # (``prunekit.blocks.prune_blocks_``); ``from prunekit.blocks import ...`` needs the new path.
-ALIASES = {"blocks": "structure.blocks", "dead": "structure.dead", "progressive": "structure.progressive",
-           "streams": "structure.streams"}
+ALIASES = {"blocks": "structure.blocks", "budgets": "decide.allocate", "dead": "structure.dead",
+           "progressive": "structure.progressive", "streams": "structure.streams"}
 
 
 def __getattr__(name: str):

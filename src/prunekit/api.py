@@ -12,7 +12,6 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from .budgets import allocated_config, budget_of
 from .config import PruneConfig, describe_criterion
 from .criteria import CachedScores, Criterion
 from .errors import ApplyError, CounterConflict, PlanError, PrunekitError
@@ -159,8 +158,8 @@ def prune_(model: nn.Module, example_inputs: Any, config: PruneConfig | None = N
     rounding and bounds, is found by bisection on pruned copies (scores are computed once);
     ``result.config.ratio`` is the ratio used. In local scope, groups matched by ``ratios=`` keep
     their given ratio (e.g. 0 to leave them whole) and the search sets the rest. ``allocate=`` spends
-    the budget per group instead: a :class:`~prunekit.measure.sensitivity.Sensitivity` (least score
-    lost per unit saved along its curves) or a :class:`~prunekit.budgets.RatioSearch` (candidate
+    the budget per group instead: a :class:`~prunekit.decide.Sensitivity` (least score
+    lost per unit saved along its curves) or a :class:`~prunekit.decide.RatioSearch` (candidate
     networks scored by your ``evaluate``); ``result.config.ratios`` holds the ratios chosen and
     ``result.budget`` what was asked and measured. A budget that cannot be met raises
     :class:`~prunekit.errors.PlanError` with the model unchanged.
@@ -180,6 +179,8 @@ def prune_(model: nn.Module, example_inputs: Any, config: PruneConfig | None = N
         config = replace(config, criterion=name, criterion_args=args)
     elif config.criterion_args is not None:  # a recorded config replayed: the criterion it records
         criterion = config.make_criterion()
+    from .decide.allocate import budget_of  # deciding imports the api: import it at call time
+
     budget = budget_of(macs, params)
     if budget is not None:
         if config.threshold is not None or (config.ratios and config.scope == "global" and allocate is None):
@@ -321,6 +322,8 @@ def _prune(model: nn.Module, example_inputs: Any, config: PruneConfig, example_k
             config = replace(config, ratio=_ratio_for_budget(copies, config, metric, fraction * full))
             budget_record = {"allocation": "uniform" if config.scope == "local" else "global"}
         else:
+            from .decide.allocate import allocated_config
+
             config, budget_record = allocated_config(model, inputs, kwargs, config, criterion, metric, fraction,
                                                      allocate)
         budget_record = {"metric": metric, "target": fraction, **budget_record}

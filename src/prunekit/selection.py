@@ -93,7 +93,7 @@ def select_units(model: nn.Module, groups: list[Group], config: PruneConfig,
     Returns the chosen unit roots (for :func:`~prunekit.plan.make_plan`) and one summary
     row per pruned group.
     """
-    crit = get_criterion(criterion if criterion is not None else config.criterion)
+    crit = get_criterion(criterion) if criterion is not None else config.make_criterion()  # with its recorded args
     eligible = [g for g in groups if len(g) >= 2]
     check_settings_match(model, eligible, config)
     scores: dict[int, torch.Tensor] = {}

@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 from prunekit.measure import Comparison, measure
-from prunekit.measure.sensitivity import GroupCurve, Sensitivity
+from prunekit.decide.curves import GroupCurve, Sensitivity
 from prunekit.report import layer_widths, write_report
 
 

@@ -145,8 +145,9 @@ class MacCounter(TorchDispatchMode):
 
 def count(model: nn.Module, example_inputs: Any = (), example_kwargs: Mapping[str, Any] | None = None) -> Counts:
     """Parameters (unique tensors) and MACs of one eval forward (torch's FLOP formulas / 2)."""
-    if isinstance(example_inputs, torch.Tensor) or not isinstance(example_inputs, (tuple, list)):
-        example_inputs = (example_inputs,)
+    from ..graph.tracer import as_inputs  # the graph imports measure.counting: import at call time
+
+    example_inputs = as_inputs(example_inputs)
     params = sum(p.numel() for p in model.parameters())
     was = model.training
     model.eval()

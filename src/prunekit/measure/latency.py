@@ -64,7 +64,9 @@ def _quantile(sorted_values: list[float], q: float) -> float:
 def measure_latency(model: nn.Module, example_inputs: Any, example_kwargs: Mapping[str, Any] | None = None, *,
                     threads: int | None = 2, warmup: int = 5, repeats: int = 30) -> Latency:
     """Median wall time of ``model(*inputs)`` in eval mode under ``torch.inference_mode``."""
-    inputs = example_inputs if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
+    from ..graph.tracer import as_inputs  # the graph imports measure.counting: import at call time
+
+    inputs = as_inputs(example_inputs)
     kwargs = dict(example_kwargs or {})
     if repeats < 1 or warmup < 0:
         raise ValueError("need repeats >= 1 and warmup >= 0")
@@ -160,5 +162,7 @@ def paired_latency(base: nn.Module, other: nn.Module, example_inputs: Any,
             lat = measure_latency(model, example_inputs, example_kwargs, threads=config.threads,
                                   warmup=config.warmup, repeats=config.repeats)
             out.append(lat.median_ms)
-    inputs = example_inputs if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
+    from ..graph.tracer import as_inputs  # the graph imports measure.counting: import at call time
+
+    inputs = as_inputs(example_inputs)
     return PairedLatency(tuple(base_ms), tuple(other_ms), config, _batch_size(inputs, dict(example_kwargs or {})))

@@ -144,7 +144,9 @@ def measure_layers(model: nn.Module, example_inputs: Any, example_kwargs: Mappin
     >>> print([(l.path, l.params, l.macs) for l in measure_layers(net, torch.randn(1, 3, 6, 6), latency=False)])
     [('0', 224, 3456), ('3', 1290, 1280)]
     """
-    inputs = example_inputs if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
+    from ..graph.tracer import as_inputs  # the graph imports measure.counting: import at call time
+
+    inputs = as_inputs(example_inputs)
     kwargs = dict(example_kwargs or {})
     was = model.training
     model.eval()

@@ -60,7 +60,9 @@ def peak_activation_bytes(model: nn.Module, example_inputs: Any, example_kwargs:
     Every allocation and free the profiler records (``profile_memory=True``) is replayed in
     time order; the peak of the running total is the answer.
     """
-    inputs = example_inputs if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
+    from ..graph.tracer import as_inputs  # the graph imports measure.counting: import at call time
+
+    inputs = as_inputs(example_inputs)
     was = model.training
     model.eval()
     try:

@@ -14,7 +14,7 @@ from torch import nn
 
 from ..io.atomic import staged_folder
 from ..measure.compare import Comparison
-from ..measure.sensitivity import Sensitivity
+from ..decide.curves import Sensitivity
 
 
 def layer_widths(model: nn.Module) -> dict[str, int]:

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ..api import PruneResult, prune_
-from ..budgets import budget_of
+from ..decide.allocate import budget_of
 from ..config import PruneConfig
 from ..criteria import Criterion
 

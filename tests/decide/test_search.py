@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 import prunekit
-from prunekit.measure.search import search_ratios
+from prunekit.decide.search import search_ratios
 from tests.conftest import output_fidelity
 
 

@@ -71,11 +71,11 @@ def search_ratios(model: nn.Module, example_inputs: Any, evaluate: Callable[[nn.
         raise ValueError(f"{metric} budget must be a fraction in (0, 1], got {target}")
     if candidates < 1:
         raise ValueError(f"candidates must be >= 1, got {candidates}")
-    from ..api import PrunedCopies  # the api imports measure: import at call time
+    from ..api import PrunedCopies  # the api imports this room at call time; so does this module the api
 
     config = config or PruneConfig()
     copies = PrunedCopies(model, example_inputs, config, example_kwargs,
-                          criterion if criterion is not None else config.criterion)  # one trace for every candidate
+                          criterion if criterion is not None else config.make_criterion())  # one trace for every candidate
     keys = sorted({f"{g.root[0]}:{g.root[1]}" for g in copies.groups if len(g) >= min_units})
     if not keys:
         raise ValueError(f"no group of at least {min_units} units to prune")

@@ -1,6 +1,6 @@
 """Per-group ratios for a budget: MACs, parameters, saved-file size or measured latency.
 
-Given :func:`~prunekit.measure.sensitivity.sensitivity` curves, the search spends the budget
+Given :func:`~prunekit.decide.sensitivity.sensitivity` curves, the search spends the budget
 where it hurts least: greedily, the ratio step (or jump along one curve) with the smallest score
 loss per unit saved, until the additive estimate meets the target; then a copy is really pruned
 and measured, and the search goes on from the measured value until the measurement meets it.
@@ -9,17 +9,16 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import Any, Callable, Mapping
 
 from torch import nn
 
 from ..config import PruneConfig
 from ..criteria import CachedScores, Criterion
-from .latency import _batch_size, paired_latency
-from .size import file_size as saved_file_size
-
-if TYPE_CHECKING:  # sensitivity.py re-exports this module's functions
-    from .sensitivity import GroupCurve, Sensitivity
+from ..graph.tracer import as_inputs
+from ..measure.latency import _batch_size, paired_latency
+from ..measure.size import file_size as saved_file_size
+from .curves import GroupCurve, Sensitivity
 
 METRICS = ("macs", "params", "file_size", "latency")
 _CURVE_FIELD = {"macs": "macs", "params": "params", "file_size": "file_bytes", "latency": "latency_ms"}
@@ -110,13 +109,13 @@ def budget_search(model: nn.Module, example_inputs: Any, sens: Sensitivity, *, m
     """
     metric, fraction = _budget(macs, params, latency, file_size)
     config = config or PruneConfig()
-    inputs = example_inputs if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
+    inputs = as_inputs(example_inputs)
     field_ = _CURVE_FIELD[metric]
     base = float(_base(sens, metric, _batch_size(inputs, dict(example_kwargs or {}))))
     target = fraction * base
     curves = {c.key: c for c in sens.curves}
     level = {c.key: 0 for c in sens.curves}  # index into each curve's ratios; 0 = unpruned
-    crit = CachedScores(criterion if criterion is not None else config.criterion)
+    crit = CachedScores(criterion if criterion is not None else config.make_criterion())
     measure = _verifier(model, inputs, example_kwargs, metric, sens, config, crit)
 
     def current() -> PruneConfig:
@@ -143,21 +142,24 @@ def ratios_for_budget(model: nn.Module, example_inputs: Any, sens: Sensitivity, 
                       params: float | None = None, latency: float | None = None, file_size: float | None = None,
                       config: PruneConfig | None = None, example_kwargs: Mapping[str, Any] | None = None,
                       criterion: Criterion | str | None = None) -> PruneConfig:
-    """The :class:`PruneConfig` of :func:`budget_search` (warns when the budget could not be met).
+    """Deprecated: ``budget_search(...).config`` (warns when the budget could not be met). Use
+    ``prune_(model, x, macs=..., allocate=sens)``, or :func:`budget_search` for the detailed result.
 
     >>> import torch
-    >>> from prunekit.measure.sensitivity import sensitivity
+    >>> from prunekit.decide.sensitivity import sensitivity
     >>> net = nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 4))
     >>> x = torch.randn(2, 16)
     >>> s = sensitivity(net, x, lambda m: 0.0, ratios=(0.25, 0.5, 0.75), progress=False)
-    >>> ratios_for_budget(net, x, s, file_size=0.6).ratios
+    >>> budget_search(net, x, s, file_size=0.6).config.ratios
     (('0.weight:0', 0.5),)
     """
+    warnings.warn("ratios_for_budget is deprecated: use prune_(model, x, macs=..., allocate=sensitivity_curves) "
+                  "or prunekit.decide.budget_search(...).config", DeprecationWarning, stacklevel=2)
     r = budget_search(model, example_inputs, sens, macs=macs, params=params, latency=latency, file_size=file_size,
                       config=config, example_kwargs=example_kwargs, criterion=criterion)
     if not r.met:
         warnings.warn(f"{r.metric} budget {r.target:.3f} not met: the most the sensitivity curves allow measured "
-                      f"{r.achieved:.3f} of the unpruned model (try larger ratios in sensitivity())")
+                      f"{r.achieved:.3f} of the unpruned model (try larger ratios in sensitivity())", stacklevel=2)
     return r.config
 
 
@@ -165,7 +167,7 @@ def _verifier(model: nn.Module, inputs: tuple, kwargs: Mapping[str, Any] | None,
               sens: Sensitivity, config: PruneConfig, criterion: Criterion) -> Callable[[PruneConfig], float]:
     """``config -> measured fraction of the unpruned model`` for one metric, on a pruned copy
     (the model is traced once, for every verification)."""
-    from ..api import PrunedCopies  # the api imports measure: import at call time
+    from ..api import PrunedCopies  # the api imports this room at call time; so does this module the api
 
     copies = PrunedCopies(model, inputs, config, kwargs, criterion)
     base_bytes = saved_file_size(model) if metric == "file_size" else 0

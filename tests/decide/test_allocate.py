@@ -8,10 +8,10 @@ import torch
 from torch import nn
 
 import prunekit
-from prunekit.budgets import RatioSearch
-from prunekit.measure.budget import budget_search
-from prunekit.measure.search import search_ratios
-from prunekit.measure.sensitivity import sensitivity
+from prunekit.decide import RatioSearch
+from prunekit.decide.budget import budget_search
+from prunekit.decide.search import search_ratios
+from prunekit.decide.sensitivity import sensitivity
 
 
 def _net():

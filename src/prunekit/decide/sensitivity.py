@@ -3,62 +3,28 @@
 :func:`sensitivity` prunes each group alone at several ratios (on copies) and evaluates the
 result: accuracy (or any score, higher = better) versus ratio per group, with the MACs,
 parameters and saved-file bytes each step saves (exact), and optionally the latency it saves
-(measured, paired against the unpruned model). :func:`~prunekit.measure.budget.ratios_for_budget`
-(re-exported here) spends a budget where these curves say it hurts least.
+(measured, paired against the unpruned model). The curves are :class:`~prunekit.decide.curves.Sensitivity`
+(re-exported here); :func:`~prunekit.decide.budget.budget_search` spends a budget where they say it
+hurts least, and ``prune_(model, x, macs=..., allocate=curves)`` applies it.
 """
 from __future__ import annotations
 
 import copy
 import statistics
-from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
 from torch import nn
 
 from ..config import PruneConfig
 from ..criteria import CachedScores, Criterion
-from ..graph.tracer import trace
+from ..graph.tracer import as_inputs, trace
+from ..measure.counting import count
+from ..measure.latency import LatencyConfig, measure_latency, paired_latency
+from ..measure.size import file_size
 from ..plan import apply_plan, make_plan
-from ..selection import select_units
 from ..progress import progress_bar
-from .budget import BudgetResult, budget_search, ratios_for_budget  # re-exported: their first home was here
-from .counting import count
-from .latency import LatencyConfig, measure_latency, paired_latency
-from .size import file_size
-
-
-@dataclass
-class GroupCurve:
-    """One group pruned alone at increasing ratios; every list is per ratio, savings are against
-    the unpruned model (not the previous step)."""
-
-    group: int
-    key: str  # "<tensor>:<dim>" of the group's first tensor (usable in PruneConfig.ratios)
-    units: int
-    ratios: list[float]
-    scores: list[float]
-    macs: list[int]  # MACs saved
-    params: list[int]  # parameters saved
-    file_bytes: list[int] = field(default_factory=list)  # safetensors bytes saved (exact, as file_size reports)
-    latency_ms: list[float] = field(default_factory=list)  # median paired latency saved (measured; empty if not)
-
-
-@dataclass
-class Sensitivity:
-    base_score: float
-    base_macs: int
-    base_params: int
-    curves: list[GroupCurve] = field(default_factory=list)
-    base_file_bytes: int = 0
-    base_latency_ms: float | None = None  # median of the unpruned model's rounds (when latency was measured)
-    latency_config: LatencyConfig | None = None  # how latency was measured (None: it was not)
-    latency_batch: int | None = None  # batch size of the latency runs
-
-    def to_dict(self) -> dict:
-        return {"base_score": self.base_score, "base_macs": self.base_macs, "base_params": self.base_params,
-                "base_file_bytes": self.base_file_bytes, "base_latency_ms": self.base_latency_ms,
-                "latency_config": self.latency_config.to_dict() if self.latency_config else None,
-                "latency_batch": self.latency_batch, "curves": [vars(c) for c in self.curves]}
+from ..selection import select_units
+from .curves import GroupCurve, Sensitivity  # re-exported: what sensitivity() returns
 
 
 def _prune_copy(model, graph, groups, ratio_of: Mapping[int, float], config: PruneConfig, criterion: Criterion):
@@ -69,7 +35,8 @@ def _prune_copy(model, graph, groups, ratio_of: Mapping[int, float], config: Pru
         if r <= 0:
             continue
         c, _ = select_units(m, [g], PruneConfig(ratio=r, max_ratio=max(config.max_ratio, r),
-                                                criterion=config.criterion, round_to=config.round_to),
+                                                criterion=config.criterion, criterion_args=config.criterion_args,
+                                                round_to=config.round_to),
                             criterion, graph)
         chosen |= c
     if chosen:
@@ -95,9 +62,9 @@ def sensitivity(model: nn.Module, example_inputs: Any, evaluate: Callable[[nn.Mo
     Default: ``config.criterion``.
     """
     config = config or PruneConfig()
-    crit = CachedScores(criterion if criterion is not None else config.criterion)
+    crit = CachedScores(criterion if criterion is not None else config.make_criterion())
     lat_cfg = LatencyConfig() if latency is True else (latency or None)
-    inputs = example_inputs if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
+    inputs = as_inputs(example_inputs)
     graph = trace(model, inputs, example_kwargs, ignore=config.ignore, keep_outputs=config.keep_outputs)
     groups = [g for g in graph.groups(config.kinds) if len(g) >= min_units]
     base = count(model, inputs, example_kwargs)
@@ -132,4 +99,4 @@ def sensitivity(model: nn.Module, example_inputs: Any, evaluate: Callable[[nn.Mo
         out.base_latency_ms = statistics.median(base_rounds)
     return out
 
-__all__ = ["BudgetResult", "GroupCurve", "Sensitivity", "budget_search", "ratios_for_budget", "sensitivity"]
+__all__ = ["GroupCurve", "Sensitivity", "sensitivity"]

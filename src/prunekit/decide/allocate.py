@@ -5,11 +5,11 @@ ratios are chosen:
 
 - ``None`` (default): one ratio for every group (or one global fraction with ``scope="global"``),
   the smallest that meets the budget, by bisection on pruned copies;
-- a :class:`~prunekit.measure.sensitivity.Sensitivity` (from ``sensitivity(model, x, evaluate)``):
+- a :class:`~prunekit.decide.curves.Sensitivity` (from ``sensitivity(model, x, evaluate)``):
   the ratios that lose the least score per unit saved along the measured curves, verified on a
-  pruned copy (:func:`~prunekit.measure.budget.budget_search`);
+  pruned copy (:func:`~prunekit.decide.budget.budget_search`);
 - a :class:`RatioSearch`: whole candidate networks scored by your ``evaluate`` (after EagleEye,
-  :func:`~prunekit.measure.search.search_ratios`); uniform is always one of the candidates.
+  :func:`~prunekit.decide.search.search_ratios`); uniform is always one of the candidates.
 
 The lower-level searches stay importable for their detailed results (``BudgetResult``,
 ``SearchResult``); applying what they found is ``prune_(model, x, found.config)``.
@@ -21,15 +21,16 @@ from typing import Any, Callable, Iterable, Mapping
 
 from torch import nn
 
-from .config import PruneConfig
-from .errors import PlanError
+from ..config import PruneConfig
+from ..errors import PlanError
+from .curves import Sensitivity
 
 
 @dataclass(frozen=True)
 class RatioSearch:
     """``allocate=`` for :func:`prunekit.prune_`: search per-group ratio profiles, each scaled to the
     budget, and keep the one ``evaluate`` (higher = better) scores best; the fields are
-    :func:`~prunekit.measure.search.search_ratios`'s."""
+    :func:`~prunekit.decide.search.search_ratios`'s."""
 
     evaluate: Callable[[nn.Module], float]
     candidates: int = 24
@@ -59,10 +60,8 @@ def allocated_config(model: nn.Module, inputs: tuple, kwargs: Mapping[str, Any],
     """The per-group config a ``Sensitivity`` or a :class:`RatioSearch` chooses for the budget, and what
     the search reports (``allocation`` and its own measurements). Raises ``PlanError`` when the
     budget cannot be met, ``TypeError`` for an ``allocate`` of another kind."""
-    from .measure.sensitivity import Sensitivity
-
     if isinstance(allocate, Sensitivity):
-        from .measure.budget import budget_search
+        from .budget import budget_search
 
         found = budget_search(model, inputs, allocate, **{metric: fraction}, config=config,
                               example_kwargs=kwargs, criterion=criterion)
@@ -71,7 +70,7 @@ def allocated_config(model: nn.Module, inputs: tuple, kwargs: Mapping[str, Any],
                             f"{found.achieved:.3f} of the unpruned model (try larger ratios in sensitivity())")
         return found.config, {"allocation": "sensitivity", "verifications": found.verifications}
     if isinstance(allocate, RatioSearch):
-        from .measure.search import search_ratios
+        from .search import search_ratios
 
         found = search_ratios(model, inputs, allocate.evaluate, **{metric: fraction}, candidates=allocate.candidates,
                               spread=allocate.spread, calibrate=allocate.calibrate,
@@ -80,5 +79,5 @@ def allocated_config(model: nn.Module, inputs: tuple, kwargs: Mapping[str, Any],
                               progress=allocate.progress)
         return found.config, {"allocation": "search", "score": found.score, "uniform_score": found.uniform_score,
                               "candidates": len(found.candidates)}
-    raise TypeError("allocate must be None (one ratio), a Sensitivity (prunekit.measure.sensitivity.sensitivity) "
-                    f"or a prunekit.budgets.RatioSearch, got {type(allocate).__name__}")
+    raise TypeError("allocate must be None (one ratio), a Sensitivity (prunekit.decide.sensitivity.sensitivity) "
+                    f"or a prunekit.decide.RatioSearch, got {type(allocate).__name__}")

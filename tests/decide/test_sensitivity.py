@@ -1,4 +1,5 @@
 import copy
+import warnings
 
 import pytest
 import torch
@@ -6,10 +7,10 @@ from torch import nn
 
 import prunekit
 from prunekit import PruneConfig
+from prunekit.decide.budget import budget_search, ratios_for_budget
+from prunekit.decide.sensitivity import sensitivity
 from prunekit.measure import file_size
-from prunekit.measure.budget import budget_search
 from prunekit.measure.latency import LatencyConfig, paired_latency
-from prunekit.measure.sensitivity import ratios_for_budget, sensitivity
 from tests.conftest import output_fidelity
 
 
@@ -38,13 +39,13 @@ def test_budget_ratios_meet_the_budget(budget):
     m = _net()
     x = torch.randn(1, 3, 12, 12)
     s = sensitivity(m, x, output_fidelity(m), ratios=(0.25, 0.5, 0.75), progress=False)
-    cfg = ratios_for_budget(m, x, s, macs=budget)
+    cfg = budget_search(m, x, s, macs=budget).config
     pruned = copy.deepcopy(m)
     r = prunekit.prune_(pruned, x, cfg)
     assert r.after.macs <= budget * r.before.macs
     assert len({ratio for _, ratio in cfg.ratios}) >= 1
     with pytest.raises(ValueError):
-        ratios_for_budget(m, x, s)
+        budget_search(m, x, s)
 
 
 def test_curves_record_the_exact_file_bytes_each_step_saves():
@@ -65,13 +66,16 @@ def test_file_size_budget_is_met_as_file_size_measures_it(budget):
     m = _net()
     x = torch.randn(1, 3, 12, 12)
     s = sensitivity(m, x, output_fidelity(m), ratios=(0.25, 0.5, 0.75), progress=False)
-    result = budget_search(m, x, s, file_size=budget)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)  # the search itself is not deprecated
+        result = budget_search(m, x, s, file_size=budget)
     pruned = copy.deepcopy(m)
     prunekit.prune_(pruned, x, result.config)
     assert result.met and result.metric == "file_size" and result.verifications >= 1
     assert file_size(pruned) <= budget * file_size(m)
     assert result.achieved == file_size(pruned) / file_size(m)
-    assert ratios_for_budget(m, x, s, file_size=budget) == result.config
+    with pytest.warns(DeprecationWarning, match="ratios_for_budget is deprecated"):  # the old name: a thin alias
+        assert ratios_for_budget(m, x, s, file_size=budget) == result.config
     assert file_size(pruned) > (budget - 0.3) * file_size(m)  # it spends the budget, not everything
 
 
@@ -82,7 +86,7 @@ def test_unreachable_budget_says_so():
     result = budget_search(m, x, s, params=0.05)
     assert not result.met and result.achieved > 0.05
     assert sorted(r for _, r in result.config.ratios) == [0.25, 0.25, 0.25]  # every curve exhausted
-    with pytest.warns(UserWarning, match="params budget 0.050 not met"):
+    with pytest.warns(DeprecationWarning), pytest.warns(UserWarning, match="params budget 0.050 not met"):
         ratios_for_budget(m, x, s, params=0.05)
 
 
@@ -129,15 +133,15 @@ def test_budget_arguments_are_checked():
     x = torch.randn(4, 256)
     s = sensitivity(m, x, lambda _: 0.0, ratios=(0.5,), progress=False)
     with pytest.raises(ValueError, match="exactly one"):
-        ratios_for_budget(m, x, s, macs=0.5, file_size=0.5)
+        budget_search(m, x, s, macs=0.5, file_size=0.5)
     with pytest.raises(ValueError, match=r"in \(0, 1\]"):
-        ratios_for_budget(m, x, s, file_size=1.5)
+        budget_search(m, x, s, file_size=1.5)
     with pytest.raises(ValueError, match="latency=True"):
-        ratios_for_budget(m, x, s, latency=0.5)
+        budget_search(m, x, s, latency=0.5)
     s = sensitivity(m, x, lambda _: 0.0, ratios=(0.5,), progress=False,
                     latency=LatencyConfig(warmup=0, repeats=1, rounds=1))
     with pytest.raises(ValueError, match="batch 4"):
-        ratios_for_budget(m, torch.randn(8, 256), s, latency=0.5)
+        budget_search(m, torch.randn(8, 256), s, latency=0.5)
 
 
 def test_data_criteria_work_in_sensitivity_and_budget_search_and_calibrate_once():
@@ -162,3 +166,29 @@ def test_data_criteria_work_in_sensitivity_and_budget_search_and_calibrate_once(
     pruned = copy.deepcopy(m)
     r = prunekit.prune_(pruned, x, result.config, criterion=APoZCriterion(data=calib))
     assert r.after.macs / r.before.macs == pytest.approx(result.achieved)  # the same units, chosen afresh
+
+
+def _l1_l2_disagree():
+    """Two channels: (1, 1, 1, 1) is smaller by L2 (2 < 3), (3, 0, 0, 0) by L1 (3 < 4)."""
+    m = nn.Sequential(nn.Linear(4, 2, bias=False), nn.ReLU(), nn.Linear(2, 1, bias=False))
+    with torch.no_grad():
+        m[0].weight.copy_(torch.tensor([[1.0, 1.0, 1.0, 1.0], [3.0, 0.0, 0.0, 0.0]]))
+        m[2].weight.fill_(1.0)
+    return m
+
+
+def test_a_recorded_criterion_is_rebuilt_with_its_arguments():
+    from prunekit.criteria import MagnitudeCriterion
+
+    m, x = _l1_l2_disagree(), torch.ones(1, 4)
+    kept = lambda p: float(p[0].weight.detach().abs().max())  # noqa: E731  1: the (1, 1, 1, 1) channel kept, 3: the other
+    recorded = PruneConfig(criterion="l2", criterion_args={"p": 1})
+    curve = lambda **kw: sensitivity(m, x, kept, ratios=(0.5,), min_units=2, progress=False, **kw).curves[0].scores  # noqa: E731
+    assert curve(config=recorded) == curve(criterion=MagnitudeCriterion(p=1)) == [1.0]
+    assert curve(config=PruneConfig()) == [3.0]  # negative control: the name alone means p=2
+    groups = prunekit.trace(m, x).groups()
+    chosen = lambda cfg: prunekit.select_units(m, groups, cfg)[0]  # noqa: E731
+    assert chosen(PruneConfig(ratio=0.5, criterion="l2", criterion_args={"p": 1})) != chosen(PruneConfig(ratio=0.5))
+    with pytest.raises(ValueError, match="by type only"):  # data recorded by type: asked for, not silently dropped
+        sensitivity(m, x, kept, min_units=2, progress=False,
+                    config=PruneConfig(criterion="taylor", criterion_args={"data": {"__object__": "list"}}))
