@@ -263,3 +263,33 @@ def test_a_fallback_to_a_real_forward_is_reported_and_scripted_models_get_a_clea
     scripted = torch.jit.script(nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 2)))
     with pytest.raises(UnsupportedOpError, match="TorchScript module.*prune the eager nn.Module"):
         prunekit.prune_(scripted, torch.randn(3, 4))
+
+
+def test_budget_search_keeps_heads_whole_when_a_head_plan_cannot_apply(monkeypatch):
+    """The MAC search's copies fall back like prune_ itself: a plan cutting attention heads that fails to
+    apply is retried with heads kept whole (and the result says so), instead of the search crashing."""
+    from prunekit import api
+    from prunekit.errors import ApplyError
+
+    real = api.apply_plan
+
+    def no_heads(model, plan, *args, **kwargs):
+        if any("head" in attr for _, attr, _ in plan.attrs):  # e.g. MultiheadAttention.num_heads / head_dim
+            raise ApplyError("injected: head cut refused")
+        return real(model, plan, *args, **kwargs)
+
+    def model():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(16, 32), nn.TransformerEncoderLayer(32, 4, 64, batch_first=True, dropout=0.0),
+                             nn.Linear(32, 4)).eval()
+
+    x = torch.randn(2, 5, 16)
+    monkeypatch.setattr(api, "apply_plan", no_heads)
+    res = prunekit.prune_(m := model(), x, macs=0.75, keep_outputs=["2"])
+    assert res.after.macs <= 0.75 * res.before.macs
+    assert any("heads were kept" in n for n in res.warnings)
+    assert m[1].self_attn.num_heads == 4  # heads whole
+    monkeypatch.setattr(api, "apply_plan", real)  # negative control: without the injected failure, heads go
+    res = prunekit.prune_(m := model(), x, macs=0.75, keep_outputs=["2"])
+    assert not any("heads were kept" in n for n in res.warnings)
+    assert any("head" in attr for _, attr, _ in res.plan.attrs)  # the injection had something to refuse

@@ -247,14 +247,28 @@ class PrunedCopies:
                 self.notes.append(f"kept {len(drop)} group(s) whole ({', '.join(str(d.root) for d in drop[:3])}"
                                   f"{'...' if len(drop) > 3 else ''}): {exc}")
 
+    def drop_heads(self, exc: Exception) -> None:
+        """After a plan cutting attention heads failed to apply: keep every head (and head width)
+        group whole from now on, and say so in ``notes``; re-raise ``exc`` when there were none."""
+        if not any(g.kind in ("head", "head_dim") for g in self.groups):
+            raise exc
+        self.notes.append(f"pruning attention heads failed ({exc}); heads were kept")
+        self.groups = [g for g in self.groups if g.kind not in ("head", "head_dim")]
+
     def copy(self, config: PruneConfig) -> tuple[nn.Module, Counts]:
-        """A pruned deep copy under ``config`` and its parameter and MAC counts."""
-        plan = self.plan(config)
-        m = copy.deepcopy(self.model)
-        if not plan.is_empty():
-            apply_plan(m, plan, "hard")
-        macs = _macs_of(m, self.inputs, self.kwargs, list(m.modules()), self.graph.on_meta)[0]
-        return m, Counts(sum(p.numel() for p in m.parameters()), macs)
+        """A pruned deep copy under ``config`` and its parameter and MAC counts (with the same fallback
+        as ``prune_``: heads kept whole when a plan cutting them cannot be applied)."""
+        while True:
+            plan = self.plan(config)
+            m = copy.deepcopy(self.model)
+            try:
+                if not plan.is_empty():
+                    apply_plan(m, plan, "hard")
+                macs = _macs_of(m, self.inputs, self.kwargs, list(m.modules()), self.graph.on_meta)[0]
+            except (ApplyError, PlanError, RuntimeError) as exc:
+                self.drop_heads(exc)
+                continue
+            return m, Counts(sum(p.numel() for p in m.parameters()), macs)
 
 
 def _ratio_for_budget(copies: PrunedCopies, config: PruneConfig, metric: str, target: float) -> float:
@@ -342,11 +356,7 @@ def _prune(model: nn.Module, example_inputs: Any, config: PruneConfig, example_k
     try:
         apply(plan)
     except (ApplyError, PlanError) as exc:
-        reshaped = [g for g in copies.groups if g.kind in ("head", "head_dim")]
-        if not reshaped:
-            raise
-        notes.append(f"pruning attention heads failed ({exc}); heads were kept")
-        copies.groups = [g for g in copies.groups if g.kind not in ("head", "head_dim")]
+        copies.drop_heads(exc)
         plan = copies.plan(config)
         apply(plan)
     notes[:0] = copies.notes
