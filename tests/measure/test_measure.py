@@ -60,10 +60,11 @@ def test_comparison_table_and_json():
 def test_peak_memory_holds_back_the_profilers_status_lines_only(capfd):
     import os
 
-    from prunekit.measure.memory import _quiet_profiler_stderr, peak_memory
+    from prunekit.compat import quiet_profiler_stderr
+    from prunekit.measure.memory import peak_memory
 
     peak_memory(nn.Sequential(nn.Linear(8, 8)), torch.randn(2, 8))
-    with _quiet_profiler_stderr():
+    with quiet_profiler_stderr():
         os.write(2, b"USDT:2026 x SyncActivityProfilerHandler.cpp:39] profiler_start\nreal problem\n")
     err = capfd.readouterr().err
     assert "USDT" not in err and "profiler_start" not in err

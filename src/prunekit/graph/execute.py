@@ -14,10 +14,8 @@ from typing import Any, Callable, Iterator, Mapping
 import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
-from torch.utils._pytree import tree_map
-from torch.utils._python_dispatch import _get_current_dispatch_mode_stack
-from torch.utils.flop_counter import sdpa_flop_count
 
+from ..compat import dispatch_modes, module_slots, refresh_rnn_flat_weights, sdpa_flop_count, tree_map
 from ..measure.counting import MacCounter
 from .walk import Walk, walk
 
@@ -223,7 +221,7 @@ def _add_flops(counter: MacCounter | None, flops: Callable[[], int]) -> None:
     """Add an op's FLOPs to ``counter``, or else to every :class:`MacCounter` dispatch mode active
     (callers that enter the counter themselves); ``flops`` is only evaluated when someone counts."""
     counters = [counter] if counter is not None else \
-        [m for m in _get_current_dispatch_mode_stack() if isinstance(m, MacCounter)]
+        [m for m in dispatch_modes() if isinstance(m, MacCounter)]
     for c in counters:
         c.flops += flops()
 
@@ -375,17 +373,17 @@ def swapped(walked: Walk, tensors: Mapping[str, torch.Tensor]) -> Iterator[None]
     rnns = [m for m in walked.modules.values() if isinstance(m, nn.RNNBase)]
     try:
         for mod in walked.modules.values():
-            for slots in (mod._parameters, mod._buffers):
+            for slots in module_slots(mod)[:2]:  # parameters, buffers
                 for key, t in slots.items():
                     stand_in = by_id.get(id(t)) if t is not None else None
                     if stand_in is not None:
                         undo.append((slots, key, t))
                         slots[key] = stand_in
         for m in rnns:
-            m._init_flat_weights()  # its flat weight list still points at the real parameters
+            refresh_rnn_flat_weights(m)  # its flat weight list still points at the real parameters
         yield
     finally:
         for slots, key, t in reversed(undo):
             slots[key] = t
         for m in rnns:
-            m._init_flat_weights()
+            refresh_rnn_flat_weights(m)

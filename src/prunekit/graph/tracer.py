@@ -26,6 +26,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from ..compat import CONV_TRANSPOSE, module_slots
 from ..errors import UnsupportedOpError
 from ..measure.counting import MacCounter
 from .info import TensorInfo
@@ -365,7 +366,7 @@ def output_dims(module: nn.Module, key: str, param: torch.Tensor) -> tuple[int, 
     """
     if param.dim() == 0:
         return ()
-    if isinstance(module, nn.modules.conv._ConvTransposeNd) and key == "weight":
+    if isinstance(module, CONV_TRANSPOSE) and key == "weight":
         return (1,)
     if isinstance(module, (nn.Embedding, nn.EmbeddingBag)) and key == "weight":
         return (1,)
@@ -431,7 +432,8 @@ def _trace(model: nn.Module, example_inputs: Any = (), example_kwargs: Mapping[s
     name_of.update({id(b): n for n, b in walked.buffers.items() if id(b) not in name_of})
     for path, mod in ignored:
         for sub_path, sub in mod.named_modules(prefix=path, remove_duplicate=False):
-            for key, t in list(sub._parameters.items()) + list(sub._buffers.items()):
+            own_params, own_buffers, _ = module_slots(sub)
+            for key, t in list(own_params.items()) + list(own_buffers.items()):
                 name = name_of.get(id(t)) if t is not None else None
                 for d in range(t.dim() if name is not None else 0):
                     labels = store.param_dims.get((name, d))
@@ -441,7 +443,7 @@ def _trace(model: nn.Module, example_inputs: Any = (), example_kwargs: Mapping[s
     for path, mod in kept:
         found = False
         for sub_path, sub in mod.named_modules(prefix=path, remove_duplicate=False):
-            for key, t in sub._parameters.items():
+            for key, t in module_slots(sub)[0].items():
                 name = name_of.get(id(t)) if t is not None else None
                 if name is None:
                     continue

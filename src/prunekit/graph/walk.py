@@ -15,6 +15,8 @@ from typing import Iterable, Iterator
 import torch
 from torch import nn
 
+from ..compat import MODULE_CALL_FRAME, module_slots
+
 
 @dataclass(frozen=True)
 class Walk:
@@ -36,11 +38,12 @@ def walk(model: nn.Module) -> Walk:
     seen_b: set[int] = set()
     for path, mod in modules.items():
         prefix = path + "." if path else ""
-        for key, p in mod._parameters.items():
+        own_params, own_buffers, _ = module_slots(mod)
+        for key, p in own_params.items():
             if p is not None and id(p) not in seen_p:
                 seen_p.add(id(p))
                 params[prefix + key] = p
-        for key, b in mod._buffers.items():
+        for key, b in own_buffers.items():
             if b is not None and id(b) not in seen_b:
                 seen_b.add(id(b))
                 buffers[prefix + key] = b
@@ -56,7 +59,7 @@ def nesting_depth(model: nn.Module) -> int:
             continue
         seen.add(id(mod))
         deepest = max(deepest, d)
-        stack.extend((c, d + 1) for c in mod._modules.values() if c is not None)
+        stack.extend((c, d + 1) for c in module_slots(mod)[2].values() if c is not None)
     return deepest
 
 
@@ -100,7 +103,7 @@ def failing_module(model: nn.Module, tb) -> str | None:
     found = None
     while tb is not None:
         frame = tb.tb_frame
-        if frame.f_code.co_name in ("forward", "_call_impl"):
+        if frame.f_code.co_name in ("forward", MODULE_CALL_FRAME):
             obj = frame.f_locals.get("self")
             if obj is not None and id(obj) in paths:
                 found = paths[id(obj)]

@@ -20,17 +20,13 @@ from typing import Any, Mapping
 
 import torch
 from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils.flop_counter import flop_registry, sdpa_flop_count, shape_wrapper
+from ..compat import SHAPE_WRAPPED, TorchDispatchMode, aten_op, flop_registry, overload_packet, sdpa_flop_count
 
 
 @dataclass(frozen=True)
 class Counts:
     params: int
     macs: int
-
-
-_SHAPE_WRAPPED = shape_wrapper(lambda: None).__code__  # the wrapper torch puts around most formulas
 
 
 _PLAIN = (int, float, bool, type(None))
@@ -51,7 +47,7 @@ def _shapes(x: Any) -> Any:
 def flops_of(rule, args: tuple, kwargs: dict, out: Any) -> int:
     """``rule(*args, **kwargs, out_val=out)`` for a ``flop_registry`` formula, calling the formula
     on shapes directly when torch wrapped it (its pytree-based wrapper costs more than the op)."""
-    if getattr(rule, "__code__", None) is _SHAPE_WRAPPED and hasattr(rule, "__wrapped__"):
+    if getattr(rule, "__code__", None) is SHAPE_WRAPPED and hasattr(rule, "__wrapped__"):
         return rule.__wrapped__(*_shapes(args), out_shape=_shapes(out), **{k: _shapes(v) for k, v in kwargs.items()})
     return rule(*args, **kwargs, out_val=out)
 
@@ -97,7 +93,7 @@ def _cudnn_rnn_flops(input, weight, *args, out_val=None, **kwargs) -> int:
 # Formulas for the fused recurrent kernels, usable as ``FlopCounterMode(custom_mapping=RNN_FLOP_FORMULAS)``
 # (they take tensors or, as FlopCounterMode passes them, shapes).
 RNN_FLOP_FORMULAS = {torch.ops.aten.mkldnn_rnn_layer: _mkldnn_rnn_layer_flops,
-                     torch.ops.aten._cudnn_rnn: _cudnn_rnn_flops}
+                     aten_op("_cudnn_rnn"): _cudnn_rnn_flops}
 
 
 _MISSING_RULES = {  # ops whose FLOPs torch's registry does not know (looked up after it)
@@ -110,7 +106,7 @@ _MISSING_RULES = {  # ops whose FLOPs torch's registry does not know (looked up 
 
 def flop_rule(func) -> Any:
     """The FLOP formula for an ATen op: torch's registry first, then the CPU kernels it lacks."""
-    packet = func._overloadpacket
+    packet = overload_packet(func)
     return flop_registry.get(packet) or _MISSING_RULES.get(packet.__name__)
 
 

@@ -1,47 +1,13 @@
 """Peak memory of one inference, from torch's own profiler (CPU allocator events)."""
 from __future__ import annotations
 
-import contextlib
-import os
-import re
-import sys
-import tempfile
-from typing import Any, Iterator, Mapping
+from typing import Any, Mapping
 
 import torch
 from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
-
-# What the profiler's C++ side (kineto) prints on every start/stop of a CPU-only profile.
-_PROFILER_NOISE = re.compile(r"USDT:|SyncActivityProfilerHandler|gpuGetDeviceCount|profiler_(start|stop)")
-
-
-@contextlib.contextmanager
-def _quiet_profiler_stderr() -> Iterator[None]:
-    """Hold back the profiler's own status lines, which kineto writes to file descriptor 2
-    (no Python setting silences them); any other line written meanwhile is passed on."""
-    fd = 2  # kineto writes to the process's standard error, whatever ``sys.stderr`` is now
-    try:
-        saved = os.dup(fd)
-    except OSError:  # no standard error at all
-        yield
-        return
-    sys.stderr.flush()
-    with tempfile.TemporaryFile() as tmp:
-        os.dup2(tmp.fileno(), fd)
-        try:
-            yield
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved, fd)
-            os.close(saved)
-            tmp.seek(0)
-            kept = [ln for ln in tmp.read().decode(errors="replace").splitlines(keepends=True)
-                    if not _PROFILER_NOISE.search(ln)]
-            if kept:
-                sys.stderr.write("".join(kept))
-                sys.stderr.flush()
+from ..compat import quiet_profiler_stderr
 
 
 def tensor_bytes(model: nn.Module) -> int:
@@ -66,7 +32,7 @@ def peak_activation_bytes(model: nn.Module, example_inputs: Any, example_kwargs:
     was = model.training
     model.eval()
     try:
-        with _quiet_profiler_stderr(), torch.inference_mode(), \
+        with quiet_profiler_stderr(), torch.inference_mode(), \
                 profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
             model(*inputs, **dict(example_kwargs or {}))
     finally:

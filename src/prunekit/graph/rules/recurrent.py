@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ...compat import MODULE_CALL_FRAME
 from ..info import TensorInfo
 from ..registry import op_rule
 from .common import arg, owner
@@ -44,7 +45,7 @@ def _state_passed(module: nn.Module | None) -> bool:
         return True
     f = sys._getframe(1)
     while f is not None:
-        if f.f_code.co_name == "_call_impl" and f.f_locals.get("self") is module:
+        if f.f_code.co_name == MODULE_CALL_FRAME and f.f_locals.get("self") is module:
             args = f.f_locals.get("args", ())
             kwargs = f.f_locals.get("kwargs", {}) or {}
             return (len(args) > 1 and args[1] is not None) or kwargs.get("hx") is not None
