@@ -86,11 +86,44 @@ def parses(argv: list[str]) -> bool:
     return True
 
 
-def test_readme_command_lines_parse() -> None:
+def parse_in_order(lines: list[list[str]], where: Path) -> list[str]:
+    """Parse the command lines in ``where`` as a user running them in order would: files the README
+    names as the user's own (``*.py``, recipes under examples/) exist, and a folder named by ``--out``
+    exists as a prunekit output folder (its manifest) for the lines after it. Returns the rejected lines."""
+    import os
+    import shutil
+
+    from prunekit.recipes.folder import MANIFEST
+
+    shutil.copytree(ROOT / "examples", where / "examples")
+    bad = []
+    cwd = os.getcwd()
+    os.chdir(where)
+    try:
+        for argv in lines:
+            for word in argv:
+                if word.endswith(".py") or ".py:" in word:
+                    (where / word.split(":")[0]).write_text("import torch\n\ndef build():\n    return torch.nn.Linear(2, 2)\n")
+            if not parses(argv):
+                bad.append(" ".join(argv))
+            elif "--out" in argv:
+                out = where / argv[argv.index("--out") + 1]
+                out.mkdir(exist_ok=True)
+                (out / MANIFEST).write_text("{}")
+    finally:
+        os.chdir(cwd)
+    return bad
+
+
+def test_readme_command_lines_parse(tmp_path: Path) -> None:
     lines = command_lines(README.read_text())
     assert len(lines) >= 3
-    bad = [" ".join(a) for a in lines if not parses(a)]
+    bad = parse_in_order(lines, tmp_path)
     assert not bad, f"README command lines the CLI rejects: {bad}"
+
+
+def test_command_lines_run_in_order_need_the_earlier_output(tmp_path: Path) -> None:  # negative control
+    assert parse_in_order([["measure", "r18"]], tmp_path) == ["measure r18"]
 
 
 def test_command_line_check_flags_an_unknown_option(capsys: pytest.CaptureFixture) -> None:  # negative control
@@ -137,3 +170,17 @@ def test_docs_hook_shows_sphinx_roles_as_plain_code() -> None:
     assert hooks.strip_roles(":meth:<code>step</code>") == "<code>step</code>"
     plain = "a ratio: <code>ratio:</code> stays"  # negative control: no role, nothing changes
     assert hooks.strip_roles(plain) == plain
+
+
+def test_readme_recipes_load(tmp_path: Path) -> None:
+    """Every yaml block of the README is a recipe the CLI accepts (field names, types, stages)."""
+    from prunekit.recipes.yamlfile import RecipeError, load_recipe
+
+    blocks = fences(README.read_text(), "yaml")
+    assert blocks
+    for i, text in enumerate(blocks):
+        (tmp_path / f"r{i}.yaml").write_text(text)
+        load_recipe(str(tmp_path / f"r{i}.yaml"))
+    (tmp_path / "bad.yaml").write_text(blocks[0].replace("round_to", "round_too"))  # negative control
+    with pytest.raises(RecipeError, match="round_to"):
+        load_recipe(str(tmp_path / "bad.yaml"))
