@@ -1,7 +1,7 @@
 """``prunekit llm``: one-shot sparsity of a local Hugging Face causal LM from the command line.
 
     prunekit llm MODEL_DIR|smollm2 --method wanda --sparsity 0.5 --calib protocol --out DIR
-    prunekit llm MODEL_DIR --method sparsegpt --pattern 2:4 --calib text.txt --eval text.txt --out DIR
+    prunekit llm MODEL_DIR --method sparsegpt --pattern 2:4 --refit --calib text.txt --eval text.txt --out DIR
 
 Every argument is checked before any work (ratio range and NaN, pattern, method, an existing
 ``--out`` file or a non-empty folder, missing files). Then: load the model and tokenizer, cut the
@@ -41,6 +41,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     amount.add_argument("--sparsity", type=float, help="fraction of each decoder Linear's weights set to zero, in [0, 1)")
     amount.add_argument("--pattern", help="N:M semi-structured pattern, e.g. 2:4 (keep N of every M inputs)")
     p.add_argument("--group", default=None, help=f"comparison group: {', '.join(GROUPS)} (default: the method's reference)")
+    p.add_argument("--refit", action="store_true", help="wanda/sparsegpt: refit the kept weights by least squares after "
+                                                        "the mask is chosen (prunekit's best with sparsegpt)")
     p.add_argument("--calib", default=PROTOCOL, help=f"'{PROTOCOL}' (the protocol's calibration windows) or a UTF-8 "
                                                    "text file (default protocol)")
     p.add_argument("--calib-windows", type=int, default=32, help="calibration windows (default 32)")
@@ -73,6 +75,8 @@ def validate(args: argparse.Namespace) -> None:
             raise UsageError(f"--pattern: {e}") from None
     if args.group is not None and args.group not in GROUPS:
         raise UsageError(f"--group {args.group!r} is not one of {', '.join(GROUPS)}")
+    if getattr(args, "refit", False) and args.method == "magnitude":
+        raise UsageError("--refit needs calibration statistics: use --method wanda or sparsegpt")
     for name in ("calib_windows", "eval_windows", "seq_len"):
         if getattr(args, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
@@ -133,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
     from .sparse import SparsifyConfig, sparsify_llm_
 
     cfg = SparsifyConfig(method=args.method, sparsity=args.sparsity if args.sparsity is not None else 0.5,
-                         pattern=args.pattern, group=args.group)
+                         pattern=args.pattern, group=args.group, refit=args.refit)
     eval_spec = args.eval if args.eval is not None else (
         PROTOCOL if (args.calib == PROTOCOL or args.model == SMOLLM2) else args.calib)
     out = Path(args.out)
