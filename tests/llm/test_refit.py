@@ -69,7 +69,7 @@ def test_sparsify_with_refit_is_closer_to_dense_and_keeps_sparsity():
     errs = {}
     for refit in (False, True):
         model = tiny_model("llama", num_hidden_layers=4)
-        res = sparsify_llm_(model, ids, config=SparsifyConfig(method="wanda", pattern="2:4", refit=refit), progress=False)
+        res = sparsify_llm_(model, ids, method="wanda", pattern="2:4", refit=refit, progress=False)
         assert abs(res.sparsity - 0.5) < 1e-6
         for block in layout(model).blocks:
             for mod in block_linears(block).values():

@@ -319,8 +319,8 @@ def _layer_sparsity(lay: DecoderLayout) -> tuple[dict[str, float], float]:
 def sparsify_llm_(model: nn.Module, windows: torch.Tensor | None = None, method: str = "wanda",
                   sparsity: float = 0.5, pattern: str | tuple[int, int] | None = None, group: str | None = None,
                   owl: OwlConfig | dict | None = None, device: torch.device | str | None = None, *,
-                  sequential: bool = False, config: SparsifyConfig | None = None, progress: bool = True,
-                  source: BlockSource | None = None) -> SparsifyResult:
+                  sequential: bool = False, refit: bool = False, config: SparsifyConfig | None = None,
+                  progress: bool = True, source: BlockSource | None = None) -> SparsifyResult:
     """Sparsify the decoder Linear layers of a Hugging Face causal LM in place, block by block on the
     calibration ``windows`` (LongTensor [n, T]; not needed for uniform magnitude).
 
@@ -331,7 +331,7 @@ def sparsify_llm_(model: nn.Module, windows: torch.Tensor | None = None, method:
     >>> res = sparsify_llm_(model, calib[:32], method="wanda", sparsity=0.5)     # doctest: +SKIP
     """
     cfg = config if config is not None else SparsifyConfig(method=method, sparsity=sparsity, pattern=pattern,
-                                                           group=group, owl=owl, sequential=sequential)
+                                                           group=group, owl=owl, sequential=sequential, refit=refit)
     if not isinstance(cfg, SparsifyConfig):
         raise TypeError(f"sparsify_llm_: config must be a SparsifyConfig, got {type(cfg).__name__}")
     lay = layout(model)
