@@ -143,7 +143,10 @@ def write_table(results: dict, path: Path) -> None:
                      f"{r.get('target', '')}{' ✓' if r.get('meets_target') else (' ✗' if 'meets_target' in r else '')} | "
                      f"{r.get('prune_s', '')} | {r['threads']} | {'' if ld is None else f'{ld[0]}/{ld[1]}'} | "
                      f"{r['peak_rss_mb']:.0f} | {r['eval_windows']} |")
-    path.write_text("\n".join(lines) + "\n")
+    notes = ""
+    if path.exists() and "\n## Notes" in path.read_text():  # hand-written notes below the table are kept
+        notes = "\n## Notes" + path.read_text().split("\n## Notes", 1)[1]
+    path.write_text("\n".join(lines) + "\n" + notes)
 
 
 def main() -> None:
