@@ -11,6 +11,22 @@ from prunekit import PruneConfig, make_plan, select_units, soft_hard_error, trac
 from prunekit.measure import count
 
 
+SMALL_NET_PY = """\
+from torch import nn
+
+def build():
+    return nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                         nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                         nn.Flatten(), nn.Linear(16, 10))
+"""
+
+
+@pytest.fixture(scope="session")
+def small_net_py() -> str:
+    """Source of a ``file.py:factory`` model for the CLI tests (``build()``: a small conv net, 10 classes)."""
+    return SMALL_NET_PY
+
+
 def prune_exact_groups(model, inputs, kinds=("channel", "group", "head", "head_dim"), ratio=0.5, kwargs=None):
     """Trace, keep exact groups, prune them at ``ratio``; returns (graph, groups, plan)."""
     model.eval()

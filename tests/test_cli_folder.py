@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import textwrap
 
 import numpy as np
 import pytest
@@ -13,20 +12,11 @@ import torch
 from prunekit.cli import main
 from prunekit.recipes import load_folder
 
-NET = textwrap.dedent("""\
-    from torch import nn
-
-    def build():
-        return nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
-                             nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
-                             nn.Flatten(), nn.Linear(16, 10))
-    """)
-
 
 @pytest.fixture(scope="module")
-def folder(tmp_path_factory):
+def folder(tmp_path_factory, small_net_py):
     tmp = tmp_path_factory.mktemp("cli_folder")
-    (tmp / "net.py").write_text(NET)
+    (tmp / "net.py").write_text(small_net_py)
     (tmp / "r.yaml").write_text("stages:\n  - prune: {ratio: 0.5}\n  - measure: {rounds: 1, repeats: 1, warmup: 0}\n"
                                 "  - export: {exporter: legacy}\n")
     out = tmp / "out"

@@ -8,7 +8,6 @@ import os
 import re
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -21,25 +20,15 @@ RECIPE = ("stages:\n  - prune: {ratio: 0.5, round_to: 4}\n"
           "  - measure: {rounds: 2, repeats: 2, warmup: 1}\n")
 
 
-NET = textwrap.dedent("""\
-    from torch import nn
-
-    def build():
-        return nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
-                             nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
-                             nn.Flatten(), nn.Linear(16, 10))
-    """)
-
-
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> dict[str, Path]:
+def runs(tmp_path_factory, small_net_py) -> dict[str, Path]:
     """``prunekit prune MODEL --recipe ... --out ...`` for the four kinds of MODEL, through
     ``prunekit.cli.main`` in ONE subprocess (one interpreter start instead of four: the imports of
     torch, torchvision, timm and transformers are most of the time)."""
     transformers = pytest.importorskip("transformers")
     tmp = tmp_path_factory.mktemp("cli_models")
     (tmp / "recipe.yaml").write_text(RECIPE)
-    (tmp / "net.py").write_text(NET)
+    (tmp / "net.py").write_text(small_net_py)
     cfg = transformers.BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                                   intermediate_size=64, max_position_embeddings=32)
     torch.manual_seed(0)
