@@ -18,6 +18,7 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights, fuse_linear_bn_weights
 from torch.overrides import TorchFunctionMode
 
+from . import compat
 from .errors import PrunekitError
 from .graph.tracer import as_inputs, tensors_in
 from .graph.walk import eval_mode
@@ -117,9 +118,9 @@ def fold_batchnorm_(model: nn.Module, example_inputs: Any, example_kwargs: Mappi
     kwargs = dict(example_kwargs or {})
     named = dict(model.named_modules())
     weight_owner = {id(m.weight): p for p, m in named.items()
-                    if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear)) and isinstance(m.weight, torch.Tensor)}
+                    if isinstance(m, (compat.CONV, nn.Linear)) and isinstance(m.weight, torch.Tensor)}
     stats_owner = {id(m.running_mean): p for p, m in named.items()
-                   if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None}
+                   if isinstance(m, compat.BATCH_NORM) and m.running_mean is not None}
     report = FoldReport()
     if not stats_owner:
         return report
@@ -163,14 +164,14 @@ def fold_batchnorm_(model: nn.Module, example_inputs: Any, example_kwargs: Mappi
     return report
 
 
-def _fold(layer: nn.Module, bn: nn.modules.batchnorm._BatchNorm) -> None:
+def _fold(layer: nn.Module, bn: compat.BATCH_NORM) -> None:
     n = bn.num_features
     w = bn.weight if bn.weight is not None else torch.ones(n, device=bn.running_mean.device)
     b = bn.bias if bn.bias is not None else torch.zeros(n, device=bn.running_mean.device)
     if isinstance(layer, nn.Linear):
         new_w, new_b = fuse_linear_bn_weights(layer.weight, layer.bias, bn.running_mean, bn.running_var, bn.eps, w, b)
     else:
-        transposed = isinstance(layer, nn.modules.conv._ConvTransposeNd)
+        transposed = isinstance(layer, compat.CONV_TRANSPOSE)
         new_w, new_b = fuse_conv_bn_weights(layer.weight, layer.bias, bn.running_mean, bn.running_var, bn.eps, w, b,
                                             transpose=transposed)
     layer.weight, layer.bias = new_w, new_b

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import compat
 from . import plan_schema
 from .errors import ApplyError, CounterConflict, PlanError, PrunekitError, VerificationError
 from .graph.groups import Group, Resolver, index_renumbering, scale_folds
@@ -153,10 +154,10 @@ def _tensor_slots(walked: Walk) -> dict[str, list[tuple[nn.Module, str, bool]]]:
     """state_dict-style name -> every (module, key, is_param) slot holding that tensor (tied weights)."""
     by_id: dict[int, list[tuple[nn.Module, str, bool]]] = {}
     for mod in walked.modules.values():
-        for key, p in mod._parameters.items():
+        for key, p in compat.module_slots(mod)[0].items():
             if p is not None:
                 by_id.setdefault(id(p), []).append((mod, key, True))
-        for key, b in mod._buffers.items():
+        for key, b in compat.module_slots(mod)[1].items():
             if b is not None:
                 by_id.setdefault(id(b), []).append((mod, key, False))
     slots = {}
@@ -335,7 +336,7 @@ def _no_meta(walked: Walk, was_meta: set[int]) -> None:
     """No parameter or buffer in any module slot of the walked model may be left on the meta device
     by an apply (unless it was before); the module objects are the same after an apply."""
     for path, mod in walked.modules.items():
-        for slots in (mod._parameters, mod._buffers):
+        for slots in compat.module_slots(mod)[:2]:
             for key, t in slots.items():
                 if t is not None and t.is_meta and id(t) not in was_meta:
                     raise ApplyError(f"{path + '.' if path else ''}{key} is on the meta device after the apply")
@@ -438,15 +439,15 @@ def _apply_hard(model, plan, tensors, slots, modules, check, opt_updates=()):
                     old.grad = grads[name]
             for mod, key, is_param in slots[name]:
                 if not is_param:
-                    undo.append((mod._buffers, key, old, "dict"))
-                    mod._buffers[key] = t
+                    undo.append((compat.module_slots(mod)[1], key, old, "dict"))
+                    compat.module_slots(mod)[1][key] = t
             touched.add(name.rsplit(".", 1)[0] if "." in name else "")
         for name, values in plan.renumber.items():  # index buffers: positions dropped, values renumbered
             old = tensors[name]
             fresh = renumber_index(old, values)
             for mod, key, _ in slots[name]:
-                undo.append((mod._buffers, key, old, "dict"))
-                mod._buffers[key] = fresh
+                undo.append((compat.module_slots(mod)[1], key, old, "dict"))
+                compat.module_slots(mod)[1][key] = fresh
         for mod_path, attr, value in plan.attrs:
             mod = modules[mod_path]
             base, index = _split_attr(attr)
@@ -485,7 +486,7 @@ def _apply_hard(model, plan, tensors, slots, modules, check, opt_updates=()):
         for path in touched:
             mod = modules.get(path)
             if isinstance(mod, nn.RNNBase):
-                mod._init_flat_weights()
+                compat.refresh_rnn_flat_weights(mod)
         if not isinstance(exc, Exception):
             raise  # an interrupt: restored, and passed on as it was
         raise ApplyError(f"hard apply failed and the model was restored: {type(exc).__name__}: {exc}") from exc

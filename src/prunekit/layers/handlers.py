@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Callable
 
 from torch import nn
+from .. import compat
 
 Handler = Callable[[nn.Module], None]
 HANDLERS: dict[type | str, Handler] = {}
@@ -100,7 +101,7 @@ def _rnn(m: nn.RNNBase) -> None:
     m.hidden_size = m.weight_ih_l0.shape[0] // _RNN_GATES[m.mode]
     if getattr(m, "proj_size", 0) > 0:
         m.proj_size = m.weight_hr_l0.shape[0]
-    m._init_flat_weights()  # _flat_weights must hold the new Parameters
+    compat.refresh_rnn_flat_weights(m)  # _flat_weights must hold the new Parameters
     m.flatten_parameters()  # cuDNN's packed buffer (a no-op off CUDA)
 
 

@@ -17,6 +17,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from .. import compat
 from .data import DataSpec, fashion_batches, random_batches, step
 from .folder import write_folder
 from .inputs import ExampleInputs, example_inputs
@@ -135,7 +136,7 @@ def _recover(state: RunState, stage: RecoverStage, say: Callable[[str], None]) -
         distill = Distillation(teacher, temperature=4.0, alpha=0.5) if spec.distill else None
     # random inputs do not have the data's statistics: batch norms keep theirs (frozen, so train() leaves
     # them in eval mode) instead of drifting to the noise's
-    frozen = [p for m in state.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+    frozen = [p for m in state.model.modules() if isinstance(m, compat.BATCH_NORM)
               for p in m.parameters(recurse=False) if p.requires_grad] if spec.source == "random" else []
     for p in frozen:
         p.requires_grad_(False)

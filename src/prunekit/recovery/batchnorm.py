@@ -12,6 +12,7 @@ from typing import Any, Iterable
 
 import torch
 from torch import nn
+from .. import compat
 
 
 def _inputs_of(batch: Any) -> tuple:
@@ -31,7 +32,7 @@ def recalibrate_bn(model: nn.Module, data: Iterable, *, max_batches: int | None 
     then not read).
     """
     norms = [m for m in model.modules()
-             if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+             if isinstance(m, compat.BATCH_NORM) and m.track_running_stats]
     if not norms:
         return 0
     modes = [(m, m.training) for m in model.modules()]

@@ -12,6 +12,7 @@ from typing import Any, Sequence
 
 from torch import nn
 
+from .. import compat
 from ..io.atomic import staged_folder
 from ..measure.compare import Comparison
 from ..decide.curves import Sensitivity
@@ -23,7 +24,7 @@ def layer_widths(model: nn.Module) -> dict[str, int]:
     for name, m in model.named_modules():
         if isinstance(m, nn.Linear):
             out[name] = m.out_features
-        elif isinstance(m, nn.modules.conv._ConvNd):
+        elif isinstance(m, compat.CONV):
             out[name] = m.out_channels
     return out
 

@@ -10,12 +10,13 @@ from typing import Any, Iterable, Mapping
 import torch
 from torch import nn
 
+from .. import compat
 from ..criteria import Criterion, get_criterion
 from ..validate import names, number, unmatched
 from .masks import nm_mask, sparsity_of, threshold_masks, unstructured_masks, zero_masks
 from .parametrize import apply_masks, finalize, load_state_dict_, masks_of
 
-PRUNABLE = (nn.Linear, nn.modules.conv._ConvNd)
+PRUNABLE = (nn.Linear, compat.CONV)
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .. import compat
 from ..calibration.activations import _default_forward
 from ..graph.tracer import as_inputs, iter_tensors
 
@@ -36,7 +37,7 @@ def _hidden(args: tuple, kwargs: dict) -> torch.Tensor | None:
 def _is_block(m: nn.Module) -> bool:
     """A composite module (not a single layer) holding at least one Linear or Conv."""
     children = list(m.children())
-    return bool(children) and any(isinstance(c, (nn.Linear, nn.modules.conv._ConvNd)) for c in m.modules())
+    return bool(children) and any(isinstance(c, (nn.Linear, compat.CONV)) for c in m.modules())
 
 
 def find_blocks(model: nn.Module, example_inputs: Any, example_kwargs: Mapping[str, Any] | None = None) -> list[str]:

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .. import compat
 from ..calibration.activations import KIND_ORDER, _default_forward, collect_activation_stats
 from ..errors import ApplyError
 from ..graph.groups import Group
@@ -32,7 +33,7 @@ from ..graph.tracer import as_inputs, iter_tensors, trace
 from ..measure import Counts, count
 from ..plan import Plan, apply_plan, make_plan
 
-_READERS = (nn.Linear, nn.modules.conv._ConvNd)
+_READERS = (nn.Linear, compat.CONV)
 
 
 @dataclass
@@ -62,7 +63,7 @@ def _readers(model: nn.Module) -> dict[str, nn.Module]:
 def _foldable(m: nn.Module) -> bool:
     if getattr(m, "bias", None) is None:
         return False
-    if isinstance(m, nn.modules.conv._ConvNd):
+    if isinstance(m, compat.CONV):
         pad = m.padding if isinstance(m.padding, tuple) else (m.padding,)
         return m.groups == 1 and not m.transposed and (m.padding == "valid" or all(p == 0 for p in pad))
     return True

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from .. import compat
 from ..graph.groups import Group
 
 
@@ -28,7 +29,7 @@ def _writers(model: nn.Module) -> dict[tuple[str, int], str]:
     a depthwise or grouped conv passes its channels through, like a norm)."""
     out: dict[tuple[str, int], str] = {}
     for path, m in model.named_modules():
-        if isinstance(m, nn.modules.conv._ConvNd) and m.groups == 1:
+        if isinstance(m, compat.CONV) and m.groups == 1:
             out[(f"{path}.weight" if path else "weight", 1 if m.transposed else 0)] = path
     return out
 
