@@ -55,7 +55,12 @@ def runs(tmp_path_factory, small_net_py) -> dict[str, Path]:
 
 def _check(out: Path, inputs: str) -> dict:
     loaded = load_folder(out)
-    assert check_reload(loaded) == 0.0  # plan replay + weights -> the very outputs the run saved
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the run that saved the outputs (OMP_NUM_THREADS=1): another thread count
+    try:                      # splits the CPU kernels' sums differently (2.4e-7 on ViT with 2 threads)
+        assert check_reload(loaded) == 0.0  # plan replay + weights -> the very outputs the run saved
+    finally:
+        torch.set_num_threads(threads)
     summary = json.loads((out / "summary.json").read_text())
     prune = summary["stages"][0]
     assert prune["stage"] == "prune" and prune["after"]["macs"] < prune["before"]["macs"]
