@@ -1,25 +1,31 @@
 """Structured pruning of SmolLM2-135M on the LLM protocol (llm-protocol.md): depth, width by each
-criterion, and prunekit's combined recipes, at 10% and 20% of the decoder-block parameters, each with no
-recovery and after one identical short recovery; every pruned model is saved and reloaded (plain
-transformers where its config expresses it, else prunekit.llm.from_pretrained) and its logits compared.
+criterion, and prunekit's combined recipe, at 10% and 20% of the decoder-block parameters, each with
+no recovery and after one identical short recovery (the same distillation from the unpruned model,
+same steps, same text, for every row); every pruned and every recovered model is saved and reloaded
+(plain transformers where its config expresses it, else prunekit.llm.from_pretrained) and its logits
+compared.
 
 Parameters counted: the 30 decoder blocks (106.2M of 134.5M; the tied embedding / LM head and the final
-norm are not counted and never pruned). Biases added by FLAP's compensation are counted.
+norm are not counted and never pruned). Biases added by compensation are counted.
 
-    python benchmarks/llm_structured.py --rows depth,flap --budgets 0.1          # a subset
-    python benchmarks/llm_structured.py --recover                                # recovery phase
+    python benchmarks/llm_structured.py --rows depth,flap,combined --budgets 0.1
 
-Phase 1 (prune) writes one JSON row per (row, budget) as soon as it is measured and keeps the pruned
-model under --work; phase 2 (--recover) reloads each saved model, fine-tunes it on the same text with
-the same steps, and adds the recovered perplexity. Results: benchmarks/results/llm_structured.{json,md}.
-Settings that deviate from the protocol (fewer evaluation/calibration windows) are recorded in each row.
+Rows (one process runs them one after another; each row is written as soon as it is measured):
+  depth       blocks of lowest block influence (ShortGPT), the whole budget
+  taylor / wanda_sp / flap / random / l2
+              MLP neurons, the same count in every layer (flap with FLAP's bias compensation)
+  combined    prunekit's combined recipe (llm.recipes.prune_combined_): the number of blocks chosen on
+              held-out calibration windows (choose_blocks), their mean updates kept as biases, FLAP
+              neurons with compensation for the rest
+  combined:N[:nobias]  the same with N blocks fixed (nobias: without the blocks' mean updates)
+Results: benchmarks/results/llm_structured.{json,md}. Settings that deviate from the protocol
+(fewer evaluation/calibration windows) are in the header and in each row.
 """
 from __future__ import annotations
 
 import argparse
 import copy
 import json
-import math
 import os
 import shutil
 import time
@@ -30,12 +36,13 @@ import torch
 from prunekit.llm import hf
 from prunekit.llm.data import calibration_windows, eval_windows, smollm2
 from prunekit.llm.eval import perplexity
-from prunekit.llm.recipes import RefitConfig, WidthConfig, all_scores, prune_depth_, prune_width_, refit_mlp_, select_cuts
+from prunekit.llm.recipes import CombinedConfig, WidthConfig, choose_blocks, prune_combined_, prune_depth_, prune_width_
+from prunekit.llm.recover import RecoverConfig, recover_
 from prunekit.llm.scores import Calibration, collect_stats, collect_taylor
 from prunekit.llm.structured import decoder_params, model_units
 
 RESULTS = Path(__file__).parent / "results"
-ROWS = ("depth", "flap", "refit", "depth_refit", "global_refit", "taylor", "wanda_sp", "random", "l2", "flap_global", "depth_flap")
+WIDTH = ("taylor", "wanda_sp", "flap", "random", "l2")
 
 
 def dense_model(work: Path):
@@ -58,73 +65,42 @@ def cached(path: Path, fn):
     return value
 
 
-def remap(cal: Calibration, kept_layers: list[int]) -> Calibration:
-    """Statistics of the dense model re-indexed for a model that kept ``kept_layers`` (new i <- old)."""
-    out = Calibration()
-    for new, old in enumerate(kept_layers):
-        for k in ("q", "mlp"):
-            if (old, k) in cal.stats:
-                out.stats[(new, k)] = cal.stats[(old, k)]
-        for k in ("q", "kv", "mlp"):
-            if (old, k) in cal.taylor:
-                out.taylor[(new, k)] = cal.taylor[(old, k)]
-    return out
-
-
-def prune_row(model, row: str, budget: float, cal: Calibration, taylor: Calibration, depth: dict[str, float],
-              dense_params: int, example, calib: torch.Tensor):
+def prune_row(model, row: str, budget: float, cal: Calibration, taylor: Calibration, dense_params: int, example,
+              select: torch.Tensor, choices: dict):
     """Prune ``model`` in place for ``row``; returns (plans, base_config, details)."""
     target = int(round(budget * dense_params))
     n_layers = len(model_units(model))
-    per_layer = dense_params // n_layers
-    plans, details = [], {}
     if row == "depth":
-        n = int(round(target / per_layer))
-        details["removed_layers"] = prune_depth_(model, depth, n)
-        return plans, copy.deepcopy(model.config), details
-    kept = list(range(n_layers))
-    if row in ("refit", "depth_refit", "global_refit"):
-        if row == "depth_refit":
-            details["removed_layers"] = prune_depth_(model, depth, max(1, int(round(0.5 * target / per_layer))))
-        base = copy.deepcopy(model.config)
-        units = model_units(model)
-        rest = target - (dense_params - decoder_params(model))
-        neuron_cost = 3 * model.config.hidden_size
-        k = int(round(rest / (len(units) * neuron_cost)))
-        counts = {i: k for i in range(len(units))}
-        if row == "global_refit":   # per-layer counts from FLAP's global (z-scored) selection on the dense statistics
-            sel = select_cuts(model, all_scores(model, "flap", cal, units), WidthConfig(allocation="global"), units, rest)
-            counts = {i: len(c.neurons) for i, c in sel.items()}
-        res = refit_mlp_(model, calib, RefitConfig(), neurons=counts, example_ids=example)
-        plans.append(res.cut.plan)
-        details.update(refit=vars(RefitConfig()), neurons_per_layer=[counts[i] for i in sorted(counts)], verify_error=res.cut.error,
-                       layers=res.cut.layers[:3] + ["..."])
-        return plans, base, details
-    if row == "depth_flap":
-        n = max(1, int(round(0.5 * target / per_layer)))
-        removed = prune_depth_(model, depth, n)
-        details["removed_layers"] = removed
-        gone = {int(r.rsplit(".", 1)[1]) for r in removed}
-        kept = [i for i in range(n_layers) if i not in gone]
-        cal = remap(cal, kept)
-    base = copy.deepcopy(model.config)
-    rest = target - (dense_params - decoder_params(model))
-    if row in ("taylor", "wanda_sp", "flap", "random", "l2"):
+        n = int(round(budget * n_layers))
+        depth = {f"model.layers.{i}": v for i, v in cal.influence.items()}
+        return [], copy.deepcopy(model.config), {"removed_layers": prune_depth_(model, depth, n)}
+    if row in WIDTH:
         cfg = WidthConfig(criterion=row, units="neurons", allocation="uniform", compensate=(row == "flap"))
-        stats = taylor if row == "taylor" else cal
-    elif row == "flap_global":
-        cfg = WidthConfig(criterion="flap", units="neurons", allocation="global", compensate=True)
-        stats = cal
-    elif row == "depth_flap":
-        cfg = WidthConfig(criterion="flap", units="neurons", allocation="uniform", compensate=True)
-        stats = cal
-    else:
-        raise ValueError(row)
-    res = prune_width_(model, cfg, stats, budget=rest, example_ids=example)
-    plans.append(res.cut.plan)
-    details.update(width=cfg.to_dict(), verify_error=res.cut.error, layers=res.cut.layers[:3] + ["..."],
-                   compensated=len(res.compensated))
-    return plans, base, details
+        base = copy.deepcopy(model.config)
+        res = prune_width_(model, cfg, taylor if row == "taylor" else cal, budget=target, example_ids=example)
+        return [res.cut.plan], base, {"width": cfg.to_dict(), "verify_error": res.cut.error, "compensated": len(res.compensated)}
+    if row.startswith("combined"):
+        parts = row.split(":")
+        cfg = CombinedConfig(ratio=budget, depth_bias="nobias" not in parts)
+        details = {}
+        if len(parts) > 1:
+            n = int(parts[1])
+        else:   # chosen on held-out calibration windows, cached per budget
+            key = f"{budget}:{cfg.depth_bias}"
+            if key not in choices:
+                t = time.time()
+                n, trials = choose_blocks(model, cfg, cal, select)
+                choices[key] = {"blocks": n, "trials": trials, "choose_s": time.time() - t}
+            n = choices[key]["blocks"]
+            details["choose_blocks"] = choices[key]
+        cfg = CombinedConfig(ratio=budget, blocks=n, depth_bias=cfg.depth_bias)
+        res = prune_combined_(model, cfg, cal, example_ids=example)
+        details.update(combined=cfg.to_dict(), removed_layers=res.removed_layers, depth_bias=res.depth_bias)
+        plans = [res.width.cut.plan] if res.width is not None else []
+        if res.width is not None:
+            details.update(verify_error=res.width.cut.error, compensated=len(res.width.compensated))
+        return plans, res.base_config, details
+    raise ValueError(f"unknown row {row!r}")
 
 
 def reload_check(model, folder: Path, plans, base, example) -> dict:
@@ -139,66 +115,41 @@ def reload_check(model, folder: Path, plans, base, example) -> dict:
     return {"saved_as": how, "reload_max_abs_diff": float((a - b).abs().max()), "reload_identical": bool(torch.equal(a, b))}
 
 
-def recover_(model, text: torch.Tensor, steps: int, lr: float) -> float:
-    """The one short recovery every row gets: ``steps`` AdamW steps of causal-LM loss on the rows of
-    ``text`` [steps, T] in order (batch 1), constant ``lr``. Returns the last loss."""
-    model.train()
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
-    loss = torch.tensor(float("nan"))
-    for s in range(steps):
-        ids = text[s:s + 1]
-        loss = model(input_ids=ids, labels=ids, use_cache=False).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-    model.eval()
-    return float(loss)
-
-
 def load_rows(path: Path) -> list[dict]:
     return json.loads(path.read_text())["rows"] if path.exists() else []
 
 
-def recovery_path(path: Path) -> Path:
-    return path.with_name(path.stem + "_recovery.json")
-
-
 def write(path: Path, rows: list[dict], meta: dict) -> None:
-    """Merge ``rows`` into the file (another process may be writing other rows), atomically; the
-    markdown table joins the recovery file (phase 2 writes there, so the phases never overwrite each other)."""
-    on_disk = load_rows(path)
+    """Merge ``rows`` into the file atomically and rewrite the markdown table (rows of other settings are dropped)."""
     mine = {(r["row"], r["budget"]) for r in rows}
-    rows = [r for r in on_disk if (r["row"], r["budget"]) not in mine] + rows
+    rows = [r for r in load_rows(path) if (r["row"], r["budget"]) not in mine and r["note"] == meta["note"]] + rows
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
     tmp.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     os.replace(tmp, path)
-    rec = {(r["row"], r["budget"]): r for r in load_rows(recovery_path(path)) if r.get("note") == meta["note"]}
-    rows = [{**r, **{k: v for k, v in rec.get((r["row"], r["budget"]), {}).items() if k.startswith(("ppl_rec", "recover"))}}
-            for r in rows]
-    lines = [f"# Structured pruning, SmolLM2-135M ({meta['note']})", "",
-             f"dense perplexity on these windows: {meta.get('dense_ppl', 'n/a')}", "",
-             "| row | budget | decoder params kept | ppl (no recovery) | ppl (after recovery) | reload | prune s |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [f"# Structured pruning, SmolLM2-135M", "", f"Settings: {meta['note']}.", "",
+             f"Dense perplexity on these windows: {meta['dense_ppl']:.2f}.", "",
+             "| row | budget | decoder params kept | ppl (no recovery) | ppl (after recovery) | reload pruned | reload recovered | prune s | recover s |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    ident = lambda r, k: f"{r[k + 'saved_as']}, " + ("identical" if r[k + "reload_identical"] else "max diff %.2g" % r[k + "reload_max_abs_diff"])
     for r in sorted(rows, key=lambda r: (r["budget"], r["row"])):
-        rec = r.get("ppl_recovered")
-        lines.append(f"| {r['row']} | {r['budget']:.0%} | {r['params_kept_frac']:.4f} | {r['ppl']:.2f} | "
-                     f"{'' if rec is None else f'{rec:.2f}'} | {r['saved_as']}, "
-                     f"{'identical' if r['reload_identical'] else 'max diff %.2g' % r['reload_max_abs_diff']} | "
-                     f"{r['prune_s']:.0f} |")
+        lines.append(f"| {r['row']} | {r['budget']:.0%} | {r['params_kept_frac']:.4f} | {r['ppl']:.2f} | {r['ppl_recovered']:.2f} | "
+                     f"{ident(r, '')} | {ident(r, 'rec_')} | {r['prune_s']:.0f} | {r['recover_s']:.0f} |")
+    notes = path.with_suffix(".notes.md")
+    if notes.exists():
+        lines += ["", notes.read_text().rstrip()]
     path.with_suffix(".md").write_text("\n".join(lines) + "\n")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--rows", default=",".join(ROWS))
+    ap.add_argument("--rows", default="depth,combined,flap,wanda_sp,taylor")
     ap.add_argument("--budgets", default="0.1,0.2")
-    ap.add_argument("--eval-windows", type=int, default=32)
-    ap.add_argument("--calib", type=int, default=32)
-    ap.add_argument("--steps", type=int, default=50)
+    ap.add_argument("--eval-every", type=int, default=4, help="evaluation windows [::k] of the protocol's 32")
+    ap.add_argument("--calib", type=int, default=8)
+    ap.add_argument("--select", default="120:123", help="calibration windows (a:b) that choose_blocks ranks on")
+    ap.add_argument("--steps", type=int, default=16)
     ap.add_argument("--seq", type=int, default=256)
-    ap.add_argument("--lr", type=float, default=5e-5)
-    ap.add_argument("--recover", action="store_true", help="phase 2: recover every saved row")
-    ap.add_argument("--until", default="", help="phase 2 waits for new rows until this wall-clock time (HH:MM)")
+    ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--work", default=os.path.expanduser("~/.cache/prunekit/llm_structured"))
     ap.add_argument("--out", default=str(RESULTS / "llm_structured.json"))
     args = ap.parse_args()
@@ -207,71 +158,54 @@ def main() -> None:
     out = Path(args.out)
     t0 = time.time()
     model, tok = dense_model(work)
-    windows = eval_windows(tok)[: args.eval_windows]
+    windows = eval_windows(tok)[:: args.eval_every]
     calib = calibration_windows(tok)
+    a, b = (int(x) for x in args.select.split(":"))
+    select = calib[a:b]
     text = calib[32:32 + args.steps, : args.seq]   # recovery text: the windows after the calibration set
     example = windows[:1, :64]
-    note = (f"{args.eval_windows} of 32 evaluation windows, calib[:{args.calib}], recovery {args.steps} AdamW steps "
-            f"of 1x{args.seq} tokens (calib[32:]), lr {args.lr}, torch threads {torch.get_num_threads()}")
-    meta = {"note": note, "args": vars(args), "counted": "decoder-block parameters (30 blocks, 106.2M); "
-            "embeddings/LM head (tied) and final norm not counted"}
-    rows = load_rows(out)
-    old = json.loads(out.read_text())["meta"] if out.exists() else {}
-    if old.get("note") and old["note"] != note:
-        print(f"WARNING: {out} holds rows measured with other settings: {old['note']}")
-    dense_file = work / f"dense_ppl_{args.eval_windows}.json"
-    meta["dense_ppl"] = cached(dense_file, lambda: perplexity(model, windows))
+    rcfg = RecoverConfig(method="distill", steps=args.steps, lr=args.lr)
+    note = (f"{len(windows)} of the 32 evaluation windows (every {args.eval_every}th), statistics on calib[:{args.calib}], "
+            f"block count of the combined recipe chosen on calib[{a}:{b}], recovery = distillation from the unpruned "
+            f"model (KL on logits, T={rcfg.temperature}), {args.steps} AdamW steps of 1x{args.seq} tokens (calib[32:{32 + args.steps}]), "
+            f"lr {args.lr} {rcfg.schedule}, grad clip {rcfg.grad_clip}, decoder blocks + final norm trained; torch threads {torch.get_num_threads()}")
+    meta = {"note": note, "args": vars(args), "recover": rcfg.__dict__, "counted": "decoder-block parameters (30 blocks, "
+            "106.2M); embeddings/LM head (tied) and final norm not counted"}
+    meta["dense_ppl"] = cached(work / f"dense_ppl_every{args.eval_every}.json", lambda: perplexity(model, windows))
     print(f"dense ppl {meta['dense_ppl']:.3f} ({time.time() - t0:.0f} s)", flush=True)
-    if args.recover:   # phase 2, into its own file; loops until --until (HH:MM) picking up rows phase 1 adds
-        rec_file = recovery_path(out)
-        while True:
-            done = {(r["row"], r["budget"]) for r in load_rows(rec_file) if r.get("note") == note}
-            order = args.rows.split(",")
-            todo = sorted([r for r in load_rows(out) if r["note"] == note and r["row"] in order
-                           and (r["row"], r["budget"]) not in done], key=lambda r: (order.index(r["row"]), r["budget"]))
-            if not todo:
-                if not args.until or time.strftime("%H:%M") >= args.until:
-                    return
-                time.sleep(60)
-                continue
-            r = todo[0]
-            m = hf.from_pretrained(r["folder"])
-            t = time.time()
-            last = recover_(m, text, args.steps, args.lr)
-            rec = {"row": r["row"], "budget": r["budget"], "note": note, "recovery_last_loss": last,
-                   "recover_s": time.time() - t, "ppl_recovered": perplexity(m, windows)}
-            have = [x for x in load_rows(rec_file) if (x["row"], x["budget"]) != (r["row"], r["budget"])]
-            tmp = rec_file.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(json.dumps({"meta": meta, "rows": have + [rec]}, indent=1))
-            os.replace(tmp, rec_file)
-            write(out, [], meta)   # refresh the markdown
-            print(f"{r['row']} {r['budget']}: recovered ppl {rec['ppl_recovered']:.2f}", flush=True)
     c = calib[: args.calib]
-    cal = cached(work / f"stats_{args.calib}.pt", lambda: collect_stats(model, c, progress=False))
+    cal = cached(work / f"stats_delta_{args.calib}.pt", lambda: collect_stats(model, c, progress=False))
     print(f"stats ({time.time() - t0:.0f} s)", flush=True)
-    depth = {f"model.layers.{i}": v for i, v in cal.influence.items()}   # block influence, same pass
     dense_params = decoder_params(model)
-    for budget in [float(b) for b in args.budgets.split(",")]:
-        for row in args.rows.split(","):
-            if any(r["row"] == row and r["budget"] == budget and r["note"] == note for r in rows):
+    choices = cached(work / "choices.pt", dict) if (work / "choices.pt").exists() else {}
+    done = {(r["row"], r["budget"]) for r in load_rows(out) if r["note"] == note}
+    for row in args.rows.split(","):
+        for budget in [float(x) for x in args.budgets.split(",")]:
+            if (row, budget) in done:
                 continue
-            taylor = Calibration()
-            if row == "taylor":
-                taylor = cached(work / f"taylor_{args.calib}.pt", lambda: collect_taylor(model, c))
+            taylor = cached(work / f"taylor_{args.calib}.pt", lambda: collect_taylor(model, c)) if row == "taylor" else Calibration()
             m = copy.deepcopy(model)
             t = time.time()
-            plans, base, details = prune_row(m, row, budget, cal, taylor, depth, dense_params, example, c)
+            plans, base, details = prune_row(m, row, budget, cal, taylor, dense_params, example, select, choices)
+            torch.save(choices, work / "choices.pt")
             prune_s = time.time() - t
-            folder = work / f"{row}_{budget}"
+            folder = work / f"{row.replace(':', '_')}_{budget}"
             rec = reload_check(m, folder, plans, base, example)
             ppl = perplexity(m, windows)
+            print(f"{row} {budget}: ppl {ppl:.2f}, kept {decoder_params(m) / dense_params:.4f}, {rec}", flush=True)
+            t = time.time()
+            student = hf.from_pretrained(folder)   # recover the reloaded model: what a user would do
+            res = recover_(student, text, rcfg, teacher=model)
+            recover_s = time.time() - t
+            rrec = reload_check(student, work / f"{row.replace(':', '_')}_{budget}_rec", [], copy.deepcopy(student.config), example)
+            ppl_rec = perplexity(student, windows)
             r = {"row": row, "budget": budget, "params_kept": decoder_params(m), "params_dense": dense_params,
-                 "params_kept_frac": decoder_params(m) / dense_params, "ppl": ppl, "prune_s": prune_s,
-                 "folder": str(folder), "note": note, **rec, **details}
-            rows = [x for x in rows if not (x["row"] == row and x["budget"] == budget)] + [r]
+                 "params_kept_frac": decoder_params(m) / dense_params, "ppl": ppl, "ppl_recovered": ppl_rec,
+                 "prune_s": prune_s, "recover_s": recover_s, "recover_losses": [res.losses[0], res.losses[-1]] if getattr(res, "losses", None) else None,
+                 "note": note, **rec, **{"rec_" + k: v for k, v in rrec.items()}, **details}
             write(out, [r], meta)
-            print(f"{row} {budget}: ppl {ppl:.2f}, kept {r['params_kept_frac']:.4f}, {rec}", flush=True)
-            del m
+            print(f"{row} {budget}: recovered ppl {ppl_rec:.2f} ({recover_s:.0f} s)", flush=True)
+            del m, student
 
 
 if __name__ == "__main__":

@@ -108,3 +108,59 @@ def test_query_heads_inside_groups(cal):
     assert all(l["q_heads"] == 2 and l["kv_groups"] == 2 for l in res.cut.layers)
     assert all(layer.self_attn.num_key_value_groups == 1 for layer in m.model.layers)
     assert all(len({h // 2 for h in c.q_heads}) == 2 for c in res.cuts.values())   # one from each group
+
+
+def test_combined_removes_lowest_blocks_then_neurons_to_budget(cal):
+    from prunekit.llm.recipes import CombinedConfig, prune_combined_
+    m = tiny()
+    before = decoder_params(m)
+    res = prune_combined_(m, CombinedConfig(ratio=0.5, blocks=1), cal, example_ids=CAL[:1])
+    low = min(cal.influence, key=cal.influence.get)
+    assert res.removed_layers == [f"model.layers.{low}"] and len(m.model.layers) == 2
+    removed = before - decoder_params(m)
+    neuron = unit_costs(m, model_units(m)[0]).neuron
+    assert 0.5 * before - 2 * neuron <= removed <= 0.5 * before + 2 * neuron   # depth + width meet the budget
+    assert res.width is not None and res.width.cut.error <= 1e-4
+    assert all(len(c.neurons) == len(res.width.cuts[0].neurons) > 0 for c in res.width.cuts.values())
+    with pytest.raises(ValueError, match="blocks is None"):
+        prune_combined_(tiny(), CombinedConfig(ratio=0.5), cal)
+
+
+def test_depth_bias_keeps_the_residual_mean():
+    """Removing a block with its mean update folded into the previous block's down_proj bias keeps the
+    mean of the hidden states after it (on the calibration tokens) closer to the unpruned model's than
+    removing it bare (negative control)."""
+    from prunekit.llm.recipes import depth_bias_
+    from prunekit.structure.blocks import remove_blocks_
+    m = tiny(4)
+    with torch.no_grad():   # a block with a large constant-ish update, so its mean matters
+        m.model.layers[2].mlp.down_proj.weight.mul_(8)
+    c = collect_stats(m, CAL)
+    assert set(c.delta) == {0, 1, 2, 3} and c.delta[2].shape == (32,)
+
+    def mean_after(model, layer):   # mean hidden state entering ``layer`` over the calibration tokens
+        got = []
+        h = model.model.layers[layer].register_forward_pre_hook(lambda mod, a: got.append(a[0].reshape(-1, 32).mean(0)))
+        with torch.no_grad():
+            model(input_ids=CAL, use_cache=False)
+        h.remove()
+        return got[0]
+
+    want = mean_after(m, 3)
+    bare, comp = copy.deepcopy(m), copy.deepcopy(m)
+    remove_blocks_(bare, ["model.layers.2"])
+    assert depth_bias_(comp, c, [2]) == {2: 1}
+    remove_blocks_(comp, ["model.layers.2"])
+    err_bare = (mean_after(bare, 2) - want).norm()
+    err_comp = (mean_after(comp, 2) - want).norm()
+    assert err_comp < 0.05 * err_bare
+    with pytest.raises(ValueError, match="no kept block precedes"):
+        depth_bias_(copy.deepcopy(m), c, [0])
+
+
+def test_choose_blocks_ranks_candidates_on_the_given_windows(cal):
+    from prunekit.llm.recipes import CombinedConfig, choose_blocks
+    m = tiny()
+    best, trials = choose_blocks(m, CombinedConfig(ratio=0.34), cal, CAL[:2])
+    assert sorted(trials) == [0, 1] and trials[best] == min(trials.values())
+    assert len(m.model.layers) == 3   # the model itself is not cut

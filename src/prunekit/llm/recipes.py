@@ -236,3 +236,131 @@ def refit_mlp_(model: nn.Module, windows: torch.Tensor, config: RefitConfig, *, 
     res = cut_(model, cuts, example_ids=example_ids)
     cfg = WidthConfig(criterion="flap", ratio=config.ratio, units="neurons", allocation="uniform", compensate=True)
     return WidthResult(cfg, res, cuts, [units[i].mlp.out_module for i in cuts])
+
+
+def remap_calibration(cal: Calibration, kept: list[int]) -> Calibration:
+    """``cal`` (measured on the unpruned stack) re-indexed for a model that kept the layers ``kept``
+    (in order): new layer ``i`` reads old layer ``kept[i]``'s statistics, Taylor sums, influence and
+    mean update."""
+    out = Calibration()
+    for new, old in enumerate(kept):
+        for (i, key), st in cal.stats.items():
+            if i == old:
+                out.stats[(new, key)] = st
+        for (i, key), t in cal.taylor.items():
+            if i == old:
+                out.taylor[(new, key)] = t
+        if old in cal.influence:
+            out.influence[new] = cal.influence[old]
+        if old in cal.delta:
+            out.delta[new] = cal.delta[old]
+    return out
+
+
+def depth_bias_(model: nn.Module, cal: Calibration, removed: list[int]) -> dict[int, int]:
+    """Before the blocks ``removed`` (indices in the current stack) are deleted: add each one's mean
+    residual update ``cal.delta[i]`` to the MLP output projection's bias of the nearest kept block
+    before it, so the residual stream keeps its calibration mean (FLAP's compensation applied to a
+    whole block). Returns {removed block: block that took its mean}. A removed block with no kept block
+    before it is an error (nothing can carry its mean)."""
+    gone = set(removed)
+    units = model_units(model)
+    moved = {}
+    for i in sorted(gone):
+        if i not in cal.delta:
+            raise ValueError(f"depth_bias_: no mean update for block {i} (collect_stats records Calibration.delta)")
+        k = max((j for j in range(i) if j not in gone), default=None)
+        if k is None:
+            raise ValueError(f"depth_bias_: block {i} is removed and no kept block precedes it to carry its mean")
+        add_bias_(model, units[k].mlp.out_module, cal.delta[i])
+        moved[i] = k
+    return moved
+
+
+@dataclass(frozen=True)
+class CombinedConfig:
+    """prunekit's combined structured recipe on one parameter budget: ``blocks`` decoder blocks of lowest
+    block influence go first (their mean residual updates kept as biases when ``depth_bias``), then
+    MLP neurons by ``criterion`` (the same count in every remaining layer, FLAP's bias compensation
+    when ``compensate``) take the rest of ``ratio`` of the decoder-block parameters. ``blocks=None``:
+    :func:`choose_blocks` picks it on calibration windows."""
+
+    ratio: float = 0.1
+    blocks: int | None = None
+    criterion: str = "flap"
+    compensate: bool = True
+    depth_bias: bool = True
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.ratio < 1.0:
+            raise ValueError(f"CombinedConfig.ratio must be in (0, 1), not {self.ratio}")
+        if self.blocks is not None and self.blocks < 0:
+            raise ValueError(f"CombinedConfig.blocks must be >= 0 or None, not {self.blocks}")
+        if self.criterion not in SCORERS:
+            raise ValueError(f"CombinedConfig.criterion must be one of {SCORERS}, not {self.criterion!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class CombinedResult:
+    config: CombinedConfig
+    removed_layers: list[str]
+    depth_bias: dict[int, int]
+    width: WidthResult | None
+    params_before: int
+    params_after: int
+    base_config: Any = None          # the model config after the depth cut (what the width plan replays on)
+    trials: dict[int, float] = field(default_factory=dict)   # blocks -> calibration perplexity (choose_blocks)
+
+
+def prune_combined_(model: nn.Module, config: CombinedConfig, cal: Calibration, *,
+                    example_ids: torch.Tensor | None = None) -> CombinedResult:
+    """Depth then width in place (see :class:`CombinedConfig`); ``cal`` is :func:`collect_stats` of the
+    unpruned model (re-indexed for the width step after the depth cut). Needs ``config.blocks`` set."""
+    import copy
+
+    if config.blocks is None:
+        raise ValueError("prune_combined_: CombinedConfig.blocks is None (use choose_blocks to pick it)")
+    n_layers = len(model_units(model))
+    if config.blocks >= n_layers:
+        raise ValueError(f"CombinedConfig.blocks={config.blocks} would remove all {n_layers} layers")
+    before = decoder_params(model)
+    target = int(round(config.ratio * before))
+    order = sorted(range(n_layers), key=lambda i: (cal.influence[i], i))
+    gone = sorted(order[: config.blocks])
+    moved = depth_bias_(model, cal, gone) if config.depth_bias and gone else {}
+    prefix = BLOCKS_PATH[family(model)]
+    removed = remove_blocks_(model, [f"{prefix}.{i}" for i in gone]) if gone else []
+    kept = [i for i in range(n_layers) if i not in set(gone)]
+    base = copy.deepcopy(model.config)
+    rest = target - (before - decoder_params(model))
+    width = None
+    if rest > 0:
+        wcfg = WidthConfig(criterion=config.criterion, units="neurons", allocation="uniform", compensate=config.compensate)
+        width = prune_width_(model, wcfg, remap_calibration(cal, kept), budget=rest, example_ids=example_ids)
+    return CombinedResult(config, removed, moved, width, before, decoder_params(model), base)
+
+
+def choose_blocks(model: nn.Module, config: CombinedConfig, cal: Calibration, windows: torch.Tensor,
+                  candidates: list[int] | None = None) -> tuple[int, dict[int, float]]:
+    """The block count for :func:`prune_combined_` with the lowest perplexity on calibration ``windows``
+    (never the evaluation text): each candidate (default 0 .. the count the whole budget would remove)
+    is cut from a copy. Returns (best, {candidate: perplexity})."""
+    import copy
+    from dataclasses import replace
+
+    from .eval import perplexity
+
+    n_layers = len(model_units(model))
+    if candidates is None:
+        candidates = list(range(int(round(config.ratio * n_layers)) + 1))
+    trials = {}
+    for n in candidates:
+        m = copy.deepcopy(model)
+        prune_combined_(m, replace(config, blocks=n), cal)
+        trials[n] = perplexity(m, windows)
+        del m
+    best = min(trials, key=lambda n: (trials[n], n))
+    return best, trials

@@ -72,11 +72,12 @@ class Calibration:
     stats: dict[tuple[int, str], ChannelStats] = field(default_factory=dict)
     taylor: dict[tuple[int, str], torch.Tensor] = field(default_factory=dict)
     influence: dict[int, float] = field(default_factory=dict)   # block influence (1 - cos), prunekit.structure.blocks' measure
+    delta: dict[int, torch.Tensor] = field(default_factory=dict)  # block's mean residual update E[out - in] [d], float64
 
 
 def collect_stats(model: nn.Module, windows: torch.Tensor, units: list[LayerUnits] | None = None, *,
                   device: torch.device | str | None = None, progress: bool = False) -> Calibration:
-    """Channel statistics of every output projection's input, and every block's influence, over the
+    """Channel statistics of every output projection's input, every block's influence and mean residual update, over the
     calibration ``windows`` (int64 [n, T]), through the sequential pipeline (:func:`~prunekit.llm.pipeline.run_blocks`):
     one block and the hidden states on ``device`` at a time. The model is not changed."""
     from ..structure.blocks import _cos_change
@@ -99,6 +100,8 @@ def collect_stats(model: nn.Module, windows: torch.Tensor, units: list[LayerUnit
             for h in handles:
                 h.remove()
         cal.influence[i] = sum(_cos_change(inputs.hidden[j:j + 1], out[j:j + 1]) for j in range(len(inputs))) / len(inputs)
+        d = out.shape[-1]
+        cal.delta[i] = (out - inputs.hidden).reshape(-1, d).double().mean(0).cpu()   # (tokens, d) -> (d,)
         return out
 
     run_blocks(model, windows, visit, device=device, progress=progress)
