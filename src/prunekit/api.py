@@ -15,7 +15,7 @@ from torch import nn
 from .config import PruneConfig, describe_criterion
 from .criteria import CachedScores, Criterion
 from .errors import ApplyError, CounterConflict, PlanError, PrunekitError
-from .graph.execute import meta_forward
+from .graph.execute import counting, meta_forward
 from .graph.groups import Blocked, Group
 from .graph.tracer import DependencyGraph, Unsupported, as_inputs, iter_tensors, trace
 from .graph.walk import eval_mode, recursion_headroom
@@ -205,7 +205,7 @@ def _macs_of(m: nn.Module, inputs: tuple, kwargs: Mapping[str, Any], modules: li
             shapes = _output_shapes(meta_forward(m, inputs, kwargs, counter=counter))
         except Exception:  # noqa: BLE001 - needs real values: run for real
             counter = MacCounter()
-            with torch.no_grad(), counter:
+            with torch.no_grad(), counting(counter):
                 shapes = _output_shapes(m(*inputs, **kwargs))
     return counter.macs, shapes
 

@@ -203,3 +203,98 @@ def test_meta_sdpa_rejects_mismatched_head_width():
         meta_forward(Attn(), (torch.randn(1, 4, 8, 16), torch.randn(1, 4, 8, 12), torch.randn(1, 4, 8, 16)), {})
     with pytest.raises(RuntimeError):  # 4 query heads over 3 key heads
         meta_forward(Attn(), (torch.randn(1, 4, 8, 16), torch.randn(1, 3, 8, 16), torch.randn(1, 3, 8, 16)), {})
+
+
+class _Matmuls(nn.Module):
+    """The ops counted from shapes on real tensors: linear (2-d and 3-d input), conv1d/2d, mm, addmm, bmm;
+    with matmul, einsum, SDPA, a transposed conv and an LSTM counted under the dispatch mode."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv1d(3, 6, 3, padding=1)
+        self.conv2 = nn.Conv2d(6, 6, 3, padding=1, groups=2)
+        self.tconv = nn.ConvTranspose2d(6, 4, 2, stride=2)
+        self.lin = nn.Linear(4, 5)
+        self.w = nn.Parameter(torch.randn(5, 7))
+        self.b = nn.Parameter(torch.randn(7))
+        self.lstm = nn.LSTM(7, 3, batch_first=True)
+
+    def forward(self, x):  # x: (B, 3, 8)
+        y = self.conv1(x)  # (B, 6, 8)
+        z = self.tconv(self.conv2(y.unsqueeze(-1).expand(-1, -1, -1, 4)))  # (B, 4, 16, 8)
+        t = self.lin(z.flatten(2).transpose(1, 2))  # (B, 128, 5)
+        u = torch.addmm(self.b, t[0], self.w)  # (128, 7)
+        v = torch.mm(t[0], self.w) + torch.bmm(t, self.w.expand(t.shape[0], -1, -1))[0]  # (128, 7)
+        a = torch.nn.functional.scaled_dot_product_attention(t, t, t) @ self.w  # (B, 128, 7)
+        h, _ = self.lstm(a + torch.einsum("ld,bld->bld", u + v, a))
+        return self.lin(z.mean((2, 3))).sum() + h.mean()
+
+
+def test_counting_real_forward_matches_dispatch_counter():
+    """``counting``: linear/conv/mm/addmm/bmm from shapes, the rest under the dispatch mode -- the same MACs as
+    the whole forward under the dispatch mode (torch's formulas), and the same outputs."""
+    from prunekit.graph.execute import counting
+
+    torch.manual_seed(0)
+    model = _Matmuls().eval()
+    x = torch.randn(2, 3, 8)
+    full, ours = MacCounter(), MacCounter()
+    with torch.no_grad(), full:
+        ref = model(x)
+    with torch.no_grad(), counting(ours):
+        out = model(x)
+    assert torch.equal(out, ref)
+    assert ours.macs == full.macs > 0
+    meta = MacCounter()  # the meta trace's count agrees too
+    meta_forward(model, (x,), {}, counter=meta)
+    assert meta.macs == full.macs
+
+
+def test_counting_negative_control_wrong_formula(monkeypatch):
+    """Negative control: a formula off by one FLOP per call makes the counts differ (the comparison above can fail)."""
+    from prunekit.graph import execute
+
+    formula = execute._formula
+    monkeypatch.setattr(execute, "_formula", lambda name, args: (lambda f: None if f is None else
+                                                                 (lambda out: f(out) + 2))(formula(name, args)))
+    model = _Matmuls().eval()
+    x = torch.randn(2, 3, 8)
+    full, ours = MacCounter(), MacCounter()
+    with torch.no_grad(), full:
+        model(x)
+    with torch.no_grad(), execute.counting(ours):
+        model(x)
+    assert ours.macs != full.macs
+
+
+@pytest.mark.parametrize("name,shapes", [("mm", [(5, 4), (4, 3)]), ("addmm", [(3,), (5, 4), (4, 3)]),
+                                         ("addmm", [(5, 1), (5, 4), (4, 3)]), ("bmm", [(2, 5, 4), (2, 4, 3)])])
+def test_meta_matmul_matches_real(name, shapes):
+    """mm/addmm/bmm answered by shape on meta: the real output's shape and torch's FLOPs."""
+    from prunekit.graph.execute import ShapeOnly
+
+    func = getattr(torch, name)
+    args = [torch.randn(s) for s in shapes]
+    counter = MacCounter()
+    out = ShapeOnly(counter).call(func, tuple(a.to("meta") for a in args), {})
+    with torch.no_grad(), FlopCounterMode(display=False) as real:
+        ref = func(*args)
+    assert out.is_meta and out.shape == ref.shape and out.dtype == ref.dtype
+    assert counter.flops == real.get_total_flops() > 0
+
+
+def test_meta_matmul_rejects_mismatched_sizes():
+    """Negative control: inner sizes that do not match (a plan that cut one side only) raise on meta too; a
+    call with ``beta=`` or a bias that does not broadcast is left to torch (which raises for the latter)."""
+    from prunekit.graph.execute import ShapeOnly, _meta_matmul
+
+    m = lambda *s: torch.empty(s, device="meta")  # noqa: E731
+    with pytest.raises(RuntimeError, match="cannot be multiplied"):
+        ShapeOnly().call(torch.mm, (m(5, 4), m(3, 3)), {})
+    with pytest.raises(RuntimeError, match="cannot be multiplied"):
+        ShapeOnly().call(torch.bmm, (m(2, 5, 4), m(3, 4, 3)), {})
+    assert _meta_matmul("addmm", (m(4,), m(5, 4), m(4, 3))) is None  # bias (4,) does not fit (5, 3)
+    with pytest.raises(RuntimeError):
+        ShapeOnly().call(torch.addmm, (m(4,), m(5, 4), m(4, 3)), {})
+    out = ShapeOnly().call(torch.addmm, (m(3,), m(5, 4), m(4, 3)), {"beta": 0.5})  # torch's own kernel
+    assert out.shape == (5, 3)

@@ -59,9 +59,10 @@ class ShapeOnly(TorchFunctionMode):
     and convolutions with one of the output's shape (after checking the channel counts, as
     torch does), skipping their Python meta kernels.
 
-    With a ``counter``, MACs are counted per call: convolutions by torch's formula on the
-    shapes, :data:`MAC_FREE` ops not at all, every other op under the counter's dispatch mode
-    (so whatever it decomposes into is counted by torch's FLOP formulas).
+    With a ``counter``, MACs are counted per call: convolutions, linear and 2-/3-d matmuls by
+    torch's formulas on the shapes (on real tensors too: see :func:`counting`), :data:`MAC_FREE`
+    ops not at all, every other op under the counter's dispatch mode (so whatever it decomposes
+    into is counted by torch's FLOP formulas).
     """
 
     def __init__(self, counter: MacCounter | None = None) -> None:
@@ -95,6 +96,10 @@ class ShapeOnly(TorchFunctionMode):
             out = _meta_adaptive_pool(_ADAPTIVE_POOL[name], *args, **kwargs)
             if out is not None:
                 return out
+        if name in _MATMULS and len(args) >= 2 and not kwargs:
+            out = _meta_matmul(name, args, _counter=self.counter)
+            if out is not None:
+                return out
         if meta_first and name == "scaled_dot_product_attention":
             out = _meta_sdpa(*args, **kwargs, _counter=self.counter)
             if out is not None:
@@ -112,8 +117,55 @@ class ShapeOnly(TorchFunctionMode):
             return _meta_like(args[0])
         if self.counter is None or name in MAC_FREE:
             return func(*args, **kwargs)
+        flops = _formula(name, args) if name in _FORMULA_OPS else None
+        if flops is not None:  # a matmul or convolution on real tensors: counted from shapes
+            out = func(*args, **kwargs)
+            self.counter.flops += flops(out)
+            return out
         with self.counter:
             return func(*args, **kwargs)
+
+
+def counting(counter: MacCounter) -> "ShapeOnly":
+    """A function mode that counts a real forward's MACs into ``counter``, as the meta trace counts them:
+    linear, convolutions and 2-/3-d matmuls (``mm``/``addmm``/``bmm``) by torch's formulas on their shapes,
+    :data:`MAC_FREE` ops not at all, every other op under ``counter``'s dispatch mode. The same count as
+    running the whole forward under ``counter`` (torch's formulas for the ATen ops these lower to), at a
+    fraction of its cost: the dispatch mode's Python runs for few ops instead of every ATen op."""
+    return ShapeOnly(counter)
+
+
+_FORMULA_OPS = frozenset({"linear", "conv1d", "conv2d", "conv3d", "mm", "addmm", "bmm"})
+
+
+def _dims(t: Any, n: int) -> bool:
+    return isinstance(t, torch.Tensor) and t.dim() == n
+
+
+def _formula(name: str, args: tuple) -> Callable[[Any], int] | None:
+    """FLOPs of one call of a :data:`_FORMULA_OPS` op as torch's flop formulas count the ATen op it lowers
+    to, as a function of the call's output; ``None`` when the arguments are not the plain positional form
+    whose lowering is known (the caller then counts under the dispatch mode)."""
+    if name == "linear":  # -> mm/addmm over the flattened rows: 2 * rows * in * out (the bias add is free)
+        if len(args) < 2 or not _dims(args[1], 2) or not isinstance(args[0], torch.Tensor) or args[0].dim() < 2:
+            return None
+        x, w = args[0], args[1]
+        return lambda out: 2 * x.numel() * w.shape[0]
+    if name in _CONV_DIMS:  # torch's conv formula: 2 * output elements * (in_channels / groups) * kernel size
+        nd = _CONV_DIMS[name]
+        if len(args) < 2 or not _dims(args[0], nd + 2) or not _dims(args[1], nd + 2):
+            return None
+        w = args[1]
+        return lambda out: 2 * out.numel() * math.prod(w.shape[1:]) if isinstance(out, torch.Tensor) else 0
+    operands = args[1:3] if name == "addmm" else args[:2]  # addmm(bias, mat1, mat2)
+    if len(operands) != 2:
+        return None
+    a, b = operands
+    if name in ("mm", "addmm") and _dims(a, 2) and _dims(b, 2):
+        return lambda out: 2 * a.shape[0] * a.shape[1] * b.shape[1]  # (m, k) @ (k, n)
+    if name == "bmm" and _dims(a, 3) and _dims(b, 3):
+        return lambda out: 2 * a.shape[0] * a.shape[1] * a.shape[2] * b.shape[2]  # (b, m, k) @ (b, k, n)
+    return None
 
 
 _CONV_DIMS = {"conv1d": 1, "conv2d": 2, "conv3d": 3}
@@ -238,6 +290,37 @@ def _meta_linear(x, weight, bias=None, *, _counter: MacCounter | None = None):
         raise RuntimeError(f"linear: bias of shape {tuple(bias.shape)} for {n_out} outputs")
     out = torch.empty((*x.shape[:-1], n_out), device="meta", dtype=x.dtype)
     _add_flops(_counter, lambda: 2 * x.numel() * n_out)
+    return out
+
+
+_MATMULS = frozenset({"mm", "addmm", "bmm"})
+
+
+def _meta_matmul(name: str, args: tuple, *, _counter: MacCounter | None = None):
+    """``mm`` / ``addmm`` / ``bmm`` on meta tensors of one dtype by shape (on meta, torch runs ``addmm``'s
+    Python decomposition: ~1 ms per call, most of a GPT-2 trace). Sizes are checked as torch checks them;
+    FLOPs by torch's formula (see :func:`_formula`). ``None`` to let torch do it (other devices, mixed
+    dtypes, ``beta``/``alpha``/``out`` arguments, ranks it does not take)."""
+    tensors = args if name != "addmm" else args[:3]
+    if len(tensors) != (3 if name == "addmm" else 2) or len(args) != len(tensors) \
+            or not all(isinstance(t, torch.Tensor) and t.is_meta for t in tensors) \
+            or len({t.dtype for t in tensors}) != 1:
+        return None
+    a, b = tensors[-2:]
+    rank = 3 if name == "bmm" else 2
+    if a.dim() != rank or b.dim() != rank:
+        return None
+    if a.shape[-1] != b.shape[-2] or (rank == 3 and a.shape[0] != b.shape[0]):
+        raise RuntimeError(f"{name}: shapes {tuple(a.shape)} and {tuple(b.shape)} cannot be multiplied")
+    shape = (*a.shape[:-1], b.shape[-1])
+    if name == "addmm":
+        try:
+            if torch.broadcast_shapes(tensors[0].shape, shape) != shape:
+                return None
+        except RuntimeError:
+            return None  # torch raises its own error
+    out = torch.empty(shape, device="meta", dtype=a.dtype)
+    _add_flops(_counter, lambda: _formula(name, args)(out))
     return out
 
 

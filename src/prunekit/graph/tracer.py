@@ -316,7 +316,7 @@ def _module_hooks(tracer: Tracer) -> list:
 
 def _traced_run(model: nn.Module, inputs: tuple, kwargs: dict, meta: bool, walked: Walk,
                 counter: MacCounter | None):
-    from .execute import meta_forward, meta_tensors
+    from .execute import counting, meta_forward, meta_tensors
 
     store = LabelStore()
     tensors = meta_tensors(model, walked) if meta else None
@@ -325,8 +325,10 @@ def _traced_run(model: nn.Module, inputs: tuple, kwargs: dict, meta: bool, walke
     try:
         if meta:
             out = meta_forward(model, inputs, kwargs, tensors, mode=tracer, counter=counter)
-        else:
-            with torch.no_grad(), (counter if counter is not None else contextlib.nullcontext()), tracer:
+        else:  # a real forward: its MACs counted per op as the meta trace counts them (execute.counting)
+            if counter is not None:
+                tracer.execute = counting(counter).call
+            with torch.no_grad(), tracer:
                 out = model(*inputs, **kwargs)
     finally:
         for h in handles:
