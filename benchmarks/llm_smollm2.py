@@ -43,7 +43,8 @@ BEST_OWL = dict(m=5.0, lamda=0.08)
 def row_config(name: str) -> dict | None:
     """Row name -> SparsifyConfig keywords (``None`` for dense). Names: ``<method>-<setting>``
     with setting 50, 60, 2:4 or 4:8, plus ad-hoc variants ``sparsegpt_seq``, ``sparsegpt_owl``,
-    ``sparsegpt_seq_owl``, ``wanda_owl``, ``wanda_refit``, ``sparsegpt_seq_dt``."""
+    ``sparsegpt_seq_owl``, ``wanda_owl``, ``wanda_refit``, ``sparsegpt_seq_dt``; flag ``b1`` runs one
+    calibration window per block call (the default batches all of them into one call)."""
     if name == "dense":
         return None
     method, _, setting = name.partition("-")
@@ -53,8 +54,8 @@ def row_config(name: str) -> dict | None:
     base, *flags = method.split("_")
     if base == "best":
         kw.update(BEST)
-        return kw
-    kw["method"] = base
+    else:
+        kw["method"] = base
     for f in flags:
         if f == "seq":
             kw["sequential"] = True
@@ -64,6 +65,8 @@ def row_config(name: str) -> dict | None:
             kw["dense_target"] = True
         elif f == "refit":
             kw["refit"] = True
+        elif f == "b1":
+            kw["batch"] = 1
         else:
             raise SystemExit(f"unknown flag {f!r} in row {name!r}")
     return kw

@@ -95,3 +95,36 @@ def test_progress_lines_when_not_a_terminal(capsys):
     run_blocks(tiny_model("gpt2"), _ids(1, 8), lambda *a: None, progress=True)
     err = capsys.readouterr().err
     assert "block 1/2" in err and "block 2/2" in err
+
+
+@pytest.mark.parametrize("family", TINY_FAMILIES)
+def test_batched_pipeline_equals_one_window_at_a_time(family):
+    """``batch`` windows per block call give the same final hidden states as one window per call."""
+    model = tiny_model(family)
+    ids = _ids(n=4)
+    one = run_blocks(model, ids, lambda i, b, x: None, progress=False, batch=1)
+    for batch in (3, 4):
+        got = run_blocks(model, ids, lambda i, b, x: None, progress=False, batch=batch)
+        assert [(s.start, s.stop) for s in got.calls()] == ([(0, 3), (3, 4)] if batch == 3 else [(0, 4)])
+        assert torch.allclose(got.hidden, one.hidden, rtol=1e-4, atol=1e-5), (family, batch)
+
+
+def test_batching_check_catches_a_block_that_mixes_windows():
+    """Negative control: a block whose output depends on the other windows of its call (here it adds
+    the batch mean) is refused for batching; the same block passes one window at a time."""
+    from torch import nn
+    from prunekit.llm.pipeline import BlockInputs, check_batching
+
+    class Mixing(nn.Module):
+        def forward(self, x):
+            return x + x.mean(0, keepdim=True)
+
+    inputs = BlockInputs(hidden=torch.randn(3, 5, 4), kwargs=[{}] * 3, batch=3)
+    with pytest.raises(RuntimeError, match="cannot be batched"):
+        check_batching(Mixing(), inputs)
+    check_batching(nn.Identity(), inputs)
+    inputs.batch = 1
+    check_batching(Mixing(), inputs)  # one window per call: nothing to check
+    with pytest.raises(ValueError, match="batch must be an int"):
+        BlockInputs(hidden=torch.randn(3, 5, 4), kwargs=[{}] * 3, batch=0).calls()
+

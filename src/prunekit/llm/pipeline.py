@@ -81,14 +81,33 @@ class BlockInputs:
 
     hidden: torch.Tensor
     kwargs: list[dict[str, Any]]
+    batch: int = 1
 
     def __len__(self) -> int:
         return self.hidden.shape[0]
 
+    def calls(self) -> list[slice]:
+        """The windows of each block call: runs of up to ``batch`` consecutive windows that share one
+        keyword-argument dict (batched windows must be called with identical arguments)."""
+        if not isinstance(self.batch, int) or isinstance(self.batch, bool) or self.batch < 1:
+            raise ValueError(f"llm.pipeline: BlockInputs.batch must be an int >= 1, got {self.batch!r}")
+        out: list[slice] = []
+        start = 0
+        for j in range(1, len(self) + 1):
+            if j == len(self) or j - start == self.batch or self.kwargs[j] is not self.kwargs[start]:
+                out.append(slice(start, j))
+                start = j
+        return out
+
+    @property
+    def one_call(self) -> bool:
+        """Whether every window goes through the block in one call (hooks see all windows at once)."""
+        return len(self.calls()) == 1
+
     def run(self, block: nn.Module, *, keep: bool = False, stop_after: nn.Module | None = None,
             stop_before: nn.Module | None = None) -> torch.Tensor | None:
-        """Run ``block`` on every window, one at a time (hooks on its layers see each call).
-        Returns the outputs ``[n, T, d]`` when ``keep``, else ``None``. ``stop_after``: a submodule
+        """Run ``block`` on every window, ``batch`` windows per call (hooks on its layers see each
+        call: ``[b, T, ...]``). Returns the outputs ``[n, T, d]`` when ``keep``, else ``None``. ``stop_after``: a submodule
         after whose call each window's run stops (statistics of the layers before it only);
         ``stop_before``: a submodule whose pre-hooks registered before this call still run (e.g. to
         record its input), then the window's run stops without computing it."""
@@ -101,13 +120,13 @@ class BlockInputs:
             stop_before.register_forward_pre_hook(_stop_pre) if stop_before is not None else None
         try:
             with torch.no_grad():
-                for j in range(len(self)):
+                for sl in self.calls():
                     try:
-                        y = _first_tensor(block(self.hidden[j:j + 1], **self.kwargs[j]))  # (1, T, d)
+                        y = _first_tensor(block(self.hidden[sl], **self.kwargs[sl.start]))  # (b, T, d)
                     except _Stopped:
                         continue
                     if out is not None:
-                        out[j:j + 1] = y
+                        out[sl] = y
         finally:
             if handle is not None:
                 handle.remove()
@@ -205,9 +224,30 @@ def _reporter(total: int, progress: bool) -> Callable[[int, float], None] | None
     return line
 
 
+def check_batching(block: nn.Module, inputs: BlockInputs, rtol: float = 1e-4) -> None:
+    """Check that calling ``block`` on several windows at once gives each window's own output: the
+    second window of the first call, run alone and inside a two-window batch, must agree within ``rtol``
+    (relative to its largest output). Raises ``RuntimeError`` otherwise (e.g. a block whose keyword
+    arguments carry a batch size of 1 that does not broadcast); ``batch=1`` avoids batching."""
+    sl = inputs.calls()[0]
+    if sl.stop - sl.start < 2:
+        return
+    kw = inputs.kwargs[sl.start]
+    with torch.no_grad():
+        two = _first_tensor(block(inputs.hidden[sl.start:sl.start + 2], **kw))  # (2, T, d)
+        one = _first_tensor(block(inputs.hidden[sl.start + 1:sl.start + 2], **kw))  # (1, T, d)
+    if two.shape[0] != 2 or two.shape[1:] != one.shape[1:]:
+        raise RuntimeError(f"llm.pipeline: a block called on 2 windows returned {tuple(two.shape)}, on 1 window "
+                           f"{tuple(one.shape)}; it cannot be batched (use batch=1)")
+    err = float((two[1:] - one).abs().max() / one.abs().max().clamp_min(1e-12))
+    if not err <= rtol:  # NaN fails too
+        raise RuntimeError(f"llm.pipeline: a block's output on a window differs by {err:.2e} (relative) when the "
+                           f"window is batched with another; it cannot be batched (use batch=1)")
+
+
 def run_blocks(model: nn.Module, windows: torch.Tensor, visit: Callable[[int, nn.Module, BlockInputs], Any], *,
                device: torch.device | str | None = None, source: BlockSource | None = None,
-               progress: bool = True) -> BlockInputs:
+               progress: bool = True, batch: int = 1) -> BlockInputs:
     """Visit every block of ``model`` in order on the calibration ``windows`` ([n, T] token ids),
     each on inputs produced by the already visited (pruned) blocks before it. Returns the final
     hidden states (the last block's outputs).
@@ -216,7 +256,10 @@ def run_blocks(model: nn.Module, windows: torch.Tensor, visit: Callable[[int, nn
     the block as it leaves the visit) to save the re-run.
     ``device``: where each block and the hidden states are computed (default CPU); blocks go back
     where they were afterwards. ``source``: a :class:`BlockSource` for blocks not resident in the
-    model; each is loaded, visited and stored back, one at a time.
+    model; each is loaded, visited and stored back, one at a time. ``batch``: windows per block call
+    (``BlockInputs.batch``); above 1, block 0 is first checked to give the same outputs batched
+    (:func:`check_batching`). Batching makes the GEMMs larger (faster on CPU) and lets a visitor's hooks see
+    every window at once; the activations of ``batch`` windows are alive at a time.
     """
     lay = layout(model)
     dev = torch.device(device) if device is not None else torch.device("cpu")
@@ -224,6 +267,8 @@ def run_blocks(model: nn.Module, windows: torch.Tensor, visit: Callable[[int, nn
     moved: dict[int, dict[str, Any]] = {}  # windows sharing one kwargs dict keep sharing it
     inputs.kwargs = [moved.setdefault(id(k), _move(k, dev)) for k in inputs.kwargs]
     inputs.hidden = inputs.hidden.to(dev)
+    inputs.batch = batch
+    inputs.calls()  # validates batch
     n_blocks = len(lay.blocks)
     report = _reporter(n_blocks, progress)
     for i in range(n_blocks):
@@ -234,6 +279,8 @@ def run_blocks(model: nn.Module, windows: torch.Tensor, visit: Callable[[int, nn
         was = block.training
         block.eval()
         try:
+            if i == 0 and batch > 1:
+                check_batching(block, inputs)
             out = visit(i, block, inputs)
             if isinstance(out, torch.Tensor):  # the visitor already ran the final block on every window
                 if out.shape != inputs.hidden.shape:

@@ -28,7 +28,7 @@ from .masks import global_keep, prune_count, select_keep
 from .owl import OwlConfig, owl_sparsities
 from .pipeline import BlockInputs, BlockSource, run_blocks
 from .refit import refit_kept
-from .sparsegpt import sparsegpt_prune
+from .sparsegpt import inverse_factor, sparsegpt_prune
 
 METHODS = ("magnitude", "wanda", "sparsegpt")
 GROUPS = ("row", "tensor", "global")
@@ -92,7 +92,11 @@ class SparsifyConfig:
                                                                   "(OWL); None = uniform"})
     sequential: bool = field(default=False, metadata={
         "help": "true-sequential inside each block: prune q/k/v, then o on inputs from the pruned q/k/v, then "
-                "gate/up, then down"})
+                "gate/up, then down. With every window in one block call (batch=None), this takes ONE pass of "
+                "each block (each stage is pruned by a hook just before it runs); else a pass per stage"})
+    batch: int | None = field(default=None, metadata={
+        "help": "calibration windows per block call; None = all windows in one call (fastest; the activations "
+                "of every window in one block are alive at once); 1 = one window at a time (least memory)"})
     dense_target: bool = field(default=False, metadata={
         "help": "sparsegpt: fit the dense block's outputs (W X_dense) from the pruned inputs X instead of "
                 "W X (a least-squares correction before pruning)"})
@@ -132,6 +136,8 @@ class SparsifyConfig:
             raise ValueError("SparsifyConfig.refit needs calibration statistics: use method='wanda' or 'sparsegpt'")
         if self.refit and self.dense_target:
             raise ValueError("SparsifyConfig.refit and dense_target are two different weight updates; pick one")
+        if self.batch is not None:
+            _check_number("batch", self.batch, 1, 1 << 30, integer=True)
         _check_number("blocksize", self.blocksize, 1, 1 << 20, integer=True)
         _check_number("damp", self.damp, 0.0, 1e3, low_open=True)
         if nm is not None and self.method == "sparsegpt" and self.blocksize % nm[1]:
@@ -180,11 +186,22 @@ class _InputStats:
         self.sq = torch.zeros(cols, dtype=torch.float64, device=device)
         self.hessian = torch.zeros(cols, cols, dtype=torch.float32, device=device) if hessian else None
         self.cross: torch.Tensor | None = None
+        self._factor: tuple[float, tuple[torch.Tensor, torch.Tensor]] | None = None
+
+    def release(self) -> None:
+        """Free ``X Xᵀ`` and the factor (``[in, in]`` each) once no layer needs them."""
+        self.hessian, self._factor = None, None
+
+    def factor(self, damp: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """SparseGPT's inverse-Hessian factor, computed once for all the layers reading this input."""
+        if self._factor is None or self._factor[0] != damp:
+            self._factor = (damp, inverse_factor(self.hessian, damp))
+        return self._factor[1]
 
     def add(self, x: torch.Tensor) -> None:
         x = x.detach().reshape(-1, x.shape[-1]).float()  # (tokens, in)
         self.tokens += x.shape[0]
-        self.sq += (x.double() ** 2).sum(0)
+        self.sq += x.square().sum(0).double()  # fp32 squares, pairwise-summed (as the reference Wanda)
         if self.hessian is not None:
             self.hessian.addmm_(x.t(), x)  # (in, in)
 
@@ -239,8 +256,8 @@ def _wanda_scores(w: torch.Tensor, st: _InputStats) -> torch.Tensor:
 def _prune_layer(cfg: SparsifyConfig, mod: nn.Module, st: _InputStats | None, sparsity: float) -> None:
     w = weight_of(mod)
     if cfg.method == "sparsegpt":
-        new, keep = sparsegpt_prune(w, st.hessian, sparsity, pattern=cfg.nm, group=cfg.group,
-                                    blocksize=cfg.blocksize, damp=cfg.damp)
+        new, keep = sparsegpt_prune(w, None, sparsity, pattern=cfg.nm, group=cfg.group, blocksize=cfg.blocksize,
+                                    damp=cfg.damp, factor=st.factor(cfg.damp))
     else:
         scores = w.abs().float() if cfg.method == "magnitude" else _wanda_scores(w, st)
         keep = select_keep(scores, sparsity, pattern=cfg.nm, group=cfg.group)
@@ -270,13 +287,16 @@ class _Visitor:
                 return key[present[0]]
         return None
 
-    def __call__(self, i: int, block: nn.Module, inputs: BlockInputs) -> None:
+    def __call__(self, i: int, block: nn.Module, inputs: BlockInputs) -> torch.Tensor | None:
         cfg = self.cfg
         linears = block_linears(block)
         key = _stage_of(self.lay, list(linears))
         s = self.block_sparsity[i]
         stages = [[n for n in stage if n in linears] for stage in self.lay.sequential] if cfg.sequential \
             else [list(linears)]
+        stages = [stage for stage in stages if stage]
+        if cfg.sequential and cfg.method != "magnitude" and inputs is not None and inputs.one_call:
+            return self._one_pass(block, inputs, linears, key, stages, s)
         for stage in stages:
             if cfg.method == "magnitude":
                 stats: dict[str, _InputStats] = {}
@@ -286,15 +306,55 @@ class _Visitor:
                 stats, _ = _collect(block, inputs, {n: linears[n] for n in stage}, key, cfg.needs_hessian,
                                     stop_after=linears[last] if last and not final else None,
                                     last_key=self._last_key(linears, key) if final else None)
-            if cfg.group == "global" and cfg.nm is None:
-                ws = {n: weight_of(linears[n]) for n in stage}
-                scores = {n: (ws[n].abs().float() if cfg.method == "magnitude" else _wanda_scores(ws[n], stats[key[n]]))
-                          for n in stage}
-                for n, keep in global_keep(scores, s).items():
-                    _set(cfg, linears[n], ws[n], ws[n] * keep, keep, stats.get(key[n]))
-                continue
-            for n in stage:
-                _prune_layer(cfg, linears[n], stats.get(key[n]), s)
+            self._prune_stage(linears, key, stage, stats, s)
+        return None
+
+    def _prune_stage(self, linears: dict[str, nn.Module], key: dict[str, str], stage: list[str],
+                     stats: dict[str, _InputStats], s: float) -> None:
+        cfg = self.cfg
+        if cfg.group == "global" and cfg.nm is None:
+            ws = {n: weight_of(linears[n]) for n in stage}
+            scores = {n: (ws[n].abs().float() if cfg.method == "magnitude" else _wanda_scores(ws[n], stats[key[n]]))
+                      for n in stage}
+            for n, keep in global_keep(scores, s).items():
+                _set(cfg, linears[n], ws[n], ws[n] * keep, keep, stats.get(key[n]))
+            return
+        last = {key[n]: n for n in stage}  # each input's last reader in this stage
+        for n in stage:
+            st = stats.get(key[n])
+            _prune_layer(cfg, linears[n], st, s)
+            if st is not None and last[key[n]] == n:
+                st.release()  # its Hessian and factor are not needed by any later layer
+
+    def _one_pass(self, block: nn.Module, inputs: BlockInputs, linears: dict[str, nn.Module], key: dict[str, str],
+                  stages: list[list[str]], s: float) -> torch.Tensor:
+        """True-sequential pruning in one pass of the block over every window (one call): a pre-hook on
+        each Linear prunes its whole stage from the statistics of the input it is about to read (the
+        stage's other Linears read the same input later), so every Linear runs once, already pruned,
+        and the block's output is the next block's input."""
+        done: list[int] = []
+        stage_of = {n: k for k, stage in enumerate(stages) for n in stage}
+
+        def hook(module, args, name):
+            k = stage_of[name]
+            if k in done:
+                return None
+            st = _InputStats(args[0].shape[-1], args[0].device, self.cfg.needs_hessian)
+            st.add(args[0])
+            done.append(k)
+            self._prune_stage(linears, key, stages[k], {key[name]: st}, s)
+            return None
+
+        handles = [linears[n].register_forward_pre_hook(lambda m, a, n=n: hook(m, a, n)) for n in stage_of]
+        try:
+            out = inputs.run(block, keep=True)
+        finally:
+            for h in handles:
+                h.remove()
+        if sorted(done) != list(range(len(stages))):
+            missing = [stages[k] for k in range(len(stages)) if k not in done]
+            raise RuntimeError(f"llm.sparse: the block's forward never called {missing}; they were not pruned")
+        return out
 
 
 def _magnitude_global(model: nn.Module, lay: DecoderLayout, sparsity: float) -> None:
@@ -361,7 +421,7 @@ def sparsify_llm_(model: nn.Module, windows: torch.Tensor | None = None, method:
         run_dense_target(model, windows, cfg, lay, block_sparsity, device=device, source=source, progress=progress)
     else:
         run_blocks(model, windows, _Visitor(cfg, lay, block_sparsity), device=device, source=source,
-                   progress=progress)
+                   progress=progress, batch=cfg.batch or len(windows))
     seconds = time.perf_counter() - start
     layers, overall = ({}, float("nan")) if source is not None else _layer_sparsity(lay)
     return SparsifyResult(config=cfg, block_sparsity=block_sparsity, layer_sparsity=layers, sparsity=overall,

@@ -44,24 +44,34 @@ def _hinv_upper(h: torch.Tensor, damp: float) -> torch.Tensor:
                        f"dampening")
 
 
-def sparsegpt_prune(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float, *,
+def inverse_factor(hessian: torch.Tensor, damp: float = 0.01) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(Hinv, dead)``: the upper Cholesky factor of the damped inverse Hessian and the mask of inputs
+    never active (``diag(H) == 0``; their weights carry nothing). Layers that read the same input (e.g.
+    q/k/v) share one factor: pass it to :func:`sparsegpt_prune` as ``factor``."""
+    h = hessian.detach().float().clone()
+    dead = torch.diag(h) == 0  # (in,)
+    h[dead, dead] = 1
+    return _hinv_upper(h, damp), dead  # h is overwritten by _hinv_upper
+
+
+def sparsegpt_prune(weight: torch.Tensor, hessian: torch.Tensor | None, sparsity: float, *,
                     pattern: tuple[int, int] | None = None, group: str = "tensor", blocksize: int = 128,
-                    damp: float = 0.01) -> tuple[torch.Tensor, torch.Tensor]:
-    """Prune ``weight`` ``[out, in]`` given the input Hessian ``[in, in]``; returns the updated weight
-    (float32, pruned entries exactly 0) and the keep mask.
+                    damp: float = 0.01, factor: tuple[torch.Tensor, torch.Tensor] | None = None,
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prune ``weight`` ``[out, in]`` given the input Hessian ``[in, in]`` (or its ``factor`` from
+    :func:`inverse_factor`); returns the updated weight (float32, pruned entries exactly 0) and the keep mask.
 
     ``pattern=(n, m)``: keep ``n`` of every ``m`` consecutive inputs (``sparsity`` is ignored).
     ``group``: ``"tensor"`` chooses each column block's mask over all rows (the reference),
     ``"row"`` per output row (each row loses the same fraction).
     """
     w = weight.detach().float().clone()
-    h = hessian.detach().float().clone()
     rows, cols = w.shape
-    dead = torch.diag(h) == 0  # inputs never active: their weights carry nothing
-    h[dead, dead] = 1
+    hinv, dead = factor if factor is not None else inverse_factor(hessian, damp)
+    if hinv.shape != (cols, cols):
+        raise ValueError(f"llm.sparsegpt: weight {tuple(w.shape)} and inverse-Hessian factor {tuple(hinv.shape)} "
+                         f"do not match")
     w[:, dead] = 0
-    hinv = _hinv_upper(h, damp)
-    del h  # overwritten by _hinv_upper; only the factor is used from here
     keep = torch.ones_like(w, dtype=torch.bool)
     if pattern is not None:
         n, m = pattern
@@ -92,7 +102,7 @@ def sparsegpt_prune(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float
             q = col.masked_fill(prune1[:, i], 0.0)
             q1[:, i] = q
             e = (col - q) / hinv1[i, i]
-            w1[:, i:] -= e.unsqueeze(1) @ hinv1[i, i:].unsqueeze(0)  # (out, 1) @ (1, count - i)
+            w1[:, i:].addr_(e, hinv1[i, i:], alpha=-1.0)  # rank 1: (out,) ⊗ (count - i,)
             err1[:, i] = e
         w[:, i1:i2] = q1
         keep[:, i1:i2] = ~prune1
