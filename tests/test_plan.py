@@ -278,3 +278,19 @@ def test_rollback_restores_parameter_identity_data_and_grad_bit_for_bit():
         for p, (ptr, v, g) in zip(params, data):
             assert p.data_ptr() == ptr and torch.equal(p, v) and torch.equal(p.grad, g)
     assert m[0].out_features == 12
+
+
+def test_slicer_equals_remove_indices_and_shares_kept_indices():
+    """The hard apply's slicer removes what ``remove_indices`` removes, along several dims, with one kept-index
+    tensor per (size, indices) shared across tensors. Negative control: other indices give another tensor."""
+    from prunekit.optimizer_state import remove_indices
+    from prunekit.plan import _Slicer
+
+    torch.manual_seed(0)
+    s = _Slicer()
+    w, b = torch.randn(6, 8, 3), torch.randn(6)
+    dims = {0: [1, 4], 1: [0, 5, 7]}
+    assert torch.equal(s.remove(w, dims), remove_indices(w, dims))
+    assert torch.equal(s.remove(b, {0: [1, 4]}), remove_indices(b, {0: [1, 4]}))
+    assert s.kept(6, [1, 4], w.device) is s.kept(6, [1, 4], b.device)  # built once
+    assert not torch.equal(s.remove(b, {0: [1, 5]}), remove_indices(b, {0: [1, 4]}))  # negative control

@@ -330,3 +330,26 @@ def test_zeroed_reference_equals_the_soft_apply_with_tied_weights():
     # negative control: the unpruned model differs from the zeroed reference
     with torch.no_grad():
         assert not torch.equal(m(x), ref)
+
+
+def test_zeroed_copy_cuts_two_dims_at_once_and_shares_masks_safely():
+    """One mask over both dims of a weight equals index_fill along each; a mask cache shared with tensors of
+    other sizes and ranks that lose the same index list gives each its own mask; the copy is detached and the
+    input unchanged. Negative control: the unzeroed tensor differs from the expected one."""
+    from prunekit.verify import _zeroed_copy
+
+    torch.manual_seed(0)
+    w = nn.Parameter(torch.randn(6, 8, 3))
+    idx_a, idx_b = [1, 4], [0, 5, 7]
+    want = w.detach().index_fill(0, torch.tensor(idx_a), 0).index_fill(1, torch.tensor(idx_b), 0)
+    cache: dict = {}
+    before = w.detach().clone()
+    got = _zeroed_copy(w, {0: idx_a, 1: idx_b}, cache)
+    assert torch.equal(got, want) and not got.requires_grad and torch.equal(w.detach(), before)
+    for shape, dims in [((8, 6), {0: idx_b}), ((8,), {0: idx_b}), ((3, 6), {1: idx_a}), ((6,), {0: idx_a})]:
+        t = torch.randn(shape)
+        expect = t.clone()
+        for d, idx in dims.items():
+            expect = expect.index_fill(d, torch.tensor(idx), 0)
+        assert torch.equal(_zeroed_copy(t, dims, cache), expect)
+    assert not torch.equal(w.detach(), want)  # negative control

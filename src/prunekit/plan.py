@@ -34,7 +34,7 @@ from .graph.walk import Walk, failing_module, recursion_headroom, walk
 from .io.atomic import write_text
 from .layers import update_module
 from .measure.counting import MacCounter
-from .optimizer_state import remove_indices, state_updates
+from .optimizer_state import state_updates
 
 PLAN_VERSION = 1
 
@@ -191,7 +191,7 @@ def _validate(model: nn.Module, plan: Plan, walked: Walk) -> dict[str, torch.Ten
                 raise PlanError(f"plan removes dim {dim} of {name}, which has shape {tuple(t.shape)}")
             if idx and (min(idx) < 0 or max(idx) >= t.shape[dim]):
                 raise PlanError(f"plan removes index out of range from {name} dim {dim} (size {t.shape[dim]})")
-            if len(set(idx)) >= t.shape[dim]:
+            if len(idx) >= t.shape[dim] and len(set(idx)) >= t.shape[dim]:  # fewer indices: some are kept
                 raise PlanError(f"plan removes every index of {name} dim {dim}")
     for name, dim, idx, factor in plan.rescale:
         t = tensors.get(name)
@@ -402,6 +402,30 @@ def _apply_soft(model, plan, tensors, check, opt_updates=()):
     return model
 
 
+class _Slicer:
+    """``remove_indices`` for the many tensors of one plan: the kept-index tensor of each (size, removed
+    indices, device) is built once and shared by the coupled tensors that lose the same indices (a plan's
+    conv weight, bias and norm entries of one group), instead of once per tensor and dim."""
+
+    def __init__(self) -> None:
+        self._kept: dict[tuple, torch.Tensor] = {}
+
+    def kept(self, size: int, idx: list[int], device: torch.device) -> torch.Tensor:
+        key = (size, tuple(idx), device)
+        index = self._kept.get(key)
+        if index is None:
+            keep = np.ones(size, dtype=bool)
+            keep[np.asarray(idx, dtype=np.int64)] = False
+            index = self._kept[key] = torch.from_numpy(np.flatnonzero(keep)).to(device)
+        return index
+
+    def remove(self, t: torch.Tensor, dims: Mapping[int, list[int]]) -> torch.Tensor:
+        """``t`` without the given indices along each dim (a new tensor; ``t`` is unchanged)."""
+        for dim, idx in sorted(dims.items()):
+            t = t.index_select(dim, self.kept(t.shape[dim], idx, t.device))
+        return t
+
+
 def _apply_hard(model, plan, tensors, slots, modules, check, opt_updates=()):
     """Remove the plan's slices. Parameters keep their identity (the same ``nn.Parameter`` objects, so
     optimizers and tensor hooks still hold them): their ``.data`` (and ``.grad``, sliced alike) is
@@ -411,6 +435,7 @@ def _apply_hard(model, plan, tensors, slots, modules, check, opt_updates=()):
     for name, dim, idx, factor in plan.rescale:
         scaled.setdefault(name, []).append((dim, idx, factor))
     grads: dict[str, torch.Tensor] = {}
+    slicer = _Slicer()
     with torch.no_grad():
         for name in [*plan.removed, *(n for n in scaled if n not in plan.removed)]:
             dims = plan.removed.get(name, {})
@@ -418,14 +443,14 @@ def _apply_hard(model, plan, tensors, slots, modules, check, opt_updates=()):
             for dim, idx, factor in scaled.get(name, ()):  # on a copy: the original stays for a restore
                 index = torch.tensor(idx, dtype=torch.long, device=t.device)
                 t = t.index_copy(dim, index, t.index_select(dim, index) * factor)
-            new[name] = remove_indices(t, dims).contiguous()
+            new[name] = slicer.remove(t, dims).contiguous()
             grad = tensors[name].grad if isinstance(tensors[name], nn.Parameter) else None
             if grad is not None:
                 if name in scaled:  # d(loss)/d(w * f) = grad / f on the rescaled slices
                     for dim, idx, factor in scaled[name]:
                         index = torch.tensor(idx, dtype=torch.long, device=grad.device)
                         grad = grad.index_copy(dim, index, grad.index_select(dim, index) / factor)
-                grads[name] = remove_indices(grad, dims).contiguous()
+                grads[name] = slicer.remove(grad, dims).contiguous()
     undo: list[tuple[Any, str, Any, str]] = []  # (container, key, old, kind)
     touched: set[str] = set()
     try:

@@ -142,3 +142,60 @@ def test_trace_says_whether_it_ran_on_meta_tensors():
     x = torch.randn(3, 4)
     assert trace(ReadsValues(), x).on_meta is False
     assert trace(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)), x).on_meta is True
+
+
+def _global_hook_counts() -> tuple[int, int]:
+    from torch.nn.modules import module as M
+
+    return len(M._global_forward_pre_hooks), len(M._global_forward_hooks)
+
+
+def test_module_paths_are_tracked_and_the_global_hooks_removed():
+    """The trace tracks module paths with one global pre-hook and forward hook: sites carry the path of the
+    module that ran them (a shared module: its first path), modules outside the model are ignored, and the
+    hooks are gone after the trace -- also when the forward raises. Negative control: a hook left registered
+    is seen by the same count."""
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(8, 8)
+
+        def forward(self, x):
+            return torch.relu(self.fc(x))
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = Block(), Block()
+            self.shared = nn.Linear(8, 8)
+            self.outside = [nn.Linear(8, 8)]  # not a submodule: its calls belong to the caller's path
+
+        def forward(self, x):
+            x = self.shared(self.a(x))
+            x = self.outside[0](self.shared(self.b(x)))
+            return torch.sigmoid(x)
+
+    before = _global_hook_counts()
+    g = trace(Net().eval(), torch.randn(2, 8))
+    assert _global_hook_counts() == before
+    mods = [(s.op, s.module) for s in g.sites]
+    assert mods == [("linear", "a.fc"), ("relu", "a"), ("linear", "shared"), ("linear", "b.fc"), ("relu", "b"),
+                    ("linear", "shared"), ("linear", ""), ("sigmoid", "")]
+
+    class Fails(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(8, 8)
+
+        def forward(self, x):
+            raise ValueError("boom")
+
+    with pytest.raises(ValueError):
+        trace(Fails(), torch.randn(2, 8))
+    assert _global_hook_counts() == before
+    handle = torch.nn.modules.module.register_module_forward_hook(lambda m, a, o: None)  # negative control
+    try:
+        assert _global_hook_counts() != before
+    finally:
+        handle.remove()

@@ -418,14 +418,15 @@ def meta_tensors(model: nn.Module, walked: Walk | None = None) -> dict[str, torc
 
 def meta_forward(model: nn.Module, inputs: tuple, kwargs: Mapping[str, Any],
                  tensors: dict[str, torch.Tensor] | None = None, mode: TorchFunctionMode | None = None,
-                 counter: MacCounter | None = None) -> Any:
-    """``model(*inputs, **kwargs)`` on the meta device; ``tensors`` maps names to the stand-ins used.
+                 counter: MacCounter | None = None, walked: Walk | None = None) -> Any:
+    """``model(*inputs, **kwargs)`` on the meta device; ``tensors`` maps names to the stand-ins used
+    (``walked``: the model's :func:`~prunekit.graph.walk.walk`, if the caller has it).
 
     ``mode`` (e.g. the tracer) sees every op first and must run it through its ``execute``
     attribute, which is set here to the shape-only executor: one Python mode per op instead of
     two stacked ones. With ``counter`` the forward's MACs are added to it (see :class:`ShapeOnly`).
     """
-    walked = walk(model)
+    walked = walk(model) if walked is None else walked
     tensors = meta_tensors(model, walked) if tensors is None else tensors
     args = tree_map(_to_meta, tuple(inputs))
     kw = tree_map(_to_meta, dict(kwargs))

@@ -300,18 +300,25 @@ def _call(func, args: tuple, kwargs: dict) -> Any:
 
 
 def _module_hooks(tracer: Tracer) -> list:
-    handles = []
-    for path, mod in tracer.modules.items():
-        def pre(m, a, path=path):
-            tracer.module_stack.append(path)
+    """Track the module path of every call of the model's modules in ``tracer.module_stack``: one global
+    pre-hook and one global forward hook (``always_call``) for the trace's forward, keyed by module object,
+    instead of two hooks registered on each of the model's modules (a few ms on a model with hundreds of
+    modules). Calls of modules outside the model are ignored, as before. Returns the handles to remove."""
+    from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
 
-        def post(m, a, o):
-            if len(tracer.module_stack) > 1:
-                tracer.module_stack.pop()
+    path_of = {id(mod): path for path, mod in tracer.modules.items()}
+    stack = tracer.module_stack
 
-        handles.append(mod.register_forward_pre_hook(pre))
-        handles.append(mod.register_forward_hook(post, always_call=True))
-    return handles
+    def pre(m, a):
+        path = path_of.get(id(m))
+        if path is not None:
+            stack.append(path)
+
+    def post(m, a, o):
+        if id(m) in path_of and len(stack) > 1:
+            stack.pop()
+
+    return [register_module_forward_pre_hook(pre), register_module_forward_hook(post, always_call=True)]
 
 
 def _traced_run(model: nn.Module, inputs: tuple, kwargs: dict, meta: bool, walked: Walk,
@@ -324,7 +331,7 @@ def _traced_run(model: nn.Module, inputs: tuple, kwargs: dict, meta: bool, walke
     handles = _module_hooks(tracer)
     try:
         if meta:
-            out = meta_forward(model, inputs, kwargs, tensors, mode=tracer, counter=counter)
+            out = meta_forward(model, inputs, kwargs, tensors, mode=tracer, counter=counter, walked=walked)
         else:  # a real forward: its MACs counted per op as the meta trace counts them (execute.counting)
             if counter is not None:
                 tracer.execute = counting(counter).call
@@ -339,6 +346,9 @@ def _traced_run(model: nn.Module, inputs: tuple, kwargs: dict, meta: bool, walke
 def _module_paths(model: nn.Module, items: Iterable[str | nn.Module], option: str) -> list[tuple[str, nn.Module]]:
     """``(path, module)`` for every module named or given in ``items`` (a module object registered
     under several paths is listed once per path); a name or object that matches nothing raises."""
+    items = list(items)
+    if not items:
+        return []
     every = list(model.named_modules(remove_duplicate=False))
     by_name = dict(every)
     out: list[tuple[str, nn.Module]] = []
