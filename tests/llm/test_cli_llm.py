@@ -65,8 +65,10 @@ def test_wanda_run_writes_model_and_summary(folder, tmp_path, capsys):
 
 def test_pattern_and_low_memory(folder, tmp_path, capsys):
     out = tmp_path / "nm"
-    assert main(_args(folder, out, "--method", "sparsegpt", "--pattern", "2:4", "--low-memory", "--refit")) == 0
-    assert json.loads((out / "summary.json").read_text())["config"]["refit"] is True
+    assert main(_args(folder, out, "--method", "sparsegpt", "--pattern", "2:4", "--low-memory", "--refit",
+                      "--sequential", "--batch", "2")) == 0
+    config = json.loads((out / "summary.json").read_text())["config"]
+    assert (config["refit"], config["sequential"], config["batch"]) == (True, True, 2)
     back = transformers.AutoModelForCausalLM.from_pretrained(out)
     w = back.model.layers[1].mlp.down_proj.weight.view(-1, 4)  # [rows * in / 4, 4]
     assert ((w != 0).sum(1) <= 2).all()  # 2:4 holds exactly
@@ -82,6 +84,7 @@ def test_pattern_and_low_memory(folder, tmp_path, capsys):
     (("--method", "wanda", "--sparsity", "0.5", "--group", "column"), "--group"),
     (("--method", "wanda", "--sparsity", "0.5", "--eval", "missing.txt"), "--eval 'missing.txt'"),
     (("--method", "magnitude", "--sparsity", "0.5", "--refit"), "--refit needs calibration"),
+    (("--method", "wanda", "--sparsity", "0.5", "--batch", "0"), "--batch must be >= 1"),
 ])
 def test_bad_arguments_fail_before_any_work(folder, tmp_path, capsys, extra, message):
     out = tmp_path / "never"

@@ -43,6 +43,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--group", default=None, help=f"comparison group: {', '.join(GROUPS)} (default: the method's reference)")
     p.add_argument("--refit", action="store_true", help="wanda/sparsegpt: refit the kept weights by least squares after "
                                                         "the mask is chosen (prunekit's best with sparsegpt)")
+    p.add_argument("--sequential", action="store_true", help="true-sequential inside each block (q/k/v, then o, then "
+                                                             "gate/up, then down, each on inputs from the pruned "
+                                                             "layers before it); one pass per block")
+    p.add_argument("--batch", type=int, default=None, help="calibration windows per block call (default: all at once; "
+                                                         "1 = least memory)")
     p.add_argument("--calib", default=PROTOCOL, help=f"'{PROTOCOL}' (the protocol's calibration windows) or a UTF-8 "
                                                    "text file (default protocol)")
     p.add_argument("--calib-windows", type=int, default=32, help="calibration windows (default 32)")
@@ -77,6 +82,8 @@ def validate(args: argparse.Namespace) -> None:
         raise UsageError(f"--group {args.group!r} is not one of {', '.join(GROUPS)}")
     if getattr(args, "refit", False) and args.method == "magnitude":
         raise UsageError("--refit needs calibration statistics: use --method wanda or sparsegpt")
+    if getattr(args, "batch", None) is not None and args.batch < 1:
+        raise UsageError(f"--batch must be >= 1 (calibration windows per block call), got {args.batch}")
     for name in ("calib_windows", "eval_windows", "seq_len"):
         if getattr(args, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
@@ -137,7 +144,8 @@ def run(args: argparse.Namespace) -> int:
     from .sparse import SparsifyConfig, sparsify_llm_
 
     cfg = SparsifyConfig(method=args.method, sparsity=args.sparsity if args.sparsity is not None else 0.5,
-                         pattern=args.pattern, group=args.group, refit=args.refit)
+                         pattern=args.pattern, group=args.group, refit=args.refit,
+                         sequential=args.sequential, batch=args.batch)
     eval_spec = args.eval if args.eval is not None else (
         PROTOCOL if (args.calib == PROTOCOL or args.model == SMOLLM2) else args.calib)
     out = Path(args.out)
