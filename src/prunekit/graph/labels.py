@@ -147,7 +147,7 @@ class LabelStore:
         r = parent[xs]
         while True:
             rr = parent[r]
-            if np.array_equal(rr, r):
+            if (rr == r).all():  # same shape: np.array_equal's checks cost more than the compare
                 break
             r = rr
         parent[xs] = r
@@ -158,7 +158,7 @@ class LabelStore:
         b = np.asarray(b, dtype=np.int64).reshape(-1)
         if a.shape != b.shape:
             raise ValueError(f"cannot unify label arrays of sizes {a.size} and {b.size}")
-        if a is b or np.array_equal(a, b):
+        if a is b or (a == b).all():  # same shape (checked above)
             return
         parent = self._parent
         ra = self.find_many(a)

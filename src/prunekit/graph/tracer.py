@@ -185,6 +185,22 @@ class Tracer(TorchFunctionMode):
     def current_module(self) -> nn.Module | None:
         return self.modules.get(self.module_path)
 
+    def subtree(self, path: str) -> list[tuple[str, nn.Module]]:
+        """``(path, module)`` of the module at ``path`` and every module below it, in ``modules`` order
+        (every module for the root ``""``); built once per path and trace."""
+        cache = self.__dict__.setdefault("_subtrees", {})
+        found = cache.get(path)
+        if found is None:
+            prefix = path + "."
+            found = cache[path] = [(p, m) for p, m in self.modules.items()
+                                   if p == path or (p.startswith(prefix) if path else True)]
+        return found
+
+    @functools.cached_property
+    def path_of(self) -> dict[int, str]:
+        """Module object id -> its path (the first one, as in ``modules``); built once per trace."""
+        return {id(m): p for p, m in self.modules.items()}
+
     # -- context ------------------------------------------------------------------
     @property
     def module_path(self) -> str:
@@ -306,7 +322,7 @@ def _module_hooks(tracer: Tracer) -> list:
     modules). Calls of modules outside the model are ignored, as before. Returns the handles to remove."""
     from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
 
-    path_of = {id(mod): path for path, mod in tracer.modules.items()}
+    path_of = tracer.path_of
     stack = tracer.module_stack
 
     def pre(m, a):

@@ -140,8 +140,7 @@ def size_kinds(tracer, op: str, n: int) -> list[SizeKind] | None:
     args = _call_args(frame, op)
     if args is None or len(args) != n:
         return None
-    paths = {id(m): p for p, m in tracer.modules.items()}
-    return [_classify(a, frame, paths) for a in args]
+    return [_classify(a, frame, tracer.path_of) for a in args]
 
 
 def _classify(a: ast.expr, frame, paths: dict[int, str]) -> SizeKind:
@@ -182,7 +181,7 @@ def split_size_kind(tracer) -> SizeKind | None:
     args = _call_args(frame, "split")
     if not args:
         return None
-    return _classify(args[0], frame, {id(m): p for p, m in tracer.modules.items()})
+    return _classify(args[0], frame, tracer.path_of)
 
 
 def kinds_for(tracer, op: str, requested: Sequence[int] | None) -> list[SizeKind] | None:

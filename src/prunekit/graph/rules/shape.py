@@ -295,11 +295,10 @@ def _tuple_attr(tracer, shape: Any) -> tuple[str, str, bool] | None:
     if mod is None or not isinstance(shape, (tuple, list, torch.Size)) or len(shape) < 2:
         return None
     here = tracer.module_path
-    for path, m in tracer.modules.items():  # the very object, here or in a submodule (``self.rel_pos.get_bias()``)
-        if path == here or (path.startswith(here + ".") if here else True):
-            for n, v in vars(m).items():
-                if v is shape:
-                    return path, n, True
+    for path, m in tracer.subtree(here):  # the very object, here or in a submodule (``self.rel_pos.get_bias()``)
+        for n, v in vars(m).items():
+            if v is shape:
+                return path, n, True
     for n, v in vars(mod).items():  # an equal tuple of the module itself (``view(*self.shape)``)
         if isinstance(v, (tuple, list, torch.Size)) and not n.startswith("_") and list(v) == list(shape):
             return here, n, False
