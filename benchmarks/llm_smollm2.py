@@ -50,7 +50,7 @@ def row_config(name: str) -> dict | None:
     method, _, setting = name.partition("-")
     if setting not in SETTINGS:
         raise SystemExit(f"unknown row {name!r}: setting must be one of {list(SETTINGS)}")
-    kw = dict(SETTINGS[setting])
+    kw = dict(SETTINGS[setting], sequential=False)  # rows name their options; flag seq turns it on
     base, *flags = method.split("_")
     if base == "best":
         kw.update(BEST)

@@ -18,12 +18,22 @@ def prune_count(size: int, sparsity: float) -> int:
 
 
 def prune_lowest(scores: torch.Tensor, k: int, dim: int) -> torch.Tensor:
-    """Keep mask removing the ``k`` lowest scores along ``dim`` (each slice loses exactly ``k``)."""
+    """Keep mask removing the ``k`` lowest scores along ``dim`` (each slice loses exactly ``k``), the
+    mask of a stable ascending sort: among scores equal to the ``k``-th lowest, the lower indices go.
+
+    Found with ``kthvalue`` (a selection, 2-4x faster than sorting on CPU); scores with NaN take the
+    sorting path (NaN ranks highest)."""
     keep = torch.ones_like(scores, dtype=torch.bool)
-    if k > 0:
+    if k <= 0:
+        return keep
+    if k >= scores.shape[dim] or bool(torch.isnan(scores).any()):
         order = torch.argsort(scores, dim=dim, stable=True)
-        keep.scatter_(dim, order.narrow(dim, 0, k), False)
-    return keep
+        return keep.scatter_(dim, order.narrow(dim, 0, min(k, scores.shape[dim])), False)
+    kth = scores.kthvalue(k, dim=dim, keepdim=True).values  # the k-th lowest of each slice
+    below = scores < kth
+    tied = scores == kth
+    need = k - below.sum(dim, keepdim=True)  # how many of the tied entries go (>= 1)
+    return ~(below | (tied & (tied.cumsum(dim) <= need)))
 
 
 def nm_keep(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
