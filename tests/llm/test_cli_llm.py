@@ -66,9 +66,9 @@ def test_wanda_run_writes_model_and_summary(folder, tmp_path, capsys):
 def test_pattern_and_low_memory(folder, tmp_path, capsys):
     out = tmp_path / "nm"
     assert main(_args(folder, out, "--method", "sparsegpt", "--pattern", "2:4", "--low-memory", "--refit",
-                      "--sequential", "--batch", "2")) == 0
+                      "--no-sequential", "--batch", "2")) == 0
     config = json.loads((out / "summary.json").read_text())["config"]
-    assert (config["refit"], config["sequential"], config["batch"]) == (True, True, 2)
+    assert (config["refit"], config["sequential"], config["batch"]) == (True, False, 2)
     back = transformers.AutoModelForCausalLM.from_pretrained(out)
     w = back.model.layers[1].mlp.down_proj.weight.view(-1, 4)  # [rows * in / 4, 4]
     assert ((w != 0).sum(1) <= 2).all()  # 2:4 holds exactly

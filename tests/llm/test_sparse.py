@@ -47,7 +47,7 @@ def test_wanda_mask_equals_definition(family):
     for h in hooks:
         h.remove()
     dense = {n: weight_of(m).clone() for n, m in linears.items()}
-    sparsify_llm_(model, ids, method="wanda", sparsity=0.5, progress=False)
+    sparsify_llm_(model, ids, method="wanda", sparsity=0.5, sequential=False, progress=False)
     for n, m in linears.items():
         score = dense[n].abs() * sq[n].sqrt()[None, :]  # (out, in)
         k = dense[n].shape[1] // 2
@@ -172,7 +172,7 @@ def test_one_pass_sequential_equals_stage_by_stage(method, family):
                       progress=False)
         models[batch] = model
     plain = tiny_model(family)
-    sparsify_llm_(plain, ids, method=method, sparsity=0.5, progress=False)
+    sparsify_llm_(plain, ids, method=method, sparsity=0.5, sequential=False, progress=False)
     differs_from_plain = 0
     for (name, a), b, c in zip(_weights(models[None]).items(), _weights(models[1]).values(), _weights(plain).values()):
         agree = float(((a != 0) == (b != 0)).float().mean())

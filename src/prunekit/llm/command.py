@@ -43,9 +43,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--group", default=None, help=f"comparison group: {', '.join(GROUPS)} (default: the method's reference)")
     p.add_argument("--refit", action="store_true", help="wanda/sparsegpt: refit the kept weights by least squares after "
                                                         "the mask is chosen (prunekit's best with sparsegpt)")
-    p.add_argument("--sequential", action="store_true", help="true-sequential inside each block (q/k/v, then o, then "
-                                                             "gate/up, then down, each on inputs from the pruned "
-                                                             "layers before it); one pass per block")
+    p.add_argument("--sequential", action=argparse.BooleanOptionalAction, default=True,
+                   help="true-sequential inside each block (q/k/v, then o, then gate/up, then down, each on inputs "
+                        "from the pruned layers before it; one pass per block; default). --no-sequential: the "
+                        "reference papers' order (all layers scored on the unpruned block's inputs)")
     p.add_argument("--batch", type=int, default=None, help="calibration windows per block call (default: all at once; "
                                                          "1 = least memory)")
     p.add_argument("--calib", default=PROTOCOL, help=f"'{PROTOCOL}' (the protocol's calibration windows) or a UTF-8 "

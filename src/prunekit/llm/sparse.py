@@ -1,6 +1,7 @@
 """Per-weight sparsity for decoder LLMs, one block at a time: magnitude, Wanda and SparseGPT;
 unstructured or N:M; comparison groups per output row, per tensor or global; optional OWL layer
-ratios; optional true-sequential pruning inside each block.
+ratios; true-sequential pruning inside each block, one pass per block (the default; or the
+reference order, every layer scored on the unpruned block).
 
 Only the decoder blocks' Linear layers are pruned (not the embeddings or the LM head), as in the
 reference figures.
@@ -90,10 +91,12 @@ class SparsifyConfig:
                 "(magnitude tensor, wanda row, sparsegpt tensor = each 128-column block over all rows)"})
     owl: OwlConfig | None = field(default=None, metadata={"help": "outlier-weighted layer-wise sparsities "
                                                                   "(OWL); None = uniform"})
-    sequential: bool = field(default=False, metadata={
+    sequential: bool = field(default=True, metadata={
         "help": "true-sequential inside each block: prune q/k/v, then o on inputs from the pruned q/k/v, then "
                 "gate/up, then down. With every window in one block call (batch=None), this takes ONE pass of "
-                "each block (each stage is pruned by a hook just before it runs); else a pass per stage"})
+                "each block (each stage is pruned by a hook just before it runs); else a pass per stage. "
+                "False = the reference papers' order: every layer scored on the unpruned block's inputs, then "
+                "a second pass of the pruned block (SmolLM2 50%: Wanda 50.13 vs 49.67 sequential)"})
     batch: int | None = field(default=None, metadata={
         "help": "calibration windows per block call; None = all windows in one call (fastest; the activations "
                 "of every window in one block are alive at once); 1 = one window at a time (least memory)"})
@@ -379,7 +382,7 @@ def _layer_sparsity(lay: DecoderLayout) -> tuple[dict[str, float], float]:
 def sparsify_llm_(model: nn.Module, windows: torch.Tensor | None = None, method: str = "wanda",
                   sparsity: float = 0.5, pattern: str | tuple[int, int] | None = None, group: str | None = None,
                   owl: OwlConfig | dict | None = None, device: torch.device | str | None = None, *,
-                  sequential: bool = False, refit: bool = False, config: SparsifyConfig | None = None,
+                  sequential: bool = True, refit: bool = False, config: SparsifyConfig | None = None,
                   progress: bool = True, source: BlockSource | None = None) -> SparsifyResult:
     """Sparsify the decoder Linear layers of a Hugging Face causal LM in place, block by block on the
     calibration ``windows`` (LongTensor [n, T]; not needed for uniform magnitude).
