@@ -17,7 +17,11 @@ Rows (one process runs them one after another; each row is written as soon as it
   combined    prunekit's combined recipe (llm.recipes.prune_combined_): the number of blocks chosen on
               held-out calibration windows (choose_blocks), their mean updates kept as biases, FLAP
               neurons with compensation for the rest
-  combined:N[:nobias]  the same with N blocks fixed (nobias: without the blocks' mean updates)
+  combined:N[:nobias][:loss]  the same with N blocks fixed (nobias: without the blocks' mean updates;
+              loss: blocks ordered by their removal perplexity on calib[8:10] (removal_perplexity)
+              instead of block influence)
+  best        prunekit's best combined recipe, fixed before any evaluation from calibration measurements
+              only (see BEST)
 Results: benchmarks/results/llm_structured.{json,md}. Settings that deviate from the protocol
 (fewer evaluation/calibration windows) are in the header and in each row.
 """
@@ -36,13 +40,17 @@ import torch
 from prunekit.llm import hf
 from prunekit.llm.data import calibration_windows, eval_windows, smollm2
 from prunekit.llm.eval import perplexity
-from prunekit.llm.recipes import CombinedConfig, WidthConfig, choose_blocks, prune_combined_, prune_depth_, prune_width_
+from prunekit.llm.recipes import (CombinedConfig, WidthConfig, choose_blocks, prune_combined_, prune_depth_, prune_width_,
+                                  removal_perplexity)
 from prunekit.llm.recover import RecoverConfig, recover_
 from prunekit.llm.scores import Calibration, collect_stats, collect_taylor
 from prunekit.llm.structured import decoder_params, model_units
 
 RESULTS = Path(__file__).parent / "results"
+WORK = Path(os.path.expanduser("~/.cache/prunekit/llm_structured"))
+CALIB: torch.Tensor = torch.empty(0, dtype=torch.long)   # set by main
 WIDTH = ("taylor", "wanda_sp", "flap", "random", "l2")
+BEST = "combined:{n}:nobias"   # blocks = the depth-only count minus one, by block influence, no mean bias; FLAP for the rest
 
 
 def dense_model(work: Path):
@@ -79,6 +87,8 @@ def prune_row(model, row: str, budget: float, cal: Calibration, taylor: Calibrat
         base = copy.deepcopy(model.config)
         res = prune_width_(model, cfg, taylor if row == "taylor" else cal, budget=target, example_ids=example)
         return [res.cut.plan], base, {"width": cfg.to_dict(), "verify_error": res.cut.error, "compensated": len(res.compensated)}
+    if row == "best":
+        row = BEST.format(n=int(round(budget * n_layers)) - 1)
     if row.startswith("combined"):
         parts = row.split(":")
         cfg = CombinedConfig(ratio=budget, depth_bias="nobias" not in parts)
@@ -94,8 +104,12 @@ def prune_row(model, row: str, budget: float, cal: Calibration, taylor: Calibrat
             n = choices[key]["blocks"]
             details["choose_blocks"] = choices[key]
         cfg = CombinedConfig(ratio=budget, blocks=n, depth_bias=cfg.depth_bias)
-        res = prune_combined_(model, cfg, cal, example_ids=example)
-        details.update(combined=cfg.to_dict(), removed_layers=res.removed_layers, depth_bias=res.depth_bias)
+        scores = None
+        if "loss" in parts:
+            scores = cached(WORK / "removal_ppl_8_10.pt", lambda: removal_perplexity(model, CALIB[8:10]))
+            details["block_order"] = "removal perplexity on calib[8:10]"
+        res = prune_combined_(model, cfg, cal, example_ids=example, block_scores=scores)
+        details.update(recipe=row, combined=cfg.to_dict(), removed_layers=res.removed_layers, depth_bias=res.depth_bias)
         plans = [res.width.cut.plan] if res.width is not None else []
         if res.width is not None:
             details.update(verify_error=res.width.cut.error, compensated=len(res.width.compensated))
@@ -153,13 +167,14 @@ def main() -> None:
     ap.add_argument("--work", default=os.path.expanduser("~/.cache/prunekit/llm_structured"))
     ap.add_argument("--out", default=str(RESULTS / "llm_structured.json"))
     args = ap.parse_args()
-    work = Path(args.work)
+    global WORK, CALIB
+    work = WORK = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     out = Path(args.out)
     t0 = time.time()
     model, tok = dense_model(work)
     windows = eval_windows(tok)[:: args.eval_every]
-    calib = calibration_windows(tok)
+    calib = CALIB = calibration_windows(tok)
     a, b = (int(x) for x in args.select.split(":"))
     select = calib[a:b]
     text = calib[32:32 + args.steps, : args.seq]   # recovery text: the windows after the calibration set

@@ -164,3 +164,19 @@ def test_choose_blocks_ranks_candidates_on_the_given_windows(cal):
     best, trials = choose_blocks(m, CombinedConfig(ratio=0.34), cal, CAL[:2])
     assert sorted(trials) == [0, 1] and trials[best] == min(trials.values())
     assert len(m.model.layers) == 3   # the model itself is not cut
+
+
+def test_removal_perplexity_orders_the_combined_cut(cal):
+    from prunekit.llm.eval import perplexity
+    from prunekit.llm.recipes import CombinedConfig, prune_combined_, removal_perplexity
+    from prunekit.structure.blocks import remove_blocks_
+    m = tiny()
+    rp = removal_perplexity(m, CAL[:2])
+    ref = copy.deepcopy(m)
+    remove_blocks_(ref, ["model.layers.1"])
+    assert sorted(rp) == [0, 1, 2] and rp[1] == pytest.approx(perplexity(ref, CAL[:2]), rel=1e-6)
+    scores = {0: 3.0, 1: 1.0, 2: 2.0}   # block 1 lowest: it goes, whatever its influence
+    res = prune_combined_(m, CombinedConfig(ratio=0.34, blocks=1, depth_bias=False), cal, block_scores=scores)
+    assert res.removed_layers == ["model.layers.1"]
+    with pytest.raises(ValueError, match="no block score"):
+        prune_combined_(tiny(), CombinedConfig(ratio=0.34, blocks=1), cal, block_scores={0: 1.0})

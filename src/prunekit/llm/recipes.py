@@ -315,10 +315,30 @@ class CombinedResult:
     trials: dict[int, float] = field(default_factory=dict)   # blocks -> calibration perplexity (choose_blocks)
 
 
+def removal_perplexity(model: nn.Module, windows: torch.Tensor, candidates: list[int] | None = None) -> dict[int, float]:
+    """Perplexity on calibration ``windows`` with each candidate decoder block (default: every one)
+    removed alone: the block order of :func:`prune_combined_` when given as ``block_scores`` (lowest
+    first), a direct measure of what removing the block costs, instead of block influence's cosine."""
+    import copy
+
+    from .eval import perplexity
+
+    prefix = BLOCKS_PATH[family(model)]
+    out = {}
+    for i in candidates if candidates is not None else range(len(blocks(model))):
+        m = copy.deepcopy(model)
+        remove_blocks_(m, [f"{prefix}.{i}"])
+        out[i] = perplexity(m, windows)
+        del m
+    return out
+
+
 def prune_combined_(model: nn.Module, config: CombinedConfig, cal: Calibration, *,
-                    example_ids: torch.Tensor | None = None) -> CombinedResult:
+                    example_ids: torch.Tensor | None = None, block_scores: dict[int, float] | None = None) -> CombinedResult:
     """Depth then width in place (see :class:`CombinedConfig`); ``cal`` is :func:`collect_stats` of the
-    unpruned model (re-indexed for the width step after the depth cut). Needs ``config.blocks`` set."""
+    unpruned model (re-indexed for the width step after the depth cut). Needs ``config.blocks`` set.
+    Blocks go in the order of ``block_scores`` (lowest first, e.g. :func:`removal_perplexity`; every
+    block must have one), by default of ``cal.influence``."""
     import copy
 
     if config.blocks is None:
@@ -328,7 +348,11 @@ def prune_combined_(model: nn.Module, config: CombinedConfig, cal: Calibration, 
         raise ValueError(f"CombinedConfig.blocks={config.blocks} would remove all {n_layers} layers")
     before = decoder_params(model)
     target = int(round(config.ratio * before))
-    order = sorted(range(n_layers), key=lambda i: (cal.influence[i], i))
+    scores = cal.influence if block_scores is None else block_scores
+    missing = [i for i in range(n_layers) if i not in scores]
+    if missing:
+        raise ValueError(f"prune_combined_: no block score for layers {missing}")
+    order = sorted(range(n_layers), key=lambda i: (scores[i], i))
     gone = sorted(order[: config.blocks])
     moved = depth_bias_(model, cal, gone) if config.depth_bias and gone else {}
     prefix = BLOCKS_PATH[family(model)]
@@ -344,22 +368,30 @@ def prune_combined_(model: nn.Module, config: CombinedConfig, cal: Calibration, 
 
 
 def choose_blocks(model: nn.Module, config: CombinedConfig, cal: Calibration, windows: torch.Tensor,
-                  candidates: list[int] | None = None) -> tuple[int, dict[int, float]]:
+                  candidates: list[int] | None = None, *, recover: Any = None, text: torch.Tensor | None = None,
+                  teacher: nn.Module | None = None, block_scores: dict[int, float] | None = None) -> tuple[int, dict[int, float]]:
     """The block count for :func:`prune_combined_` with the lowest perplexity on calibration ``windows``
     (never the evaluation text): each candidate (default 0 .. the count the whole budget would remove)
-    is cut from a copy. Returns (best, {candidate: perplexity})."""
+    is cut from a copy and, when ``recover`` (a :class:`~prunekit.llm.recover.RecoverConfig`) is given,
+    first recovered on the calibration ``text`` (with ``teacher``, the unpruned model, when it distills),
+    so the choice ranks what a short recovery makes of each split. Returns (best, {candidate: perplexity})."""
     import copy
     from dataclasses import replace
 
     from .eval import perplexity
+    from .recover import recover_
 
+    if recover is not None and text is None:
+        raise ValueError("choose_blocks: recover= needs the calibration text= to recover on")
     n_layers = len(model_units(model))
     if candidates is None:
         candidates = list(range(int(round(config.ratio * n_layers)) + 1))
     trials = {}
     for n in candidates:
         m = copy.deepcopy(model)
-        prune_combined_(m, replace(config, blocks=n), cal)
+        prune_combined_(m, replace(config, blocks=n), cal, block_scores=block_scores)
+        if recover is not None:
+            recover_(m, text, recover, teacher=teacher)
         trials[n] = perplexity(m, windows)
         del m
     best = min(trials, key=lambda n: (trials[n], n))
