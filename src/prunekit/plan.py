@@ -230,8 +230,9 @@ def _apply_plan(model: nn.Module, plan: Plan, mode: str = "hard",
     No parameter or buffer may end on the ``meta`` device. ``report`` (a dict), if given, receives
     what was verified: ``checked`` ("exact" or "finite"), ``error`` and ``tolerance``, and the
     verified outputs' ``output_shapes``. With ``counter`` (a :class:`~prunekit.measure.counting.MacCounter`)
-    the verification forward of the applied model runs under it, so one forward both verifies the
-    model and counts its MACs; ``check`` runs after that forward.
+    the verification forward of the applied model counts its MACs into it (per torch function, see
+    :func:`~prunekit.graph.execute.counting`: the same count as running under the counter, cheaper), so
+    one forward both verifies the model and counts its MACs; ``check`` runs after that forward.
 
     Parameters keep their identity: a hard apply replaces the ``.data`` (and slices the ``.grad``) of
     the same ``nn.Parameter`` objects, so optimizers and tensor hooks still hold the model's parameters.
