@@ -196,3 +196,24 @@ def test_one_pass_names_a_stage_the_forward_never_calls():
     block.mlp.forward = lambda x: x  # the MLP Linears are never called
     with pytest.raises(RuntimeError, match="never called"):
         sparsify_llm_(model, _ids(), config=SparsifyConfig(method="wanda", sequential=True), progress=False)
+
+
+def test_inverse_factor_in_place_equals_copy_and_sparsegpt_results_unchanged():
+    """The in-place factor (used when no refit needs X Xᵀ later) is the copied one, bit for bit; a shared
+    factor gives the same pruned weights as the layer's own Hessian."""
+    from prunekit.llm.sparsegpt import inverse_factor
+    x = _correlated()
+    h = x.t() @ x  # (in, in)
+    copied, dead = inverse_factor(h, 0.01)
+    h2 = h.clone()
+    in_place, dead2 = inverse_factor(h2, 0.01, inplace=True)
+    assert torch.equal(copied, in_place) and torch.equal(dead, dead2)
+    assert not torch.equal(h2, h)  # the caller's matrix was used as storage
+    w = torch.randn(24, 64, generator=torch.Generator().manual_seed(3))
+    a, ka = sparsegpt_prune(w, h, 0.5, blocksize=16)
+    b, kb = sparsegpt_prune(w, None, 0.5, blocksize=16, factor=(copied, dead))
+    assert torch.equal(a, b) and torch.equal(ka, kb)
+    with pytest.raises(ValueError, match="float32"):
+        inverse_factor(h.double(), inplace=True)
+    with pytest.raises(ValueError, match="do not match"):
+        sparsegpt_prune(w[:, :32], None, 0.5, factor=(copied, dead))

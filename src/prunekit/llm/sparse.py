@@ -195,10 +195,16 @@ class _InputStats:
         """Free ``X Xᵀ`` and the factor (``[in, in]`` each) once no layer needs them."""
         self.hessian, self._factor = None, None
 
-    def factor(self, damp: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """SparseGPT's inverse-Hessian factor, computed once for all the layers reading this input."""
+    def factor(self, damp: float, *, keep_hessian: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """SparseGPT's inverse-Hessian factor, computed once for all the layers reading this input.
+        Without ``keep_hessian`` (no refit needs ``X Xᵀ`` later) it is computed in the Hessian's own
+        storage, which is then gone."""
         if self._factor is None or self._factor[0] != damp:
-            self._factor = (damp, inverse_factor(self.hessian, damp))
+            if self.hessian is None:
+                raise RuntimeError("llm.sparse: the Hessian was released before its factor was computed")
+            self._factor = (damp, inverse_factor(self.hessian, damp, inplace=not keep_hessian))
+            if not keep_hessian:
+                self.hessian = None
         return self._factor[1]
 
     def add(self, x: torch.Tensor) -> None:
@@ -260,7 +266,7 @@ def _prune_layer(cfg: SparsifyConfig, mod: nn.Module, st: _InputStats | None, sp
     w = weight_of(mod)
     if cfg.method == "sparsegpt":
         new, keep = sparsegpt_prune(w, None, sparsity, pattern=cfg.nm, group=cfg.group, blocksize=cfg.blocksize,
-                                    damp=cfg.damp, factor=st.factor(cfg.damp))
+                                    damp=cfg.damp, factor=st.factor(cfg.damp, keep_hessian=cfg.refit))
     else:
         scores = w.abs().float() if cfg.method == "magnitude" else _wanda_scores(w, st)
         keep = select_keep(scores, sparsity, pattern=cfg.nm, group=cfg.group)

@@ -44,11 +44,16 @@ def _hinv_upper(h: torch.Tensor, damp: float) -> torch.Tensor:
                        f"dampening")
 
 
-def inverse_factor(hessian: torch.Tensor, damp: float = 0.01) -> tuple[torch.Tensor, torch.Tensor]:
+def inverse_factor(hessian: torch.Tensor, damp: float = 0.01, *, inplace: bool = False,
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(Hinv, dead)``: the upper Cholesky factor of the damped inverse Hessian and the mask of inputs
     never active (``diag(H) == 0``; their weights carry nothing). Layers that read the same input (e.g.
-    q/k/v) share one factor: pass it to :func:`sparsegpt_prune` as ``factor``."""
-    h = hessian.detach().float().clone()
+    q/k/v) share one factor: pass it to :func:`sparsegpt_prune` as ``factor``. ``inplace``: overwrite
+    ``hessian`` (a float32 tensor the caller no longer needs) instead of copying it: one ``[in, in]``
+    matrix less at the peak."""
+    if inplace and hessian.dtype != torch.float32:
+        raise ValueError(f"llm.sparsegpt: inverse_factor(inplace=True) needs a float32 Hessian, got {hessian.dtype}")
+    h = hessian.detach() if inplace else hessian.detach().float().clone()
     dead = torch.diag(h) == 0  # (in,)
     h[dead, dead] = 1
     return _hinv_upper(h, damp), dead  # h is overwritten by _hinv_upper
@@ -65,7 +70,7 @@ def sparsegpt_prune(weight: torch.Tensor, hessian: torch.Tensor | None, sparsity
     ``group``: ``"tensor"`` chooses each column block's mask over all rows (the reference),
     ``"row"`` per output row (each row loses the same fraction).
     """
-    w = weight.detach().float().clone()
+    w = weight.detach().to(torch.float32, copy=True)
     rows, cols = w.shape
     hinv, dead = factor if factor is not None else inverse_factor(hessian, damp)
     if hinv.shape != (cols, cols):
