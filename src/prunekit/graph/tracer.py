@@ -316,25 +316,25 @@ def _call(func, args: tuple, kwargs: dict) -> Any:
 
 
 def _module_hooks(tracer: Tracer) -> list:
-    """Track the module path of every call of the model's modules in ``tracer.module_stack``: one global
-    pre-hook and one global forward hook (``always_call``) for the trace's forward, keyed by module object,
-    instead of two hooks registered on each of the model's modules (a few ms on a model with hundreds of
-    modules). Calls of modules outside the model are ignored, as before. Returns the handles to remove."""
-    from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
-
+    """Track the module path of every call of the model's modules in ``tracer.module_stack``: a pre-hook
+    and a forward hook (``always_call``) on each distinct module of the model, two shared closures keyed
+    by module object (no process-global hooks: another thread's forwards are never seen). Calls of
+    modules outside the model are not tracked (they belong to the caller's path). Returns the handles."""
     path_of = tracer.path_of
     stack = tracer.module_stack
 
     def pre(m, a):
-        path = path_of.get(id(m))
-        if path is not None:
-            stack.append(path)
+        stack.append(path_of[id(m)])
 
     def post(m, a, o):
-        if id(m) in path_of and len(stack) > 1:
+        if len(stack) > 1:
             stack.pop()
 
-    return [register_module_forward_pre_hook(pre), register_module_forward_hook(post, always_call=True)]
+    handles = []
+    for mod in {id(m): m for m in tracer.modules.values()}.values():
+        handles.append(mod.register_forward_pre_hook(pre))
+        handles.append(mod.register_forward_hook(post, always_call=True))
+    return handles
 
 
 def _traced_run(model: nn.Module, inputs: tuple, kwargs: dict, meta: bool, walked: Walk,
