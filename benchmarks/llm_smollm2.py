@@ -117,11 +117,11 @@ def run_one(name: str, threads: int, n_calib: int, n_eval: int | None) -> dict:
     rec["eval_s"] = round(time.perf_counter() - t0, 1)
     rec["peak_rss_mb"] = round(_rss_mb(), 1)
     method, _, setting = name.partition("-")
-    ref = REFERENCE.get((method, setting))
+    ref = REFERENCE.get((method.split("_")[0], setting))  # variants (e.g. wanda_seq) against their method's figure
     if ref is not None:
         rec["reference"] = ref
         rec["ratio_to_reference"] = round(rec["ppl"] / ref, 4)
-    if method == "best" and setting in TARGET:
+    if method.split("_")[0] == "best" and setting in TARGET:
         rec["target"] = TARGET[setting]
         rec["meets_target"] = rec["ppl"] <= TARGET[setting]
     return rec
