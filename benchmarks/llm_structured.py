@@ -20,8 +20,9 @@ Rows (one process runs them one after another; each row is written as soon as it
   combined:N[:nobias][:loss]  the same with N blocks fixed (nobias: without the blocks' mean updates;
               loss: blocks ordered by their removal perplexity on calib[8:10] (removal_perplexity)
               instead of block influence)
-  best        prunekit's best combined recipe, fixed before any evaluation from calibration measurements
-              only (see BEST)
+  best        the most depth-heavy combined split (see BEST): the split was picked after the first rows
+              showed that recovery favours depth; block order and mean bias were decided on calibration
+              windows only
 Results: benchmarks/results/llm_structured.{json,md}. Settings that deviate from the protocol
 (fewer evaluation/calibration windows) are in the header and in each row.
 """
@@ -140,12 +141,20 @@ def write(path: Path, rows: list[dict], meta: dict) -> None:
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
     tmp.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     os.replace(tmp, path)
-    lines = [f"# Structured pruning, SmolLM2-135M", "", f"Settings: {meta['note']}.", "",
+    header = path.with_suffix(".header.md")   # the target's status, written by hand from the rows below
+    lines = [f"# Structured pruning, SmolLM2-135M", "", f"Settings: {meta['note']}.", ""]
+    if header.exists():
+        lines += [header.read_text().rstrip(), ""]
+    lines += [
              f"Dense perplexity on these windows: {meta['dense_ppl']:.2f}.", "",
              "| row | budget | decoder params kept | ppl (no recovery) | ppl (after recovery) | reload pruned | reload recovered | prune s | recover s |",
              "|---|---|---|---|---|---|---|---|---|"]
     ident = lambda r, k: f"{r[k + 'saved_as']}, " + ("identical" if r[k + "reload_identical"] else "max diff %.2g" % r[k + "reload_max_abs_diff"])
     for r in sorted(rows, key=lambda r: (r["budget"], r["row"])):
+        if r["ppl_recovered"] is None:   # --no-recover rows (e.g. the random baseline)
+            lines.append(f"| {r['row']} | {r['budget']:.0%} | {r['params_kept_frac']:.4f} | {r['ppl']:.2f} | not run | "
+                         f"{ident(r, '')} | | {r['prune_s']:.0f} | |")
+            continue
         lines.append(f"| {r['row']} | {r['budget']:.0%} | {r['params_kept_frac']:.4f} | {r['ppl']:.2f} | {r['ppl_recovered']:.2f} | "
                      f"{ident(r, '')} | {ident(r, 'rec_')} | {r['prune_s']:.0f} | {r['recover_s']:.0f} |")
     notes = path.with_suffix(".notes.md")
@@ -164,6 +173,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=16)
     ap.add_argument("--seq", type=int, default=256)
     ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--no-recover", action="store_true", help="prune, reload and evaluate only (ppl_recovered null)")
     ap.add_argument("--work", default=os.path.expanduser("~/.cache/prunekit/llm_structured"))
     ap.add_argument("--out", default=str(RESULTS / "llm_structured.json"))
     args = ap.parse_args()
@@ -208,6 +218,12 @@ def main() -> None:
             rec = reload_check(m, folder, plans, base, example)
             ppl = perplexity(m, windows)
             print(f"{row} {budget}: ppl {ppl:.2f}, kept {decoder_params(m) / dense_params:.4f}, {rec}", flush=True)
+            if args.no_recover:
+                r = {"row": row, "budget": budget, "params_kept": decoder_params(m), "params_dense": dense_params,
+                     "params_kept_frac": decoder_params(m) / dense_params, "ppl": ppl, "ppl_recovered": None,
+                     "prune_s": prune_s, "note": note, **rec, **details}
+                write(out, [r], meta)
+                continue
             t = time.time()
             student = hf.from_pretrained(folder)   # recover the reloaded model: what a user would do
             res = recover_(student, text, rcfg, teacher=model)
