@@ -151,3 +151,17 @@ def test_negative_controls(saved, tmp_path):
     else:
         assert torch.equal(_logits(model), before), "pruning without the source changed nothing on disk"
         pytest.fail("sparsify_llm_ on an offloaded model without a source finished silently")
+
+
+def test_magnitude_from_shards_needs_no_windows(saved, tmp_path):
+    """Uniform magnitude reads each block from the shards and prunes it without any calibration pass
+    (before, a source without windows failed inside the pipeline); the result equals the in-memory one."""
+    src = ShardedSource(saved, tmp_path / "mag")
+    sparsify_llm_(src.model, None, "magnitude", 0.5, progress=False, source=src)
+    assert src.loads == 2
+    back = AutoLM.from_pretrained(src.finish()).eval()
+    ref = AutoLM.from_pretrained(saved).eval()
+    sparsify_llm_(ref, None, "magnitude", 0.5, progress=False)
+    for k, v in ref.state_dict().items():
+        assert torch.equal(back.state_dict()[k], v), k
+    assert (back.model.layers[0].mlp.down_proj.weight == 0).float().mean().item() == pytest.approx(0.5, abs=0.01)

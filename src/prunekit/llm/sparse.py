@@ -189,23 +189,24 @@ class _InputStats:
         self.sq = torch.zeros(cols, dtype=torch.float64, device=device)
         self.hessian = torch.zeros(cols, cols, dtype=torch.float32, device=device) if hessian else None
         self.cross: torch.Tensor | None = None
-        self._factor: tuple[float, tuple[torch.Tensor, torch.Tensor]] | None = None
+        self._factor: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def release(self) -> None:
         """Free ``X Xᵀ`` and the factor (``[in, in]`` each) once no layer needs them."""
         self.hessian, self._factor = None, None
 
     def factor(self, damp: float, *, keep_hessian: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """SparseGPT's inverse-Hessian factor, computed once for all the layers reading this input.
+        """SparseGPT's inverse-Hessian factor, computed once (with one config's ``damp``) for all the
+        layers reading this input.
         Without ``keep_hessian`` (no refit needs ``X Xᵀ`` later) it is computed in the Hessian's own
         storage, which is then gone."""
-        if self._factor is None or self._factor[0] != damp:
+        if self._factor is None:
             if self.hessian is None:
                 raise RuntimeError("llm.sparse: the Hessian was released before its factor was computed")
-            self._factor = (damp, inverse_factor(self.hessian, damp, inplace=not keep_hessian))
+            self._factor = inverse_factor(self.hessian, damp, inplace=not keep_hessian)
             if not keep_hessian:
                 self.hessian = None
-        return self._factor[1]
+        return self._factor
 
     def add(self, x: torch.Tensor) -> None:
         x = x.detach().reshape(-1, x.shape[-1]).float()  # (tokens, in)
@@ -420,11 +421,14 @@ def sparsify_llm_(model: nn.Module, windows: torch.Tensor | None = None, method:
             raise ValueError("sparsify_llm_: group='global' magnitude ranks the whole model at once; it cannot run "
                              "with a block source")
         _magnitude_global(model, lay, target)
-    elif cfg.method == "magnitude" and source is None:
+    elif cfg.method == "magnitude":  # no calibration pass: each block is scored on its weights alone
         visit = _Visitor(cfg, lay, block_sparsity)
         with torch.no_grad():
-            for i, block in enumerate(lay.blocks):
+            for i in range(n_blocks):
+                block = source.load(i) if source is not None else lay.blocks[i]
                 visit(i, block, None)
+                if source is not None:
+                    source.store(i, block)
     elif cfg.dense_target:
         from .correct import run_dense_target  # the two-stream pipeline (dense and pruned inputs)
         run_dense_target(model, windows, cfg, lay, block_sparsity, device=device, source=source, progress=progress)
