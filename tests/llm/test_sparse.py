@@ -217,3 +217,5 @@ def test_inverse_factor_in_place_equals_copy_and_sparsegpt_results_unchanged():
         inverse_factor(h.double(), inplace=True)
     with pytest.raises(ValueError, match="do not match"):
         sparsegpt_prune(w[:, :32], None, 0.5, factor=(copied, dead))
+    with pytest.raises(ValueError, match="Hessian or its factor"):
+        sparsegpt_prune(w, None, 0.5)

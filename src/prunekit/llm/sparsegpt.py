@@ -72,6 +72,8 @@ def sparsegpt_prune(weight: torch.Tensor, hessian: torch.Tensor | None, sparsity
     """
     w = weight.detach().to(torch.float32, copy=True)
     rows, cols = w.shape
+    if factor is None and hessian is None:
+        raise ValueError("llm.sparsegpt: sparsegpt_prune needs the Hessian or its factor")
     hinv, dead = factor if factor is not None else inverse_factor(hessian, damp)
     if hinv.shape != (cols, cols):
         raise ValueError(f"llm.sparsegpt: weight {tuple(w.shape)} and inverse-Hessian factor {tuple(hinv.shape)} "
