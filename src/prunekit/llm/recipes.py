@@ -238,6 +238,25 @@ def refit_mlp_(model: nn.Module, windows: torch.Tensor, config: RefitConfig, *, 
     return WidthResult(cfg, res, cuts, [units[i].mlp.out_module for i in cuts])
 
 
+def prune_depth_compensated_(model: nn.Module, windows: torch.Tensor, n: int, scores: dict[int, float],
+                             config: Any = None, *, device: torch.device | str | None = None) -> Any:
+    """Remove the ``n`` decoder blocks of lowest ``scores`` (block index -> score, e.g. ``cal.influence``,
+    block influence) with least-squares compensation: the kept block before each removed run gets its
+    MLP output projection refit on the calibration ``windows`` to reproduce the dense hidden state after
+    the run (:func:`prunekit.llm.compensate.compensate_depth_`, config a
+    :class:`~prunekit.llm.compensate.CompensateConfig`). Returns its :class:`CompensateResult`."""
+    from .compensate import compensate_depth_
+
+    n_layers = len(model_units(model))
+    missing = [i for i in range(n_layers) if i not in scores]
+    if missing:
+        raise ValueError(f"prune_depth_compensated_: no block score for layers {missing}")
+    if not 0 <= n < n_layers:
+        raise ValueError(f"prune_depth_compensated_: n={n} must be in 0..{n_layers - 1}")
+    gone = sorted(sorted(range(n_layers), key=lambda i: (scores[i], i))[:n])
+    return compensate_depth_(model, windows, gone, config, device=device)
+
+
 def remap_calibration(cal: Calibration, kept: list[int]) -> Calibration:
     """``cal`` (measured on the unpruned stack) re-indexed for a model that kept the layers ``kept``
     (in order): new layer ``i`` reads old layer ``kept[i]``'s statistics, Taylor sums, influence and
