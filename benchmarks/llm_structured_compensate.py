@@ -9,7 +9,7 @@ held-out calibration windows.
     python benchmarks/llm_structured_compensate.py --variants bare,down:1e-2:seq:32 --budgets 0.1,0.2
 
 Variant syntax: ``bare`` (plain removal) or ``MODE:RIDGE:seq|oneshot:FIT`` (MODE ``down`` or
-``transform``; FIT calibration windows calib[:FIT]; optional ``:norm`` token weighting). Results: benchmarks/results/llm_structured_compensate.json.
+``transform``; FIT calibration windows calib[:FIT]; optional ``:norm`` token weighting and ``:fN`` to refit the N kept blocks after each run too). Results: benchmarks/results/llm_structured_compensate.json.
 """
 from __future__ import annotations
 
@@ -47,8 +47,9 @@ def run_variant(model, variant: str, budget: float, influence: dict[int, float],
         prune_depth_(m, {f"model.layers.{i}": v for i, v in influence.items()}, n)
     else:
         mode, ridge, how, fit, *rest = variant.split(":")
+        follow = [int(x[1:]) for x in rest if x.startswith("f")]
         cfg = CompensateConfig(mode=mode, ridge=float(ridge), sequential=(how == "seq"),
-                               token_weight=rest[0] if rest else "none")
+                               token_weight="norm" if "norm" in rest else "none", follow=follow[0] if follow else 0)
         res = prune_depth_compensated_(m, calib[: int(fit)], n, influence, cfg)
         rec.update(removed=res.removed_layers, errors={str(k): v for k, v in res.errors.items()})
     rec["prune_s"] = time.time() - t

@@ -112,3 +112,12 @@ def test_config_validation():
         CompensateConfig(ridge=0)
     with pytest.raises(ValueError, match="token_weight"):
         CompensateConfig(token_weight="cos")
+
+
+def test_follow_refits_the_kept_blocks_after_a_run():
+    m = llama(5)
+    res = compensate_depth_(m, CAL, [1], CompensateConfig(follow=2))
+    assert res.refit == {0: 1, 2: 2, 3: 3}            # indices before the removal; blocks 2, 3 refit onto themselves
+    assert all(after <= before for before, after in res.errors.values())
+    with pytest.raises(ValueError, match="follow"):
+        CompensateConfig(follow=-1)

@@ -48,12 +48,15 @@ class CompensateConfig:
     ``ridge``: the pull toward the old weight, relative to the mean diagonal of the Gram matrix
     (``inf``: no change, a control); ``sequential``: inputs from the pruned stack (else the dense one);
     ``token_weight``: ``"none"`` (plain least squares) or ``"norm"`` (each token's row divided by the norm
-    of its dense target, so every token counts by its relative error, as the next RMSNorm sees it)."""
+    of its dense target, so every token counts by its relative error, as the next RMSNorm sees it);
+    ``follow``: the kept blocks after each run that are refit too, each toward its own dense output
+    (0: only the block before the run)."""
 
     mode: str = "down"
     ridge: float = 1e-2
     sequential: bool = True
     token_weight: str = "none"
+    follow: int = 0
 
 
     def __post_init__(self) -> None:
@@ -61,6 +64,8 @@ class CompensateConfig:
             raise ValueError(f"CompensateConfig.mode must be one of {MODES}, not {self.mode!r}")
         if not self.ridge > 0:
             raise ValueError(f"CompensateConfig.ridge must be > 0, not {self.ridge}")
+        if self.follow < 0:
+            raise ValueError(f"CompensateConfig.follow must be >= 0, not {self.follow}")
         if self.token_weight not in ("none", "norm"):
             raise ValueError(f"CompensateConfig.token_weight must be 'none' or 'norm', not {self.token_weight!r}")
 
@@ -70,8 +75,10 @@ class CompensateConfig:
 
 @dataclass
 class CompensateResult:
-    """What :func:`compensate_depth_` did: the removed block paths, ``refit`` {kept block: last block
-    of the removed run it stands in for}, and ``errors`` {kept block: (plain removal, after refit)}:
+    """What :func:`compensate_depth_` did (block indices of the stack before the removal): the removed
+    block paths, ``refit`` {kept block: last block
+    of the removed run it stands in for, or itself for a ``follow`` block}, and ``errors`` {kept block:
+    (plain removal, after refit)}:
     the relative error ``||out - h|| / ||h - mean(h)||`` of the kept block's output against the dense
     hidden state after the run, on the calibration windows."""
 
@@ -178,61 +185,69 @@ def compensate_depth_(model: nn.Module, windows: torch.Tensor, removed: list[int
         block = lay.blocks[i]
         homes[i] = next(block.parameters()).device
         block.to(dev).eval()
+    def refit(i: int, target: torch.Tensor) -> None:
+        """Refit block ``i``'s MLP output projection so its output on the pruned stream approximates
+        ``target`` [n, T, d]; advances the pruned stream through it."""
+        nonlocal pruned
+        block = lay.blocks[i]
+        path = units[i].mlp.out_module
+        down = model.get_submodule(path)
+        src = pruned if (pruned is not None and config.sequential) else dense
+        acts: list[torch.Tensor] = []
+        out0, proj0 = _run(block, src, down, acts)
+        y = (out0 - proj0).reshape(-1, out0.shape[-1])                                     # (n*T, d)
+        r = (target.reshape(-1, target.shape[-1]) - y).double()                            # (n*T, d)
+        bias = getattr(down, "bias", None)
+        if bias is not None:
+            r = r - bias.detach().double()
+        a = torch.cat(acts).double()                                                       # (n*T, inter)
+        if config.token_weight == "norm":
+            tw = 1.0 / target.reshape(-1, target.shape[-1]).double().norm(dim=1, keepdim=True).clamp_min(1e-12)
+            a, r = a * tw, r * tw                                                          # tw: (n*T, 1)
+        gaa = a.t() @ a                                                                    # (inter, inter)
+        gar = a.t() @ r                                                                    # (inter, d)
+        del a, r
+        w = weight_of(down).double().cpu()                                                 # (d, inter)
+        new = _solve(w, gaa.cpu(), gar.cpu(), config)
+        with torch.no_grad():
+            set_weight(down, new.to(dev))
+        src_out, proj1 = _run(block, src, down)
+        change = (src_out - out0) - (proj1 - proj0)
+        if float(change.abs().max()) > check_rtol * max(float(src_out.abs().max()), 1e-12):
+            raise RuntimeError(f"compensate: block {i}'s output ({lay.blocks_path}.{i}) is not the residual stream "
+                               f"plus {path}'s output (family {lay.family}); cannot fold the compensation into it")
+        base = pruned if pruned is not None else dense
+        after = src_out if base is src else _run(block, base)[0]
+        result.errors[i] = (_rel(out0, target), _rel(src_out, target))
+        pruned = BlockInputs(after, dense.kwargs, dense.batch)
+
     try:
         i = 0
+        left = 0                                   # following kept blocks still to refit (config.follow)
         while i < n_layers:
             block = lay.blocks[i]
-            if i in gone:                          # the dense stream goes through it, the pruned one skips it
-                dense.hidden, _ = _run(block, dense)
-                i += 1
+            if i in gone:                          # unreachable: removed_runs gives every removed block a run
+                raise RuntimeError(f"compensate: removed block {i} outside a run")
+            if i in runs:                          # the dense target: the dense stream through blocks i .. e
+                e = runs[i]
+                target, _ = _run(block, dense)
+                for j in range(i + 1, e + 1):
+                    target, _ = _run(lay.blocks[j], BlockInputs(target, dense.kwargs, dense.batch))
+                refit(i, target)
+                result.refit[i] = e
+                dense.hidden = target
+                left = config.follow
+                i = e + 1
                 continue
-            if i not in runs:
-                out, _ = _run(block, dense)
-                if pruned is not None:
-                    pruned.hidden, _ = _run(block, pruned)
-                dense.hidden = out
-                i += 1
-                continue
-            e = runs[i]
-            path = units[i].mlp.out_module
-            down = model.get_submodule(path)
-            src = pruned if (pruned is not None and config.sequential) else dense
-            # the dense target: the dense stream through blocks i .. e (block i still unchanged)
-            target, _ = _run(block, dense)
-            for j in range(i + 1, e + 1):
-                target, _ = _run(lay.blocks[j], BlockInputs(target, dense.kwargs, dense.batch))
-            acts: list[torch.Tensor] = []
-            out0, proj0 = _run(block, src, down, acts)
-            y = (out0 - proj0).reshape(-1, out0.shape[-1])                                     # (n*T, d)
-            r = target.reshape(-1, target.shape[-1]) - y                                       # (n*T, d)
-            bias = getattr(down, "bias", None)
-            if bias is not None:
-                r = r - bias.detach()
-            a = torch.cat(acts).double()                                                       # (n*T, inter)
-            r = r.double()
-            if config.token_weight == "norm":
-                tw = 1.0 / target.reshape(-1, target.shape[-1]).double().norm(dim=1, keepdim=True).clamp_min(1e-12)
-                a, r = a * tw, r * tw                                                          # (n*T, 1) weights
-            gaa = a.t() @ a                                                                    # (inter, inter)
-            gar = a.t() @ r                                                           # (inter, d)
-            w = weight_of(down).double().cpu()                                                 # (d, inter)
-            new = _solve(w, gaa.cpu(), gar.cpu(), config)
-            with torch.no_grad():
-                set_weight(down, new.to(dev))
-            # the pruned stream after the refit block (the sequential source's own inputs)
-            base = pruned if pruned is not None else dense
-            src_out, proj1 = _run(block, src, down)
-            change = (src_out - out0) - (proj1 - proj0)
-            scale = float(src_out.abs().max())
-            if float(change.abs().max()) > check_rtol * max(scale, 1e-12):
-                raise RuntimeError(f"compensate: block {i}'s output ({lay.blocks_path}.{i}) is not the residual stream "
-                                   f"plus {path}'s output (family {lay.family}); cannot fold the compensation into it")
-            after = src_out if base is src else _run(block, base)[0]
-            result.errors[i] = (_rel(out0, target), _rel(src_out, target))
-            result.refit[i] = e
-            pruned = BlockInputs(after, dense.kwargs, dense.batch)
-            dense.hidden = target
-            i = e + 1
+            out, _ = _run(block, dense)
+            if left > 0 and pruned is not None:    # a kept block after a run: pulled back onto its dense output
+                refit(i, out)
+                result.refit[i] = i
+                left -= 1
+            elif pruned is not None:
+                pruned.hidden, _ = _run(block, pruned)
+            dense.hidden = out
+            i += 1
     finally:
         for j, home in homes.items():
             lay.blocks[j].to(home)
