@@ -379,6 +379,11 @@ def _prune(model: nn.Module, example_inputs: Any, config: PruneConfig, example_k
         result.warnings.append(f"traced with a real forward on the example inputs (the meta trace failed in "
                                f"{graph.meta_fallback}); branches that depend on tensor values were followed "
                                "for these inputs only")
+    if graph.value_reads:  # the meta trace read the example's values (graph.shadows): say where, as for a fallback
+        ops = sorted({f"`{op}` in module `{mod or '<top-level forward>'}`" for op, mod in graph.value_reads})
+        result.warnings.append(f"the trace read values of the example inputs ({len(graph.value_reads)} read(s): "
+                               f"{', '.join(ops[:3])}{', ...' if len(ops) > 3 else ''}); branches that depend "
+                               "on them were followed for these inputs only")
     if graph.unsupported:
         warnings.warn("kept the dims touched by unsupported ops: " + "; ".join(map(str, graph.unsupported[:5])))
     return result

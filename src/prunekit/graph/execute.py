@@ -15,8 +15,11 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from torch.utils._pytree import tree_leaves
+
 from ..compat import dispatch_modes, module_slots, refresh_rnn_flat_weights, sdpa_flop_count, tree_map
 from ..measure.counting import MacCounter
+from .shadows import Shadows, is_value, meta_of
 from .walk import Walk, walk
 
 # Ops whose output has the input's shape: on meta tensors we skip their (Python) meta kernels.
@@ -65,16 +68,43 @@ class ShapeOnly(TorchFunctionMode):
     into is counted by torch's FLOP formulas).
     """
 
-    def __init__(self, counter: MacCounter | None = None) -> None:
+    def __init__(self, counter: MacCounter | None = None, shadows: Shadows | None = None) -> None:
         super().__init__()
         self.counter = counter
+        self.shadows = shadows
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         return self.call(func, args, kwargs or {})
 
     def call(self, func, args: tuple, kwargs: dict) -> Any:
-        """Run one torch function call the shape-only way (the tracer calls this for every op)."""
+        """Run one torch function call the shape-only way (the tracer calls this for every op); with
+        ``shadows``, an op on tensors that all have real values runs on those too (see :mod:`.shadows`)."""
         name = getattr(func, "__name__", "")
+        if self.shadows:
+            ran, real = self.shadows.real_call(name, func, args, kwargs)
+            if ran:
+                return self._shadowed(name, func, args, kwargs, real)
+        return self._meta_call(name, func, args, kwargs)
+
+    def _shadowed(self, name: str, func, args: tuple, kwargs: dict, real: Any) -> Any:
+        """The meta result of an op whose real result ``real`` (on the shadows) is known: a value (``item``,
+        ``__bool__``, ``__contains__`` ...) is answered from it and recorded as read; tensors come from the
+        meta path as usual (so MACs and views are as without shadows) and get ``real``'s tensors as shadows,
+        or, where the meta path cannot run (an output shape that depends on values), are made from them."""
+        if real is not None and is_value(real):
+            self.shadows.read(name)
+            return real
+        try:
+            out = self._meta_call(name, func, args, kwargs)
+        except Exception:
+            out = meta_of(real)
+            if out is None:
+                raise
+            self.shadows.read(name)
+        self.shadows.pair(out, real)
+        return out
+
+    def _meta_call(self, name: str, func, args: tuple, kwargs: dict) -> Any:
         meta_first = bool(args) and isinstance(args[0], torch.Tensor) and args[0].is_meta
         if meta_first and name in _CONV_DIMS:
             out = _meta_conv(_CONV_DIMS[name], *args, **kwargs, _counter=self.counter)
@@ -401,10 +431,6 @@ def _inplace_arg(name: str, args: tuple) -> bool:
     return pos is not None and len(args) > pos and args[pos] is True
 
 
-def _to_meta(x: Any) -> Any:
-    return x.to("meta") if isinstance(x, torch.Tensor) else x
-
-
 def meta_tensors(model: nn.Module, walked: Walk | None = None) -> dict[str, torch.Tensor]:
     """Meta stand-ins for every parameter and buffer (tied tensors share one stand-in)."""
     walked = walked if walked is not None else walk(model)
@@ -416,21 +442,54 @@ def meta_tensors(model: nn.Module, walked: Walk | None = None) -> dict[str, torc
     return out
 
 
+def _first_device(inputs: Any, walked: Walk) -> torch.device:
+    for t in tree_leaves(inputs):
+        if isinstance(t, torch.Tensor) and not t.is_meta:
+            return t.device
+    for t in walked.params.values():
+        return t.device
+    return torch.device("cpu")
+
+
 def meta_forward(model: nn.Module, inputs: tuple, kwargs: Mapping[str, Any],
                  tensors: dict[str, torch.Tensor] | None = None, mode: TorchFunctionMode | None = None,
-                 counter: MacCounter | None = None, walked: Walk | None = None) -> Any:
+                 counter: MacCounter | None = None, walked: Walk | None = None,
+                 shadows: Shadows | None = None) -> Any:
     """``model(*inputs, **kwargs)`` on the meta device; ``tensors`` maps names to the stand-ins used
     (``walked``: the model's :func:`~prunekit.graph.walk.walk`, if the caller has it).
 
     ``mode`` (e.g. the tracer) sees every op first and must run it through its ``execute``
     attribute, which is set here to the shape-only executor: one Python mode per op instead of
     two stacked ones. With ``counter`` the forward's MACs are added to it (see :class:`ShapeOnly`).
+
+    The example inputs (copies) and the integer/bool buffers are kept as the real values of their meta
+    stand-ins (:class:`~prunekit.graph.shadows.Shadows`; ``shadows``: the caller's, to read which values
+    were read), so checks on the inputs' values (``pad_token_id in input_ids``) run on meta too.
     """
     walked = walk(model) if walked is None else walked
     tensors = meta_tensors(model, walked) if tensors is None else tensors
-    args = tree_map(_to_meta, tuple(inputs))
-    kw = tree_map(_to_meta, dict(kwargs))
-    shape = ShapeOnly(counter)
+    inputs, kwargs = tuple(inputs), dict(kwargs)
+    if shadows is None:
+        shadows = Shadows(_first_device((inputs, kwargs), walked))
+    else:
+        shadows.device = _first_device((inputs, kwargs), walked)
+
+    def to_meta(x: Any) -> Any:
+        if not isinstance(x, torch.Tensor):
+            return x
+        m = x.to("meta")
+        if not x.is_meta and x.numel() <= shadows.limit:
+            shadows.add(m, x.detach().clone())  # a copy: in-place ops on shadows never touch the caller's inputs
+        return m
+
+    args = tree_map(to_meta, inputs)
+    kw = tree_map(to_meta, kwargs)
+    for name, b in walked.buffers.items():
+        stand_in = tensors.get(name)
+        if stand_in is not None and not (b.is_floating_point() or b.is_complex()) and not b.is_meta \
+                and b.numel() <= shadows.limit:
+            shadows.add(stand_in, b.detach().clone())
+    shape = ShapeOnly(counter, shadows)
     if mode is not None:
         mode.execute = shape.call
     with torch.no_grad(), swapped(walked, tensors), (mode if mode is not None else shape):

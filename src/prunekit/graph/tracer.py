@@ -110,6 +110,9 @@ class DependencyGraph:
     # why the meta trace failed (module path and error) when it fell back to a real forward: that forward
     # followed the example's values, so value-dependent branches are traced for these inputs only
     meta_fallback: str | None = None
+    # ops of the meta trace whose values were read from the example inputs (``(op, module path)``; see
+    # graph.shadows): the branches that depend on them were followed for these inputs only
+    value_reads: list[tuple[str, str]] = field(default_factory=list)
 
     def groups(self, kinds: Iterable[str] | None = None):
         from .groups import build_groups
@@ -181,6 +184,7 @@ class Tracer(TorchFunctionMode):
             if b.dim() == 1 and not b.is_floating_point() and not b.is_complex() and b.dtype != torch.bool}
         self.buffer_reads: dict[str, int] = {}
         self.renumber_reads: dict[str, int] = {}
+        self.value_reads: list[tuple[str, str]] = []  # values read on the meta trace (graph.shadows)
 
     def current_module(self) -> nn.Module | None:
         return self.modules.get(self.module_path)
@@ -340,6 +344,7 @@ def _module_hooks(tracer: Tracer) -> list:
 def _traced_run(model: nn.Module, inputs: tuple, kwargs: dict, meta: bool, walked: Walk,
                 counter: MacCounter | None):
     from .execute import counting, meta_forward, meta_tensors
+    from .shadows import Shadows
 
     store = LabelStore()
     tensors = meta_tensors(model, walked) if meta else None
@@ -347,7 +352,10 @@ def _traced_run(model: nn.Module, inputs: tuple, kwargs: dict, meta: bool, walke
     handles = _module_hooks(tracer)
     try:
         if meta:
-            out = meta_forward(model, inputs, kwargs, tensors, mode=tracer, counter=counter, walked=walked)
+            shadows = Shadows(where=lambda: tracer.module_path)
+            tracer.value_reads = shadows.reads
+            out = meta_forward(model, inputs, kwargs, tensors, mode=tracer, counter=counter, walked=walked,
+                               shadows=shadows)
         else:  # a real forward: its MACs counted per op as the meta trace counts them (execute.counting)
             if counter is not None:
                 tracer.execute = counting(counter).call
@@ -496,6 +504,7 @@ def _trace(model: nn.Module, example_inputs: Any = (), example_kwargs: Mapping[s
         sites=tracer.sites,
         on_meta=on_meta,
         meta_fallback=None if on_meta else fallback,
+        value_reads=list(tracer.value_reads) if on_meta else [],
     )
 
 
