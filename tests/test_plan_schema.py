@@ -152,3 +152,39 @@ def test_hand_built_plans_with_negative_dims_or_float_indices_are_refused():
         apply_plan(m, Plan(removed={"a.weight": {-1: [0]}}))
     with pytest.raises(PlanError, match="non-integer"):
         apply_plan(m, Plan(removed={"a.weight": {0: [1.5]}}))
+
+
+def test_digest_v2_hashes_index_bytes_and_is_deterministic():
+    from prunekit.plan_schema import digest
+
+    plan = _plan()
+    assert plan.digest.startswith("v2:") and len(plan.digest) == 3 + 64
+    assert digest(Plan.from_json(plan.to_json())) == plan.digest  # a round trip keeps it
+    d = json.loads(plan.to_json())
+    name, dims = next(iter(d["removed"].items()))
+    dim = next(iter(dims))
+    d["removed"][name][dim] = list(reversed(dims[dim]))  # the same set of indices, listed in another order
+    assert Plan.from_dict(d).digest == plan.digest
+    # negative controls: one index moved, or moved from one tensor dim to the next, changes the digest
+    d["removed"][name][dim] = sorted(dims[dim])[:-1] + [sorted(dims[dim])[-1] + 1]
+    with pytest.raises(PlanError, match="changed after prunekit made it"):
+        Plan.from_dict(d)
+    a = Plan(removed={"x": {0: [1, 2]}, "y": {0: [3]}})
+    b = Plan(removed={"x": {0: [1]}, "y": {0: [2, 3]}})
+    assert digest(a) != digest(b)
+
+
+def test_plans_saved_with_the_v1_digest_still_load_and_are_checked():
+    from prunekit.plan_schema import digest_v1
+
+    plan = _plan()
+    d = json.loads(plan.to_json())
+    d["digest"] = digest_v1(plan)  # a plan file written before v2
+    old = Plan.from_dict(d)
+    assert old.digest == d["digest"] and old.removed == plan.removed
+    name = next(iter(d["removed"]))
+    del d["removed"][name]  # negative control: an edited v1 plan is refused as before
+    with pytest.raises(PlanError, match="changed after prunekit made it"):
+        Plan.from_dict(d)
+    with pytest.raises(PlanError, match="no known format"):
+        Plan.from_dict({**json.loads(plan.to_json()), "digest": "md5:1234"})

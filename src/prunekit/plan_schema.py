@@ -22,6 +22,7 @@ import hashlib
 import json
 from typing import Any, Mapping
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -111,8 +112,31 @@ def parse(d: Any) -> dict[str, Any]:
                 **({"rescale": rescale} if "rescale" in d else {}))
 
 
+DIGEST_PREFIX = "v2:"  # digests written since the index arrays are hashed as bytes; older ones are v1 (no prefix)
+
+
 def digest(plan) -> str:
-    """SHA-256 of what ``plan`` removes, renumbers and rewrites, and of the shapes it expects."""
+    """SHA-256 of what ``plan`` removes, renumbers and rewrites, and of the shapes it expects, as
+    ``"v2:<hex>"``. The removed indices of each ``(tensor, dim)`` are hashed as their sorted little-endian
+    int64 bytes, after the name, dim and count (a JSON dump of every index cost ~4% of a prune); the rest
+    as JSON. Deterministic: the same content gives the same digest in any process and on any machine."""
+    h = hashlib.sha256(b"prunekit plan digest v2\0")
+    for name, dims in sorted(plan.removed.items()):
+        for dim, idx in sorted(dims.items()):
+            h.update(json.dumps([name, int(dim), len(idx)]).encode() + b"\0")
+            h.update(np.sort(np.asarray(idx, dtype="<i8")).tobytes())
+    rest = {"renumber": {n: list(v) for n, v in sorted(plan.renumber.items())},
+            "attrs": sorted([list(a) for a in plan.attrs]),
+            "shapes": {n: list(s) for n, s in sorted(plan.shapes.items())},
+            "rescale": sorted([[n, k, sorted(idx), f] for n, k, idx, f in getattr(plan, "rescale", [])]),
+            "exact": plan.exact, "norm_only": plan.norm_only}
+    h.update(json.dumps(rest, sort_keys=True).encode())
+    return DIGEST_PREFIX + h.hexdigest()
+
+
+def digest_v1(plan) -> str:
+    """The digest prunekit wrote before ``v2`` (a bare hex SHA-256 of the JSON of the whole content):
+    plans saved then still load, and are checked against it."""
     body = {"removed": {n: {str(k): sorted(v) for k, v in sorted(dims.items())} for n, dims in sorted(plan.removed.items())},
             "renumber": {n: list(v) for n, v in sorted(plan.renumber.items())},
             "attrs": sorted([list(a) for a in plan.attrs]),
@@ -123,7 +147,18 @@ def digest(plan) -> str:
 
 
 def check_digest(plan) -> None:
-    if plan.digest is not None and plan.digest != digest(plan):
+    """Refuse a plan whose content no longer matches its recorded digest (``v2`` or, for plans saved
+    before it, ``v1``); a digest of neither form is refused as unreadable."""
+    if plan.digest is None:
+        return
+    if plan.digest.startswith(DIGEST_PREFIX):
+        expected = digest(plan)
+    elif len(plan.digest) == 64 and all(c in "0123456789abcdef" for c in plan.digest):
+        expected = digest_v1(plan)
+    else:
+        raise PlanError(f"the plan's digest {plan.digest[:24]!r} is in no known format (expected "
+                        f"'{DIGEST_PREFIX}<sha256 hex>' or, from older versions, a bare sha256 hex)")
+    if plan.digest != expected:
         raise PlanError("the plan was changed after prunekit made it (its digest does not match its content); "
                         "a plan edited on purpose must be re-sealed with plan.seal()")
 

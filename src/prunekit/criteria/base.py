@@ -57,26 +57,39 @@ class Criterion:
         """Called once per prune before scoring (collect statistics, gradients ...)."""
 
     def score(self, model: nn.Module, group: Group) -> torch.Tensor:  # (len(group),)
-        """Default: sum of :meth:`per_index` over every parameter slice of each unit."""
+        """Default: sum of :meth:`per_index` over every parameter slice of each unit.
+
+        One gather and one ``bincount`` over all of the group's rows (ordered by tensor, then row, so
+        each unit's sum is added up in the same order as a per-tensor ``index_add_`` would)."""
         params = _param_map(self, model)
         units, keys, idx, names = group.member_rows()
-        totals = torch.zeros(len(group), dtype=torch.float64)
         if units.size == 0:
-            return totals
+            return self.finish(torch.zeros(len(group), dtype=torch.float64))
         order = np.argsort(keys, kind="stable")
-        units, keys, idx = torch.from_numpy(units[order]), keys[order], torch.from_numpy(idx[order])
-        bounds = np.flatnonzero(np.diff(keys)) + 1
-        starts, ends = [0, *bounds.tolist()], [*bounds.tolist(), keys.size]
+        units, keys, idx = units[order], keys[order], idx[order]
+        used = np.unique(keys).tolist()
+        offset = np.full(len(names), -1, dtype=np.int64)  # key -> start of its per-index vector in ``flat``
+        vectors, n = [], 0
         with torch.no_grad():
-            for a, b, k in zip(starts, ends, keys[starts].tolist()):
+            for k in used:
                 name, dim = names[k]
                 p = params.get(name)
                 if p is None:  # buffers (running statistics) carry no importance
                     continue
                 per_index = self.per_index(name, p, dim)
                 if per_index is not None:
-                    totals.index_add_(0, units[a:b], per_index[idx[a:b]].double())
-        return self.finish(totals)
+                    offset[k] = n
+                    n += per_index.numel()
+                    vectors.append(per_index.detach().reshape(-1))
+        if not vectors:
+            return self.finish(torch.zeros(len(group), dtype=torch.float64))
+        flat = (torch.cat(vectors) if len(vectors) > 1 else vectors[0]).double().cpu().numpy()
+        start = offset[keys]
+        rows = start >= 0
+        if not rows.all():
+            units, start, idx = units[rows], start[rows], idx[rows]
+        totals = np.bincount(units, weights=flat[start + idx], minlength=len(group))
+        return self.finish(torch.from_numpy(totals))
 
     def per_index(self, name: str, p: torch.Tensor, dim: int) -> torch.Tensor | None:
         """Importance of each index of ``p`` along ``dim`` (``None``: this tensor does not count)."""

@@ -326,7 +326,7 @@ class Resolver:
                 out |= rm.reshape(view)
         return out
 
-    def _slices_vectorized(self, spans: list[tuple[int, int]]) -> dict[tuple[str, int], list[int]]:
+    def _slices_vectorized(self, spans: np.ndarray) -> dict[tuple[str, int], list[int]]:
         rows, _ = _span_rows(spans)
         k, i = self.m_key[rows], self.m_idx[rows]
         pairs = np.sort(k * (int(self.m_idx.max(initial=0)) + 1) + i)  # by (key, index); classes are disjoint
@@ -390,9 +390,10 @@ class Resolver:
             self._mk, self._mi = self.m_key.tolist(), self.m_idx.tolist()
         mk, mi, keys = self._mk, self._mi, self.keys
         sp = self.span[np.fromiter(roots, dtype=np.int64)]
-        spans = [tuple(x) for x in sp[sp[:, 1] > sp[:, 0]].tolist()]
-        if len(spans) > 32:  # many classes (a whole plan): select rows with numpy
-            return self._slices_vectorized(spans)
+        sp = sp[sp[:, 1] > sp[:, 0]]  # (classes with rows, 2)
+        if len(sp) > 32:  # many classes (a whole plan): select rows with numpy
+            return self._slices_vectorized(sp)
+        spans = [tuple(x) for x in sp.tolist()]
         if len(spans) == 1:  # one class: rows are already sorted by (key, index), indices unique
             out: dict[tuple[str, int], list[int]] = {}
             a, b = spans[0]
