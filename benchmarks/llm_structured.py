@@ -20,6 +20,10 @@ Rows (one process runs them one after another; each row is written as soon as it
   combined:N[:nobias][:loss]  the same with N blocks fixed (nobias: without the blocks' mean updates;
               loss: blocks ordered by their removal perplexity on calib[8:10] (removal_perplexity)
               instead of block influence)
+  depth_ls    the depth row's blocks (block influence) with least-squares compensation (llm.compensate,
+              COMPENSATE below): the kept block before each removed run gets its MLP down_proj refit on
+              calib[:COMPENSATE_FIT] to reproduce the dense hidden state after the run; the variant was
+              chosen on held-out calibration windows (llm_structured_compensate.py), never the evaluation text
   best        the most depth-heavy combined split (see BEST): the split was picked after the first rows
               showed that recovery favours depth; block order and mean bias were decided on calibration
               windows only
@@ -39,10 +43,11 @@ from pathlib import Path
 import torch
 
 from prunekit.llm import hf
+from prunekit.llm.compensate import CompensateConfig
 from prunekit.llm.data import calibration_windows, eval_windows, smollm2
 from prunekit.llm.eval import perplexity
-from prunekit.llm.recipes import (CombinedConfig, WidthConfig, choose_blocks, prune_combined_, prune_depth_, prune_width_,
-                                  removal_perplexity)
+from prunekit.llm.recipes import (CombinedConfig, WidthConfig, choose_blocks, prune_combined_, prune_depth_,
+                                  prune_depth_compensated_, prune_width_, removal_perplexity)
 from prunekit.llm.recover import RecoverConfig, recover_
 from prunekit.llm.scores import Calibration, collect_stats, collect_taylor
 from prunekit.llm.structured import decoder_params, model_units
@@ -51,6 +56,8 @@ RESULTS = Path(__file__).parent / "results"
 WORK = Path(os.path.expanduser("~/.cache/prunekit/llm_structured"))
 CALIB: torch.Tensor = torch.empty(0, dtype=torch.long)   # set by main
 WIDTH = ("taylor", "wanda_sp", "flap", "random", "l2")
+COMPENSATE = CompensateConfig(mode="down", ridge=1e-1, sequential=True)   # chosen in llm_structured_compensate.py
+COMPENSATE_FIT = 32   # refit on calib[:32] (16k tokens; calib[:8] overfits the 1536 x 576 down_proj)
 BEST = "combined:{n}:nobias"   # blocks = the depth-only count minus one, by block influence, no mean bias; FLAP for the rest
 
 
@@ -83,6 +90,13 @@ def prune_row(model, row: str, budget: float, cal: Calibration, taylor: Calibrat
         n = int(round(budget * n_layers))
         depth = {f"model.layers.{i}": v for i, v in cal.influence.items()}
         return [], copy.deepcopy(model.config), {"removed_layers": prune_depth_(model, depth, n)}
+    if row == "depth_ls":
+        n = int(round(budget * n_layers))
+        res = prune_depth_compensated_(model, CALIB[:COMPENSATE_FIT], n, cal.influence, COMPENSATE)
+        return [], copy.deepcopy(model.config), {"removed_layers": res.removed_layers, "compensate": COMPENSATE.to_dict(),
+                                                 "compensate_fit": f"calib[:{COMPENSATE_FIT}]",
+                                                 "refit": {str(k): v for k, v in res.refit.items()},
+                                                 "calib_errors": {str(k): v for k, v in res.errors.items()}}
     if row in WIDTH:
         cfg = WidthConfig(criterion=row, units="neurons", allocation="uniform", compensate=(row == "flap"))
         base = copy.deepcopy(model.config)

@@ -8,7 +8,7 @@ held-out calibration windows.
 
     python benchmarks/llm_structured_compensate.py --variants bare,down:1e-2:seq:32 --budgets 0.1,0.2
 
-Variant syntax: ``bare`` (plain removal) or ``MODE:RIDGE:seq|oneshot:FIT`` (MODE ``down`` or
+Variant syntax: ``dense`` (nothing removed), ``bare`` (plain removal) or ``MODE:RIDGE:seq|oneshot:FIT`` (MODE ``down`` or
 ``transform``; FIT calibration windows calib[:FIT]; optional ``:norm`` token weighting and ``:fN`` to refit the N kept blocks after each run too). Results: benchmarks/results/llm_structured_compensate.json.
 """
 from __future__ import annotations
@@ -43,7 +43,9 @@ def run_variant(model, variant: str, budget: float, influence: dict[int, float],
     n = int(round(budget * n_layers))
     t = time.time()
     rec = {"variant": variant, "budget": budget, "blocks": n}
-    if variant == "bare":
+    if variant == "dense":
+        pass
+    elif variant == "bare":
         prune_depth_(m, {f"model.layers.{i}": v for i, v in influence.items()}, n)
     else:
         mode, ridge, how, fit, *rest = variant.split(":")

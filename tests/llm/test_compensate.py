@@ -59,6 +59,9 @@ def test_huge_ridge_leaves_the_weight_unchanged():
     w0, w1 = m.model.layers[1].mlp.down_proj.weight, comp.model.layers[1].mlp.down_proj.weight
     assert torch.allclose(w0, w1, rtol=0, atol=1e-7 * float(w0.detach().abs().max()))
     assert res.errors[1][1] == pytest.approx(res.errors[1][0], rel=1e-4)
+    exact = copy.deepcopy(m)
+    res = compensate_depth_(exact, CAL, [2], CompensateConfig(ridge=float("inf")))
+    assert torch.equal(exact.model.layers[1].mlp.down_proj.weight, w0) and res.errors[1][0] == res.errors[1][1]
 
 
 def test_two_runs_sequential_and_one_shot_both_refit_each_run():

@@ -112,7 +112,9 @@ def removed_runs(removed: list[int], n_layers: int) -> dict[int, int]:
 
 def _solve(w: torch.Tensor, gaa: torch.Tensor, gar: torch.Tensor, config: CompensateConfig) -> torch.Tensor:
     """The new ``[d, inter]`` weight from the old one ``w`` [d, inter] (float64), ``gaa = A^T A``
-    [inter, inter] and ``gar = A^T R`` [inter, d] (see the module doc)."""
+    [inter, inter] and ``gar = A^T R`` [inter, d] (see the module doc); ``ridge=inf`` returns ``w``."""
+    if config.ridge == float("inf"):
+        return w
     if config.mode == "down":
         lam = config.ridge * gaa.diagonal().mean()
         eye = torch.eye(gaa.shape[0], dtype=gaa.dtype)
@@ -145,8 +147,8 @@ def _run(block: nn.Module, inputs: BlockInputs, down: nn.Module | None = None,
                     if "a" not in seen:
                         raise RuntimeError(f"compensate: {type(down).__name__} was not called by the block")
                     proj[sl] = seen.pop("y").reshape(out[sl].shape)
+                    a = seen.pop("a")
                     if stats is not None:
-                        a = seen.pop("a")
                         stats.append(a.reshape(-1, a.shape[-1]))                           # (b*T, inter)
     finally:
         if h is not None:
