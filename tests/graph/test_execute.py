@@ -298,3 +298,29 @@ def test_meta_matmul_rejects_mismatched_sizes():
         ShapeOnly().call(torch.addmm, (m(4,), m(5, 4), m(4, 3)), {})
     out = ShapeOnly().call(torch.addmm, (m(3,), m(5, 4), m(4, 3)), {"beta": 0.5})  # torch's own kernel
     assert out.shape == (5, 3)
+
+
+@pytest.mark.parametrize("kv_heads,mask", [(4, False), (2, True), (1, False)])
+def test_sdpa_counted_from_shapes_matches_torch(kv_heads, mask):
+    """Real 4-d SDPA calls are counted by ``sdpa_flops`` on their shapes (torch's ``sdpa_flop_count``
+    without its wrappers): the same MACs as the dispatch counter on the CPU kernel or math path, GQA and
+    masks included; the formula equals torch's own on each shape."""
+    from torch.utils.flop_counter import sdpa_flop_count
+
+    from prunekit.graph.execute import counting, sdpa_flops
+
+    q, k, v = torch.randn(2, 4, 6, 8), torch.randn(2, kv_heads, 10, 8), torch.randn(2, kv_heads, 10, 3)
+    m = torch.randn(2, 4, 6, 10) if mask else None
+    f = lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=m,  # noqa: E731
+                                                                enable_gqa=kv_heads != 4)
+    assert sdpa_flops(q.shape, k.shape, v.shape) == sdpa_flop_count(q.shape, k.shape, v.shape)
+    full, ours = MacCounter(), MacCounter()
+    with torch.no_grad(), full:
+        ref = f()
+    with torch.no_grad(), counting(ours):
+        out = f()
+    assert torch.equal(out, ref) and ours.macs == full.macs > 0
+    wrong = MacCounter()  # negative control: a query with more rows counts more
+    with torch.no_grad(), counting(wrong):
+        torch.nn.functional.scaled_dot_product_attention(torch.randn(2, 4, 7, 8), k, v, enable_gqa=kv_heads != 4)
+    assert wrong.macs != full.macs

@@ -165,7 +165,16 @@ def counting(counter: MacCounter) -> "ShapeOnly":
     return ShapeOnly(counter)
 
 
-_FORMULA_OPS = frozenset({"linear", "conv1d", "conv2d", "conv3d", "mm", "addmm", "bmm"})
+_FORMULA_OPS = frozenset({"linear", "conv1d", "conv2d", "conv3d", "mm", "addmm", "bmm", "scaled_dot_product_attention"})
+
+
+def sdpa_flops(q: Any, k: Any, v: Any) -> int:
+    """torch's ``sdpa_flop_count`` for 4-d shapes ``(B, H, L, E) x (B, Hkv, S, E) x (B, Hkv, S, Ev)``: the
+    two batched matmuls ``q @ k^T`` and ``attn @ v`` over the query's heads (without its pytree and
+    signature wrappers, which cost more than a small model's attention)."""
+    b, h, n_q, e = q
+    n_k, e_v = k[2], v[3]
+    return 2 * b * h * n_q * e * n_k + 2 * b * h * n_q * n_k * e_v
 
 
 def _dims(t: Any, n: int) -> bool:
@@ -187,6 +196,11 @@ def _formula(name: str, args: tuple) -> Callable[[Any], int] | None:
             return None
         w = args[1]
         return lambda out: 2 * out.numel() * math.prod(w.shape[1:]) if isinstance(out, torch.Tensor) else 0
+    if name == "scaled_dot_product_attention":  # the CPU kernel and the math path both count the two matmuls
+        if len(args) < 3 or not all(_dims(t, 4) for t in args[:3]) or args[0].is_meta:
+            return None
+        q, k, v = args[:3]
+        return lambda out: sdpa_flops(q.shape, k.shape, v.shape)
     operands = args[1:3] if name == "addmm" else args[:2]  # addmm(bias, mat1, mat2)
     if len(operands) != 2:
         return None
@@ -379,7 +393,7 @@ def _meta_sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False
         except RuntimeError:
             return None
     out = torch.empty((b, h, n_q, value.shape[3]), device="meta", dtype=query.dtype)
-    _add_flops(_counter, lambda: sdpa_flop_count(query.shape, key.shape, value.shape))
+    _add_flops(_counter, lambda: sdpa_flops(query.shape, key.shape, value.shape))
     return out
 
 
