@@ -324,3 +324,19 @@ def test_sdpa_counted_from_shapes_matches_torch(kv_heads, mask):
     with torch.no_grad(), counting(wrong):
         torch.nn.functional.scaled_dot_product_attention(torch.randn(2, 4, 7, 8), k, v, enable_gqa=kv_heads != 4)
     assert wrong.macs != full.macs
+
+
+@pytest.mark.parametrize("shapes", [[(2, 3), (3,)], [(1, 4, 1), (5, 1, 6)], [(0, 1), (1, 7)], [(), (2, 2)], [(3,)],
+                                    [(4, 1, 2), (1, 3, 1), (3, 2)], [(2, 3), (4, 3)], [(0,), (2,)], [(5, 0), (1, 1)]])
+def test_broadcast_shapes_is_torchs(shapes):
+    """The plain-Python broadcast the meta ops use gives torch's shape, and raises where torch raises
+    (negative controls: (2, 3) with (4, 3); (0,) with (2,))."""
+    from prunekit.graph.execute import broadcast_shapes
+
+    try:
+        want = torch.broadcast_shapes(*shapes)
+    except RuntimeError:
+        with pytest.raises(RuntimeError):
+            broadcast_shapes(*shapes)
+        return
+    assert broadcast_shapes(*shapes) == want

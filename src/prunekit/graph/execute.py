@@ -223,6 +223,23 @@ _INPLACE = frozenset({"add_", "__iadd__", "sub_", "__isub__", "mul_", "__imul__"
 _ADAPTIVE_POOL = {"adaptive_avg_pool1d": 1, "adaptive_avg_pool2d": 2, "adaptive_avg_pool3d": 3}
 
 
+def broadcast_shapes(*shapes) -> torch.Size:
+    """``torch.broadcast_shapes`` for integer shapes, in plain Python (torch's runs its reference
+    implementation: ~50-100 us a call, the most of a meta binary op); raises ``RuntimeError`` where
+    torch's does (sizes that differ and are not 1)."""
+    nd = max((len(s) for s in shapes), default=0)
+    out = [1] * nd
+    for s in shapes:
+        off = nd - len(s)
+        for i, v in enumerate(s):
+            o = out[off + i]
+            if v != o and v != 1:
+                if o != 1:
+                    raise RuntimeError(f"shapes {[tuple(x) for x in shapes]} cannot be broadcast together")
+                out[off + i] = v
+    return torch.Size(out)
+
+
 def _meta_like(t: torch.Tensor) -> torch.Tensor:
     """``torch.empty_like(t)`` for a meta tensor: by ``torch.empty`` when ``t`` is contiguous
     (``empty_like`` on meta runs a Python decomposition, ~100x slower)."""
@@ -239,7 +256,7 @@ def _meta_binary(name: str, a, b):
     if not tensors or len(tensors) + len(numbers) != 2 or any(not t.is_meta for t in tensors):
         return None
     try:
-        shape = torch.broadcast_shapes(*(t.shape for t in tensors))
+        shape = broadcast_shapes(*(t.shape for t in tensors))
         dtype = torch.result_type(a, b)
     except RuntimeError:
         return None
@@ -359,7 +376,7 @@ def _meta_matmul(name: str, args: tuple, *, _counter: MacCounter | None = None):
     shape = (*a.shape[:-1], b.shape[-1])
     if name == "addmm":
         try:
-            if torch.broadcast_shapes(tensors[0].shape, shape) != shape:
+            if broadcast_shapes(tensors[0].shape, shape) != shape:
                 return None
         except RuntimeError:
             return None  # torch raises its own error
@@ -388,7 +405,7 @@ def _meta_sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False
                 or attn_mask.dtype not in (torch.bool, query.dtype):
             return None
         try:
-            if torch.broadcast_shapes(attn_mask.shape, (b, h, n_q, n_k)) != (b, h, n_q, n_k):
+            if broadcast_shapes(attn_mask.shape, (b, h, n_q, n_k)) != (b, h, n_q, n_k):
                 return None
         except RuntimeError:
             return None

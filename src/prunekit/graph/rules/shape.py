@@ -288,15 +288,16 @@ def reshape(tracer, name, args, kwargs, out):
     _set(tracer, target, labels, inf.nz)
 
 
-def _tuple_attr(tracer, shape: Any) -> tuple[str, str, bool] | None:
+def _tuple_attr(tracer, shape: Any, fresh: bool = False) -> tuple[str, str, bool] | None:
     """The module path and attribute name holding the tuple ``shape`` (``view(self.bias_shape)``), and
-    whether it is that very object."""
+    whether it is that very object. ``fresh``: ``shape`` was built by the caller (sizes given one by one),
+    so no attribute can be that very object and only the current module's equal tuples are looked at."""
     mod = tracer.current_module()
     if mod is None or not isinstance(shape, (tuple, list, torch.Size)) or len(shape) < 2:
         return None
     here = tracer.module_path
-    for path, m in tracer.subtree(here):  # the very object, here or in a submodule (``self.rel_pos.get_bias()``)
-        for n, v in vars(m).items():
+    for path, m in () if fresh else tracer.subtree(here):  # the very object, here or in a submodule
+        for n, v in vars(m).items():  # (``self.rel_pos.get_bias()``)
             if v is shape:
                 return path, n, True
     for n, v in vars(mod).items():  # an equal tuple of the module itself (``view(*self.shape)``)
@@ -310,7 +311,7 @@ def _count_tuple_attr_shape(tracer, name, args, kwargs, requested, labels) -> No
     the literal size of every prunable dim is one element of that tuple, rewritten after pruning by a
     counter on ``attr[d]`` (the plan replaces that element, see :func:`prunekit.plan._split_attr`)."""
     shape = args[1] if len(args) == 2 else (tuple(args[1:]) if len(args) > 2 else kwargs.get("shape", kwargs.get("size")))
-    found = _tuple_attr(tracer, shape)
+    found = _tuple_attr(tracer, shape, fresh=len(args) > 2)
     if found is None:
         return
     owner, attr, same_object = found
