@@ -65,6 +65,8 @@ def row_config(name: str) -> dict | None:
             kw["dense_target"] = True
         elif f == "refit":
             kw["refit"] = True
+        elif f == "admm":
+            kw["admm"] = {}  # AdmmConfig defaults; each layer keeps the better of SparseGPT+refit and ADMM
         elif f == "b1":
             kw["batch"] = 1
         else:
@@ -85,6 +87,7 @@ def run_one(name: str, threads: int, n_calib: int, n_eval: int | None) -> dict:
 
     from prunekit.llm import data
     from prunekit.llm.eval import perplexity
+    from prunekit.llm.admm import AdmmConfig
     from prunekit.llm.owl import OwlConfig
     from prunekit.llm.sparse import SparsifyConfig, sparsify_llm_
 
@@ -102,6 +105,8 @@ def run_one(name: str, threads: int, n_calib: int, n_eval: int | None) -> dict:
     if kw is not None:
         if "owl" in kw:
             kw["owl"] = OwlConfig(**kw["owl"])
+        if "admm" in kw:
+            kw["admm"] = AdmmConfig(**kw["admm"])
         cfg = SparsifyConfig(**kw)
         load0 = os.getloadavg()[0]
         t0 = time.perf_counter()
@@ -110,6 +115,8 @@ def run_one(name: str, threads: int, n_calib: int, n_eval: int | None) -> dict:
         rec["load_avg_1m"] = [round(load0, 2), round(os.getloadavg()[0], 2)]
         rec["config"] = cfg.to_dict()
         rec["sparsity"] = round(res.sparsity, 5)
+        if res.admm_layers:
+            rec["admm_layers"] = res.admm_layers
         rec["block_sparsity"] = [round(s, 4) for s in res.block_sparsity]
         rec["rss_after_prune_mb"] = round(_rss_mb(), 1)
     t0 = time.perf_counter()

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .admm import AdmmConfig, admm_prune
 from .arch import DecoderLayout, block_linears, layout, set_weight, weight_of
 from .masks import global_keep, prune_count, select_keep
 from .owl import OwlConfig, owl_sparsities
@@ -107,6 +108,9 @@ class SparsifyConfig:
         "help": "wanda/sparsegpt: after the mask is chosen, refit each row's kept weights to the least-squares fit "
                 "of the layer's outputs on the calibration inputs (25 conjugate-gradient steps from the method's "
                 "weights, llm/refit.py); the mask is unchanged"})
+    admm: AdmmConfig | None = field(default=None, metadata={
+        "help": "with refit: also prune each layer by gradual ADMM (llm/admm.py) and keep, per layer, whichever of "
+                "the two has the lower reconstruction error ‖(W − Ŵ)X‖² on the calibration inputs; None = off"})
     blocksize: int = field(default=128, metadata={"help": "sparsegpt: columns per lazy-update block"})
     damp: float = field(default=0.01, metadata={"help": "sparsegpt: dampening, fraction of mean diag(H)"})
 
@@ -139,6 +143,15 @@ class SparsifyConfig:
             raise ValueError("SparsifyConfig.refit needs calibration statistics: use method='wanda' or 'sparsegpt'")
         if self.refit and self.dense_target:
             raise ValueError("SparsifyConfig.refit and dense_target are two different weight updates; pick one")
+        if isinstance(self.admm, dict):
+            object.__setattr__(self, "admm", AdmmConfig(**self.admm))
+        if self.admm is not None and not isinstance(self.admm, AdmmConfig):
+            raise TypeError(f"SparsifyConfig.admm must be an AdmmConfig, a dict or None, got {type(self.admm).__name__}")
+        if self.admm is not None and not self.refit:
+            raise ValueError("SparsifyConfig.admm compares each layer's ADMM result with the refitted one: set refit=True")
+        if self.admm is not None and self.group == "global":
+            raise ValueError("SparsifyConfig.admm chooses each layer's mask on its own; group='global' ranks layers "
+                             "together (use 'row' or 'tensor')")
         if self.batch is not None:
             _check_number("batch", self.batch, 1, 1 << 30, integer=True)
         _check_number("blocksize", self.blocksize, 1, 1 << 20, integer=True)
@@ -174,10 +187,12 @@ class SparsifyResult:
     layer_sparsity: dict[str, float]
     sparsity: float
     seconds: float
+    admm_layers: list[str] = field(default_factory=list)  # with config.admm: the layers where ADMM won
 
     def to_dict(self) -> dict[str, Any]:
         return {"config": self.config.to_dict(), "block_sparsity": self.block_sparsity,
-                "layer_sparsity": self.layer_sparsity, "sparsity": self.sparsity, "seconds": self.seconds}
+                "layer_sparsity": self.layer_sparsity, "sparsity": self.sparsity, "seconds": self.seconds,
+                "admm_layers": self.admm_layers}
 
 
 class _InputStats:
@@ -263,7 +278,8 @@ def _wanda_scores(w: torch.Tensor, st: _InputStats) -> torch.Tensor:
     return w.abs().float() * st.sq.sqrt().float().reshape(1, -1)  # (out, in)
 
 
-def _prune_layer(cfg: SparsifyConfig, mod: nn.Module, st: _InputStats | None, sparsity: float) -> None:
+def _prune_layer(cfg: SparsifyConfig, mod: nn.Module, st: _InputStats | None, sparsity: float) -> bool:
+    """Prune one Linear in place; returns whether ADMM's result was taken (``cfg.admm``)."""
     w = weight_of(mod)
     if cfg.method == "sparsegpt":
         new, keep = sparsegpt_prune(w, None, sparsity, pattern=cfg.nm, group=cfg.group, blocksize=cfg.blocksize,
@@ -272,7 +288,20 @@ def _prune_layer(cfg: SparsifyConfig, mod: nn.Module, st: _InputStats | None, sp
         scores = w.abs().float() if cfg.method == "magnitude" else _wanda_scores(w, st)
         keep = select_keep(scores, sparsity, pattern=cfg.nm, group=cfg.group)
         new = w * keep
-    _set(cfg, mod, w, new, keep, st)
+    if cfg.admm is None:
+        _set(cfg, mod, w, new, keep, st)
+        return False
+    new = refit_kept(w, st.hessian, keep, damp=cfg.damp, start=new)
+    other, _ = admm_prune(w, st.hessian, sparsity, pattern=cfg.nm, group="row", damp=cfg.damp, config=cfg.admm)
+    wins = reconstruction_error(w, other, st.hessian) < reconstruction_error(w, new, st.hessian)
+    set_weight(mod, (other if wins else new).to(w.dtype))
+    return wins
+
+
+def reconstruction_error(w: torch.Tensor, new: torch.Tensor, hessian: torch.Tensor) -> float:
+    """``‖(W − Ŵ) X‖² = tr((W − Ŵ) H (W − Ŵ)ᵀ)`` from the inputs' Hessian ``H = X Xᵀ``."""
+    d = w.detach().float() - new.detach().float()  # (out, in)
+    return float(((d @ hessian.float()) * d).sum())
 
 
 def _set(cfg: SparsifyConfig, mod: nn.Module, w: torch.Tensor, new: torch.Tensor, keep: torch.Tensor,
@@ -288,6 +317,8 @@ class _Visitor:
 
     def __init__(self, cfg: SparsifyConfig, lay: DecoderLayout, block_sparsity: list[float]) -> None:
         self.cfg, self.lay, self.block_sparsity = cfg, lay, block_sparsity
+        self.block = -1
+        self.admm_layers: list[str] = []
 
     def _last_key(self, linears: dict[str, nn.Module], key: dict[str, str]) -> str | None:
         """The input key of the block's last stage (its Linear layers run last and feed no other)."""
@@ -299,6 +330,7 @@ class _Visitor:
 
     def __call__(self, i: int, block: nn.Module, inputs: BlockInputs) -> torch.Tensor | None:
         cfg = self.cfg
+        self.block = i
         linears = block_linears(block)
         key = _stage_of(self.lay, list(linears))
         s = self.block_sparsity[i]
@@ -332,7 +364,8 @@ class _Visitor:
         last = {key[n]: n for n in stage}  # each input's last reader in this stage
         for n in stage:
             st = stats.get(key[n])
-            _prune_layer(cfg, linears[n], st, s)
+            if _prune_layer(cfg, linears[n], st, s):
+                self.admm_layers.append(f"{self.lay.blocks_path}.{self.block}.{n}")
             if st is not None and last[key[n]] == n:
                 st.release()  # its Hessian and factor are not needed by any later layer
 
@@ -433,9 +466,10 @@ def sparsify_llm_(model: nn.Module, windows: torch.Tensor | None = None, method:
         from .correct import run_dense_target  # the two-stream pipeline (dense and pruned inputs)
         run_dense_target(model, windows, cfg, lay, block_sparsity, device=device, source=source, progress=progress)
     else:
-        run_blocks(model, windows, _Visitor(cfg, lay, block_sparsity), device=device, source=source,
-                   progress=progress, batch=cfg.batch or len(windows))
+        visit = _Visitor(cfg, lay, block_sparsity)
+        run_blocks(model, windows, visit, device=device, source=source, progress=progress,
+                   batch=cfg.batch or len(windows))
     seconds = time.perf_counter() - start
     layers, overall = ({}, float("nan")) if source is not None else _layer_sparsity(lay)
     return SparsifyResult(config=cfg, block_sparsity=block_sparsity, layer_sparsity=layers, sparsity=overall,
-                          seconds=seconds)
+                          seconds=seconds, admm_layers=visit.admm_layers if cfg.admm is not None else [])
