@@ -26,6 +26,7 @@ from torch import nn
 
 from .admm import AdmmConfig, admm_prune
 from .arch import DecoderLayout, block_linears, layout, set_weight, weight_of
+from .gram import add_gram_
 from .masks import global_keep, prune_count, select_keep
 from .owl import OwlConfig, owl_sparsities
 from .pipeline import BlockInputs, BlockSource, run_blocks
@@ -228,7 +229,7 @@ class _InputStats:
         self.tokens += x.shape[0]
         self.sq += x.square().sum(0).double()  # fp32 squares, pairwise-summed (as the reference Wanda)
         if self.hessian is not None:
-            self.hessian.addmm_(x.t(), x)  # (in, in)
+            add_gram_(self.hessian, x)  # (in, in), upper block triangle then mirrored
 
 
 def _stage_of(lay: DecoderLayout, names: list[str]) -> dict[str, str]:
