@@ -30,6 +30,9 @@ def prune_lowest(scores: torch.Tensor, k: int, dim: int) -> torch.Tensor:
         order = torch.argsort(scores, dim=dim, stable=True)
         return keep.scatter_(dim, order.narrow(dim, 0, min(k, scores.shape[dim])), False)
     kth = scores.kthvalue(k, dim=dim, keepdim=True).values  # the k-th lowest of each slice
+    upto = scores <= kth
+    if bool((upto.sum(dim) == k).all()):  # no slice has ties across its k-th lowest: nothing to break
+        return ~upto
     below = scores < kth
     tied = scores == kth
     need = k - below.sum(dim, keepdim=True)  # how many of the tied entries go (>= 1)
