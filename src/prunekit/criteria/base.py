@@ -65,9 +65,15 @@ class Criterion:
         units, keys, idx, names = group.member_rows()
         if units.size == 0:
             return self.finish(torch.zeros(len(group), dtype=torch.float64))
-        order = np.argsort(keys, kind="stable")
-        units, keys, idx = units[order], keys[order], idx[order]
-        used = np.unique(keys).tolist()
+        # each unit's rows are contiguous; bincount adds them in array order, so they must come by tensor
+        # (key) within each unit, as a stable sort by key would put them: sort only where they do not already
+        same_unit = units[1:] == units[:-1]
+        if (same_unit & (keys[1:] < keys[:-1])).any():
+            order = np.argsort(keys, kind="stable")
+            units, keys, idx = units[order], keys[order], idx[order]
+        present = np.zeros(len(names), dtype=bool)
+        present[keys] = True
+        used = np.flatnonzero(present).tolist()
         offset = np.full(len(names), -1, dtype=np.int64)  # key -> start of its per-index vector in ``flat``
         vectors, n = [], 0
         with torch.no_grad():

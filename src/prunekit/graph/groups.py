@@ -81,11 +81,15 @@ class Resolver:
         self.pinned: dict[int, str] = {}
         self.pin_site: dict[int, tuple[str, str]] = {}  # root -> (op, module) of its first pin
         sites = store.pin_sites
-        for lab, why in store.pinned.items():
-            r = int(self.root[lab])
-            if r not in self.pinned:
-                self.pinned[r] = why
-                self.pin_site[r] = sites.get(lab, ("", ""))
+        if store.pinned:  # each class's first pinned label (in pin order) gives its reason and site
+            labs = np.fromiter(store.pinned, dtype=np.int64, count=len(store.pinned))
+            roots, first = np.unique(self.root[labs], return_index=True)
+            order = np.argsort(first, kind="stable")  # classes in the order of their first pin, as before
+            whys = list(store.pinned.values())
+            labs_l = labs.tolist()
+            for r, i in zip(roots[order].tolist(), first[order].tolist()):
+                self.pinned[r] = whys[i]
+                self.pin_site[r] = sites.get(labs_l[i], ("", ""))
         inexact = np.fromiter(store.inexact, dtype=np.int64, count=len(store.inexact))
         self.inexact_roots = np.unique(self.root[inexact])
         self.inexact = set(self.inexact_roots.tolist())
