@@ -279,10 +279,14 @@ def _wanda_scores(w: torch.Tensor, st: _InputStats) -> torch.Tensor:
     return w.abs().float() * st.sq.sqrt().float().reshape(1, -1)  # (out, in)
 
 
-def _prune_layer(cfg: SparsifyConfig, mod: nn.Module, st: _InputStats | None, sparsity: float) -> bool:
-    """Prune one Linear in place; returns whether ADMM's result was taken (``cfg.admm``)."""
+def _prune_layer(cfg: SparsifyConfig, mod: nn.Module, st: _InputStats | None, sparsity: float,
+                 pruned: tuple[torch.Tensor, torch.Tensor] | None = None) -> bool:
+    """Prune one Linear in place; returns whether ADMM's result was taken (``cfg.admm``). ``pruned``:
+    the method's (weight, keep) already computed (SparseGPT on layers stacked by shared input)."""
     w = weight_of(mod)
-    if cfg.method == "sparsegpt":
+    if pruned is not None:
+        new, keep = pruned
+    elif cfg.method == "sparsegpt":
         new, keep = sparsegpt_prune(w, None, sparsity, pattern=cfg.nm, group=cfg.group, blocksize=cfg.blocksize,
                                     damp=cfg.damp, factor=st.factor(cfg.damp, keep_hessian=cfg.refit))
     else:
@@ -363,12 +367,32 @@ class _Visitor:
                 _set(cfg, linears[n], ws[n], ws[n] * keep, keep, stats.get(key[n]))
             return
         last = {key[n]: n for n in stage}  # each input's last reader in this stage
+        pruned = self._sparsegpt_shared(linears, key, stage, stats, s) if cfg.method == "sparsegpt" else {}
         for n in stage:
             st = stats.get(key[n])
-            if _prune_layer(cfg, linears[n], st, s):
+            if _prune_layer(cfg, linears[n], st, s, pruned.get(n)):
                 self.admm_layers.append(f"{self.lay.blocks_path}.{self.block}.{n}")
             if st is not None and last[key[n]] == n:
                 st.release()  # its Hessian and factor are not needed by any later layer
+
+    def _sparsegpt_shared(self, linears: dict[str, nn.Module], key: dict[str, str], stage: list[str],
+                          stats: dict[str, _InputStats], s: float) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """SparseGPT on the stage's layers that share an input (q/k/v, gate/up), stacked by rows in one
+        column sweep: {layer: (weight, keep)}; each equals the layer pruned alone."""
+        cfg = self.cfg
+        out: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        for k in dict.fromkeys(key[n] for n in stage):
+            names = [n for n in stage if key[n] == k]
+            if len(names) < 2:
+                continue
+            ws = [weight_of(linears[n]) for n in names]
+            rows = [w.shape[0] for w in ws]
+            new, keep = sparsegpt_prune(torch.cat([w.float() for w in ws]), None, s, pattern=cfg.nm, group=cfg.group,
+                                        blocksize=cfg.blocksize, damp=cfg.damp, parts=rows,
+                                        factor=stats[k].factor(cfg.damp, keep_hessian=cfg.refit))
+            for n, nw, kp in zip(names, new.split(rows), keep.split(rows)):
+                out[n] = (nw, kp)
+        return out
 
     def _one_pass(self, block: nn.Module, inputs: BlockInputs, linears: dict[str, nn.Module], key: dict[str, str],
                   stages: list[list[str]], s: float) -> torch.Tensor:

@@ -62,13 +62,16 @@ def inverse_factor(hessian: torch.Tensor, damp: float = 0.01, *, inplace: bool =
 def sparsegpt_prune(weight: torch.Tensor, hessian: torch.Tensor | None, sparsity: float, *,
                     pattern: tuple[int, int] | None = None, group: str = "tensor", blocksize: int = 128,
                     damp: float = 0.01, factor: tuple[torch.Tensor, torch.Tensor] | None = None,
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
+                    parts: list[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Prune ``weight`` ``[out, in]`` given the input Hessian ``[in, in]`` (or its ``factor`` from
     :func:`inverse_factor`); returns the updated weight (float32, pruned entries exactly 0) and the keep mask.
 
     ``pattern=(n, m)``: keep ``n`` of every ``m`` consecutive inputs (``sparsity`` is ignored).
     ``group``: ``"tensor"`` chooses each column block's mask over all rows (the reference),
     ``"row"`` per output row (each row loses the same fraction).
+    ``parts``: ``weight`` is several layers that read the same input, stacked by rows (e.g. q/k/v),
+    with these row counts; each is pruned exactly as alone (the updates are row by row; the
+    ``"tensor"`` mask is chosen per part), in one sweep over the columns instead of one per layer.
     """
     w = weight.detach().to(torch.float32, copy=True)
     rows, cols = w.shape
@@ -78,6 +81,11 @@ def sparsegpt_prune(weight: torch.Tensor, hessian: torch.Tensor | None, sparsity
     if hinv.shape != (cols, cols):
         raise ValueError(f"llm.sparsegpt: weight {tuple(w.shape)} and inverse-Hessian factor {tuple(hinv.shape)} "
                          f"do not match")
+    if parts is not None and (sum(parts) != rows or min(parts) < 1):
+        raise ValueError(f"llm.sparsegpt: parts {parts} do not add up to the weight's {rows} rows")
+    bounds = [0]
+    for p in parts or [rows]:
+        bounds.append(bounds[-1] + p)
     w[:, dead] = 0
     keep = torch.ones_like(w, dtype=torch.bool)
     if pattern is not None:
@@ -97,8 +105,10 @@ def sparsegpt_prune(weight: torch.Tensor, hessian: torch.Tensor | None, sparsity
             if group == "row":
                 prune1 = ~prune_lowest(score, prune_count(count, sparsity), dim=1)
             else:
-                flat = score.reshape(-1)
-                prune1 = ~prune_lowest(flat, prune_count(flat.numel(), sparsity), dim=0).view_as(score)
+                prune1 = torch.empty_like(score, dtype=torch.bool)
+                for a, b in zip(bounds, bounds[1:]):  # each stacked layer's block: its own comparison group
+                    flat = score[a:b].reshape(-1)
+                    prune1[a:b] = ~prune_lowest(flat, prune_count(flat.numel(), sparsity), dim=0).view(b - a, count)
         else:
             prune1 = torch.zeros_like(w1, dtype=torch.bool)
         for i in range(count):
