@@ -66,9 +66,10 @@ def test_wanda_run_writes_model_and_summary(folder, tmp_path, capsys):
 def test_pattern_and_low_memory(folder, tmp_path, capsys):
     out = tmp_path / "nm"
     assert main(_args(folder, out, "--method", "sparsegpt", "--pattern", "2:4", "--low-memory", "--refit",
-                      "--no-sequential", "--batch", "2")) == 0
+                      "--admm", "--no-sequential", "--batch", "2")) == 0
     config = json.loads((out / "summary.json").read_text())["config"]
     assert (config["refit"], config["sequential"], config["batch"]) == (True, False, 2)
+    assert config["admm"]["iters"] == 120  # AdmmConfig's defaults
     back = transformers.AutoModelForCausalLM.from_pretrained(out)
     w = back.model.layers[1].mlp.down_proj.weight.view(-1, 4)  # [rows * in / 4, 4]
     assert ((w != 0).sum(1) <= 2).all()  # 2:4 holds exactly
@@ -85,6 +86,8 @@ def test_pattern_and_low_memory(folder, tmp_path, capsys):
     (("--method", "wanda", "--sparsity", "0.5", "--eval", "missing.txt"), "--eval 'missing.txt'"),
     (("--method", "magnitude", "--sparsity", "0.5", "--refit"), "--refit needs calibration"),
     (("--method", "wanda", "--sparsity", "0.5", "--batch", "0"), "--batch must be >= 1"),
+    (("--method", "sparsegpt", "--sparsity", "0.5", "--admm"), "--admm compares"),
+    (("--method", "wanda", "--sparsity", "0.5", "--refit", "--admm", "--group", "global"), "--admm chooses"),
 ])
 def test_bad_arguments_fail_before_any_work(folder, tmp_path, capsys, extra, message):
     out = tmp_path / "never"

@@ -43,6 +43,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--group", default=None, help=f"comparison group: {', '.join(GROUPS)} (default: the method's reference)")
     p.add_argument("--refit", action="store_true", help="wanda/sparsegpt: refit the kept weights by least squares after "
                                                         "the mask is chosen (prunekit's best with sparsegpt)")
+    p.add_argument("--admm", action="store_true", help="with --refit: also prune each layer by gradual ADMM and keep, "
+                                                       "per layer, the result with the lower calibration error")
     p.add_argument("--sequential", action=argparse.BooleanOptionalAction, default=True,
                    help="true-sequential inside each block (q/k/v, then o, then gate/up, then down, each on inputs "
                         "from the pruned layers before it; one pass per block; default). --no-sequential: the "
@@ -83,6 +85,10 @@ def validate(args: argparse.Namespace) -> None:
         raise UsageError(f"--group {args.group!r} is not one of {', '.join(GROUPS)}")
     if getattr(args, "refit", False) and args.method == "magnitude":
         raise UsageError("--refit needs calibration statistics: use --method wanda or sparsegpt")
+    if getattr(args, "admm", False) and not getattr(args, "refit", False):
+        raise UsageError("--admm compares each layer's ADMM result with the refitted one: add --refit")
+    if getattr(args, "admm", False) and args.group == "global":
+        raise UsageError("--admm chooses each layer's mask on its own; --group global ranks layers together")
     if getattr(args, "batch", None) is not None and args.batch < 1:
         raise UsageError(f"--batch must be >= 1 (calibration windows per block call), got {args.batch}")
     for name in ("calib_windows", "eval_windows", "seq_len"):
@@ -142,11 +148,12 @@ def run(args: argparse.Namespace) -> int:
     """The ``prunekit llm`` command (after :func:`validate`)."""
     import torch
 
+    from .admm import AdmmConfig
     from .sparse import SparsifyConfig, sparsify_llm_
 
     cfg = SparsifyConfig(method=args.method, sparsity=args.sparsity if args.sparsity is not None else 0.5,
                          pattern=args.pattern, group=args.group, refit=args.refit,
-                         sequential=args.sequential, batch=args.batch)
+                         admm=AdmmConfig() if args.admm else None, sequential=args.sequential, batch=args.batch)
     eval_spec = args.eval if args.eval is not None else (
         PROTOCOL if (args.calib == PROTOCOL or args.model == SMOLLM2) else args.calib)
     out = Path(args.out)
@@ -210,6 +217,8 @@ def run(args: argparse.Namespace) -> int:
             summary["compressed_bytes"] = saved.weight_bytes
         summary["sparsity"] = res.sparsity
         summary["layer_sparsity"] = res.layer_sparsity
+    if res.admm_layers:
+        summary["admm_layers"] = res.admm_layers
     summary["prune_seconds"] = res.seconds
     summary["total_seconds"] = time.perf_counter() - t0
     summary["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
