@@ -69,7 +69,7 @@ def test_pattern_and_low_memory(folder, tmp_path, capsys):
                       "--admm", "--no-sequential", "--batch", "2")) == 0
     config = json.loads((out / "summary.json").read_text())["config"]
     assert (config["refit"], config["sequential"], config["batch"]) == (True, False, 2)
-    assert config["admm"]["iters"] == 120  # AdmmConfig's defaults
+    assert config["admm"]["iters"] == 60  # AdmmConfig's defaults
     back = transformers.AutoModelForCausalLM.from_pretrained(out)
     w = back.model.layers[1].mlp.down_proj.weight.view(-1, 4)  # [rows * in / 4, 4]
     assert ((w != 0).sum(1) <= 2).all()  # 2:4 holds exactly

@@ -38,8 +38,8 @@ class AdmmConfig:
     ``ramp`` steps (sparsity ``s · (1 − (1 − t)³)``, reaching ``s`` at step ``ramp``); ``rho`` is the
     penalty relative to the unit-diagonal Hessian."""
 
-    iters: int = 120
-    ramp: int = 80
+    iters: int = 60
+    ramp: int = 40
     every: int = 4
     rho: float = 1.0
     score: str = "obs"
