@@ -108,6 +108,15 @@ def test_recipe_picks_lowest_scores_and_round_trips(tmp_path):
         prune_depth_compensated_(llama(3), CAL, 1, {0: 1.0})
 
 
+def test_recipe_never_removes_block_0():
+    """Block 0 has no kept block before it: with the lowest score it still stays, the next lowest goes;
+    asking for every block but one is an error."""
+    res = prune_depth_compensated_(llama(3), CAL, 1, {0: 0.0, 1: 0.5, 2: 0.3})
+    assert res.removed_layers == ["model.layers.2"]
+    with pytest.raises(ValueError, match="block 0 stays"):
+        prune_depth_compensated_(llama(3), CAL, 2, {0: 0.0, 1: 0.5, 2: 0.3})
+
+
 def test_config_validation():
     with pytest.raises(ValueError, match="mode"):
         CompensateConfig(mode="bias")

@@ -53,7 +53,7 @@ class CompensateConfig:
     (0: only the block before the run)."""
 
     mode: str = "down"
-    ridge: float = 1e-2
+    ridge: float = 0.1  # the benchmarked setting (llm_structured_compensate.py: 0.1 ~ 0.01 at 10%, held-out calibration)
     sequential: bool = True
     token_weight: str = "none"
     follow: int = 0

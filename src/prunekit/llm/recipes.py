@@ -244,16 +244,17 @@ def prune_depth_compensated_(model: nn.Module, windows: torch.Tensor, n: int, sc
     block influence) with least-squares compensation: the kept block before each removed run gets its
     MLP output projection refit on the calibration ``windows`` to reproduce the dense hidden state after
     the run (:func:`prunekit.llm.compensate.compensate_depth_`, config a
-    :class:`~prunekit.llm.compensate.CompensateConfig`). Returns its :class:`CompensateResult`."""
+    :class:`~prunekit.llm.compensate.CompensateConfig`). Block 0 is never a candidate: no kept block
+    precedes it to take its update. Returns its :class:`CompensateResult`."""
     from .compensate import compensate_depth_
 
     n_layers = len(model_units(model))
     missing = [i for i in range(n_layers) if i not in scores]
     if missing:
         raise ValueError(f"prune_depth_compensated_: no block score for layers {missing}")
-    if not 0 <= n < n_layers:
-        raise ValueError(f"prune_depth_compensated_: n={n} must be in 0..{n_layers - 1}")
-    gone = sorted(sorted(range(n_layers), key=lambda i: (scores[i], i))[:n])
+    if not 0 <= n < n_layers - 1:
+        raise ValueError(f"prune_depth_compensated_: n={n} must be in 0..{n_layers - 2} (block 0 stays)")
+    gone = sorted(sorted(range(1, n_layers), key=lambda i: (scores[i], i))[:n])
     return compensate_depth_(model, windows, gone, config, device=device)
 
 
