@@ -200,9 +200,9 @@ class _InputStats:
     """Running statistics of one input (shared by the Linear layers that read it): per-column sum of
     squares (Wanda's ‖X_j‖²), and optionally ``X Xᵀ`` (SparseGPT) and ``X_dense X̃ᵀ`` (dense target)."""
 
-    def __init__(self, cols: int, device: torch.device, hessian: bool) -> None:
+    def __init__(self, cols: int, device: torch.device, hessian: bool, squares: bool = True) -> None:
         self.tokens = 0
-        self.sq = torch.zeros(cols, dtype=torch.float64, device=device)
+        self.sq = torch.zeros(cols, dtype=torch.float64, device=device) if squares else None
         self.hessian = torch.zeros(cols, cols, dtype=torch.float32, device=device) if hessian else None
         self.cross: torch.Tensor | None = None
         self._factor: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -227,7 +227,8 @@ class _InputStats:
     def add(self, x: torch.Tensor) -> None:
         x = x.detach().reshape(-1, x.shape[-1]).float()  # (tokens, in)
         self.tokens += x.shape[0]
-        self.sq += x.square().sum(0).double()  # fp32 squares, pairwise-summed (as the reference Wanda)
+        if self.sq is not None:
+            self.sq += x.square().sum(0).double()  # fp32 squares, pairwise-summed (as the reference Wanda)
         if self.hessian is not None:
             add_gram_(self.hessian, x)  # (in, in), upper block triangle then mirrored
 
@@ -244,7 +245,7 @@ def _stage_of(lay: DecoderLayout, names: list[str]) -> dict[str, str]:
 
 def _collect(block: nn.Module, inputs: BlockInputs, linears: dict[str, nn.Module], key: dict[str, str],
              hessian: bool, *, stop_after: nn.Module | None = None, keep: bool = False,
-             last_key: str | None = None) -> tuple[dict[str, _InputStats], torch.Tensor | None]:
+             last_key: str | None = None, squares: bool = True) -> tuple[dict[str, _InputStats], torch.Tensor | None]:
     """Run the block on every window with hooks on ``linears``; one statistics object per input key.
     ``last_key``: the input read last in the block; each window's run stops once it is recorded (the
     Linear layers reading it, e.g. ``down_proj``, are not computed: their outputs are not needed)."""
@@ -259,7 +260,7 @@ def _collect(block: nn.Module, inputs: BlockInputs, linears: dict[str, nn.Module
         def hook(m, args, k=k):
             x = args[0]
             if k not in stats:
-                stats[k] = _InputStats(x.shape[-1], x.device, hessian)
+                stats[k] = _InputStats(x.shape[-1], x.device, hessian, squares)
             stats[k].add(x)
         handles.append(mod.register_forward_pre_hook(hook))
     stop_before = linears[firsts[last_key]] if last_key is not None and not keep and stop_after is None else None
@@ -276,6 +277,8 @@ def _collect(block: nn.Module, inputs: BlockInputs, linears: dict[str, nn.Module
 
 
 def _wanda_scores(w: torch.Tensor, st: _InputStats) -> torch.Tensor:
+    if st.sq is None:
+        raise RuntimeError("llm.sparse: Wanda scores need the inputs' squared norms, which were not collected")
     return w.abs().float() * st.sq.sqrt().float().reshape(1, -1)  # (out, in)
 
 
@@ -351,6 +354,7 @@ class _Visitor:
                 last = stage[-1] if cfg.sequential else None
                 final = stage is stages[-1]
                 stats, _ = _collect(block, inputs, {n: linears[n] for n in stage}, key, cfg.needs_hessian,
+                                    squares=cfg.method == "wanda",
                                     stop_after=linears[last] if last and not final else None,
                                     last_key=self._last_key(linears, key) if final else None)
             self._prune_stage(linears, key, stage, stats, s)
@@ -407,7 +411,7 @@ class _Visitor:
             k = stage_of[name]
             if k in done:
                 return None
-            st = _InputStats(args[0].shape[-1], args[0].device, self.cfg.needs_hessian)
+            st = _InputStats(args[0].shape[-1], args[0].device, self.cfg.needs_hessian, self.cfg.method == "wanda")
             st.add(args[0])
             done.append(k)
             self._prune_stage(linears, key, stages[k], {key[name]: st}, s)
