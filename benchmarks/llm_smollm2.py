@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import resource
 import subprocess
 import sys
@@ -101,7 +102,7 @@ def run_one(name: str, threads: int, n_calib: int, n_eval: int | None) -> dict:
     rss_loaded = _rss_mb()
     kw = row_config(name)
     rec = {"row": name, "threads": threads, "calib_windows": n_calib, "eval_windows": int(ev.shape[0]),
-           "rss_after_load_mb": round(rss_loaded, 1)}
+           "rss_after_load_mb": round(rss_loaded, 1), "cpu": _cpu()}
     if kw is not None:
         if "owl" in kw:
             kw["owl"] = OwlConfig(**kw["owl"])
@@ -138,13 +139,31 @@ def load_results(path: Path) -> dict:
     return json.loads(path.read_text()) if path.exists() else {"protocol": "llm-protocol.md", "rows": {}}
 
 
+def _cpu() -> str:
+    """The CPU model and its widest vector units: prune times differ several-fold between machines."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or "unknown"
+    name = next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("model name")), "unknown")
+    flags = set(next((ln.split(":", 1)[1].split() for ln in info.splitlines() if ln.startswith("flags")), []))
+    units = [u for u in ("avx2", "avx512f", "amx_tile") if u in flags]
+    return f"{name} ({', '.join(units) or 'no avx2'}), {os.cpu_count()} cores"
+
+
+def _cpu_tag(cpu: str | None) -> str:
+    if cpu is None:
+        return "not recorded"
+    return "AVX-512 + AMX" if "amx_tile" in cpu else ("AVX-512" if "avx512f" in cpu else cpu.split(" (")[1].split(")")[0])
+
+
 def write_table(results: dict, path: Path) -> None:
     lines = ["# SmolLM2-135M one-shot sparsity (llm-protocol.md, calib[:32])", "",
              "Each row in its own process: peak RSS covers load + prune + eval. Times are wall-clock on a shared "
              "2-core machine; `load` is the 1-minute load average before/after pruning (quiet = about the "
              "thread count).", "",
-             "| row | ppl | reference | ratio | target | prune s | threads | load | peak RSS MB | eval windows |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| row | ppl | reference | ratio | target | prune s | threads | load | peak RSS MB | eval windows | cpu |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     order = {n: i for i, n in enumerate(ALL_ROWS)}
     for name in sorted(results["rows"], key=lambda n: (order.get(n, len(order)), n)):
         r = results["rows"][name]
@@ -152,7 +171,7 @@ def write_table(results: dict, path: Path) -> None:
         lines.append(f"| {name} | {r['ppl']:.2f} | {r.get('reference', '')} | {r.get('ratio_to_reference', '')} | "
                      f"{r.get('target', '')}{' ✓' if r.get('meets_target') else (' ✗' if 'meets_target' in r else '')} | "
                      f"{r.get('prune_s', '')} | {r['threads']} | {'' if ld is None else f'{ld[0]}/{ld[1]}'} | "
-                     f"{r['peak_rss_mb']:.0f} | {r['eval_windows']} |")
+                     f"{r['peak_rss_mb']:.0f} | {r['eval_windows']} | {_cpu_tag(r.get('cpu'))} |")
     notes = ""
     if path.exists() and "\n## Notes" in path.read_text():  # hand-written notes below the table are kept
         notes = "\n## Notes" + path.read_text().split("\n## Notes", 1)[1]
