@@ -77,12 +77,13 @@ class Criterion:
         offset = np.full(len(names), -1, dtype=np.int64)  # key -> start of its per-index vector in ``flat``
         vectors, n = [], 0
         with torch.no_grad():
+            items = []
             for k in used:
                 name, dim = names[k]
                 p = params.get(name)
-                if p is None:  # buffers (running statistics) carry no importance
-                    continue
-                per_index = self.per_index(name, p, dim)
+                if p is not None:  # buffers (running statistics) carry no importance
+                    items.append((k, name, p, dim))
+            for (k, name, p, dim), per_index in zip(items, self.per_index_many([it[1:] for it in items])):
                 if per_index is not None:
                     offset[k] = n
                     n += per_index.numel()
@@ -96,6 +97,10 @@ class Criterion:
             units, start, idx = units[rows], start[rows], idx[rows]
         totals = np.bincount(units, weights=flat[start + idx], minlength=len(group))
         return self.finish(torch.from_numpy(totals))
+
+    def per_index_many(self, items: list[tuple[str, torch.Tensor, int]]) -> list[torch.Tensor | None]:
+        """:meth:`per_index` of each ``(name, p, dim)``, in order (a criterion may compute them together)."""
+        return [self.per_index(name, p, dim) for name, p, dim in items]
 
     def per_index(self, name: str, p: torch.Tensor, dim: int) -> torch.Tensor | None:
         """Importance of each index of ``p`` along ``dim`` (``None``: this tensor does not count)."""

@@ -86,6 +86,7 @@ class LabelStore:
     _product_by_axes: dict[bytes, Product] = field(default_factory=dict)
     _product_by_elements: dict[bytes, Product] = field(default_factory=dict)
     _product_by_flat: dict[bytes, Product] = field(default_factory=dict)
+    _param_at: dict[int, tuple[str, int]] = field(default_factory=dict)  # first label -> its (tensor, dim)
 
     # -- creation -----------------------------------------------------------------
     @property
@@ -110,18 +111,24 @@ class LabelStore:
 
     def new(self, n: int, kind: str, active: bool) -> np.ndarray:
         start = self._n
-        if start + n > self._parent.size:
-            size = max(2 * self._parent.size, start + n)
+        end = start + n
+        if end > self._parent.size:
+            size = max(2 * self._parent.size, end)
             for attr in ("_parent", "_active", "_kind"):
                 old = getattr(self, attr)
                 grown = np.zeros(size, dtype=old.dtype)
                 grown[:start] = old[:start]
                 setattr(self, attr, grown)
-        self._parent[start:start + n] = np.arange(start, start + n)
-        self._active[start:start + n] = active
-        self._kind[start:start + n] = self._kind_code(kind)
-        self._n = start + n
-        return np.arange(start, start + n, dtype=np.int64)
+        labels = np.arange(start, end, dtype=np.int64)
+        self._parent[start:end] = labels
+        # past ``_n`` the arrays are still zero (never written): inactive, kind 0 ("channel")
+        if active:
+            self._active[start:end] = True
+        code = self._kind_code(kind)
+        if code:
+            self._kind[start:end] = code
+        self._n = end
+        return labels
 
     def param_dim(self, name: str, dim: int, size: int, active: bool = False,
                   kind: str = "channel") -> np.ndarray:
@@ -131,11 +138,24 @@ class LabelStore:
         if labels is None:
             labels = self.new(size, kind, active)  # contiguous: label start + i is index i of (name, dim)
             self.param_dims[key] = labels
+            if size:
+                self._param_at[int(labels[0])] = key
         elif active:
             fresh = labels[~self._active[labels]]
             self._active[fresh] = True
             self._kind[fresh] = self._kind_code(kind)
         return labels
+
+    def param_with_labels(self, labels: np.ndarray) -> tuple[str, int] | None:
+        """The ``(tensor, dim)`` whose labels are exactly ``labels`` (in order), if any: parameter dims hold
+        disjoint ranges of fresh labels, so only the one starting at ``labels[0]`` can be."""
+        if labels.size == 0:
+            return None
+        key = self._param_at.get(int(labels[0]))
+        if key is None:
+            return None
+        own = self.param_dims[key]
+        return key if own.size == labels.size and np.array_equal(own, labels) else None
 
     # -- union-find ---------------------------------------------------------------
     def find(self, x: int) -> int:

@@ -37,8 +37,24 @@ NEUTRAL_OPS = frozenset({
 })
 
 
+_NAMES: dict[Any, str] = {}
+
+
 def op_name(func: Any) -> str:
-    """A stable name for ``func``: ``add`` for torch.add, Tensor.add and ``x + y``."""
+    """A stable name for ``func``: ``add`` for torch.add, Tensor.add and ``x + y`` (cached per function:
+    the tracer asks for every op it sees)."""
+    try:
+        return _NAMES[func]
+    except KeyError:
+        if len(_NAMES) > 4096:  # bounded: torch's functions, not an object per call
+            _NAMES.clear()
+        name = _NAMES[func] = _op_name(func)
+        return name
+    except TypeError:  # an unhashable callable
+        return _op_name(func)
+
+
+def _op_name(func: Any) -> str:
     name = getattr(func, "__name__", None) or repr(func)
     if name == "__get__":  # property access, e.g. ``x.T``
         owner = getattr(func, "__self__", None)

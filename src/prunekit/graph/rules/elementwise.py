@@ -75,6 +75,11 @@ def _is_nonzero_scalar(v) -> bool:
     return v is not None
 
 
+# nn.Module's own state (parameters, buffers, submodules, hook dicts, flags): never a cache of a computed
+# tensor, so not looked through (the hook dicts hold the tracer's own hooks on every module)
+_MODULE_STATE = frozenset(vars(torch.nn.Module()))
+
+
 def cached_attr(tracer, t) -> str | None:
     """The attribute of the module being traced that holds the computed tensor ``t`` (itself, or in a
     dict/list: timm's ``attention_bias_cache[device]`` in TinyViT and LeViT), if any."""
@@ -82,7 +87,7 @@ def cached_attr(tracer, t) -> str | None:
     if mod is None or not isinstance(t, torch.Tensor) or tracer.name_of(t) is not None:
         return None
     for n, v in vars(mod).items():
-        if n in ("_parameters", "_buffers", "_modules"):
+        if n in _MODULE_STATE:
             continue
         if v is t:
             return n

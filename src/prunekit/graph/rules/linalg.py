@@ -255,10 +255,10 @@ def _view_rows(tracer, q: torch.Tensor) -> tuple[np.ndarray, str] | None:
         return None
     binf = tracer.info(base)
     rows = binf.labels.get(base.dim() - 1) if binf is not None else None
-    wname = next((name for (name, d), lab in tracer.store.param_dims.items()
-                  if d == 0 and rows is not None and lab.size == rows.size and np.array_equal(lab, rows)), None)
-    if wname is None:
+    key = tracer.store.param_with_labels(rows) if rows is not None else None
+    if key is None or key[1] != 0:
         return None  # not a parameter's own rows (a sum, a normalized tensor ...)
+    wname = key[0]
     F = base.shape[-1]
     H, D = q.shape[-3], q.shape[-1]
     sH, sE = q.stride(-3), q.stride(-1)
