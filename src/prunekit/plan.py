@@ -26,7 +26,6 @@ from torch import nn
 from . import compat
 from . import plan_schema
 from .errors import ApplyError, CounterConflict, PlanError, PrunekitError, VerificationError
-from .graph.execute import counting
 from .graph.groups import Group, Resolver, index_renumbering, scale_folds
 from .graph.rules.indexing import renumber_index
 from .graph.tracer import as_inputs
@@ -151,22 +150,25 @@ def make_plan(graph, units: Iterable[int], groups: Iterable[Group] = ()) -> Plan
 
 # -- applying -------------------------------------------------------------------------
 
-def _tensor_slots(walked: Walk) -> dict[str, list[tuple[nn.Module, str, bool]]]:
-    """state_dict-style name -> every (module, key, is_param) slot holding that tensor (tied weights)."""
-    by_id: dict[int, list[tuple[nn.Module, str, bool]]] = {}
+def _tensor_slots(walked: Walk, names: Iterable[str]) -> dict[str, list[tuple[nn.Module, str, bool]]]:
+    """state_dict-style name -> every (module, key, is_param) slot holding that tensor (tied weights), for
+    ``names`` (parameters or buffers of ``walked``): one pass over the modules, looking up only those tensors."""
+    of: dict[str, torch.Tensor] = {}
+    for name in names:
+        t = walked.params.get(name)
+        of[name] = t if t is not None else walked.buffers[name]
+    by_id: dict[int, list[tuple[nn.Module, str, bool]]] = {id(t): [] for t in of.values()}
     for mod in walked.modules.values():
-        for key, p in compat.module_slots(mod)[0].items():
-            if p is not None:
-                by_id.setdefault(id(p), []).append((mod, key, True))
-        for key, b in compat.module_slots(mod)[1].items():
-            if b is not None:
-                by_id.setdefault(id(b), []).append((mod, key, False))
-    slots = {}
-    for name, p in walked.params.items():
-        slots[name] = by_id[id(p)]
-    for name, b in walked.buffers.items():
-        slots.setdefault(name, by_id[id(b)])
-    return slots
+        params, buffers, _ = compat.module_slots(mod)
+        for key, p in params.items():
+            held = by_id.get(id(p)) if p is not None else None
+            if held is not None:
+                held.append((mod, key, True))
+        for key, b in buffers.items():
+            held = by_id.get(id(b)) if b is not None else None
+            if held is not None:
+                held.append((mod, key, False))
+    return {name: by_id[id(t)] for name, t in of.items()}
 
 
 def _integer_types(types: set[type]) -> bool:
@@ -178,20 +180,28 @@ def _validate(model: nn.Module, plan: Plan, walked: Walk) -> dict[str, torch.Ten
     tensors = dict(walked.params)
     tensors.update({n: b for n, b in walked.buffers.items() if n not in tensors})
     plan_schema.check_model(plan, model, tensors)
+    bounds: dict[tuple, tuple[Any, Any]] = {}  # index list -> (min, max): coupled tensors lose equal lists
     for name, dims in plan.removed.items():
-        if name not in tensors:
+        t = tensors.get(name)
+        if t is None:
             raise PlanError(f"plan names {name!r}, which {type(model).__name__} does not have")
-        t = tensors[name]
+        ndim = t.dim()
         for dim, idx in dims.items():
             if isinstance(dim, bool) or not isinstance(dim, int) or dim < 0:
                 raise PlanError(f"plan removes dim {dim!r} of {name}; dims are non-negative integers")
             if not _integer_types(set(map(type, idx))):  # the types seen, not every index (a plan holds many)
                 raise PlanError(f"plan removes non-integer indices from {name} dim {dim}")
-            if dim >= t.dim():
+            if dim >= ndim:
                 raise PlanError(f"plan removes dim {dim} of {name}, which has shape {tuple(t.shape)}")
-            if idx and (min(idx) < 0 or max(idx) >= t.shape[dim]):
-                raise PlanError(f"plan removes index out of range from {name} dim {dim} (size {t.shape[dim]})")
-            if len(idx) >= t.shape[dim] and len(set(idx)) >= t.shape[dim]:  # fewer indices: some are kept
+            size = t.shape[dim]
+            if idx:
+                key = tuple(idx)  # integers only (checked above): equal tuples have equal bounds
+                lo_hi = bounds.get(key)
+                if lo_hi is None:
+                    lo_hi = bounds[key] = (min(key), max(key))
+                if lo_hi[0] < 0 or lo_hi[1] >= size:
+                    raise PlanError(f"plan removes index out of range from {name} dim {dim} (size {size})")
+            if len(idx) >= size and len(set(idx)) >= size:  # fewer indices: some are kept
                 raise PlanError(f"plan removes every index of {name} dim {dim}")
     for name, dim, idx, factor in plan.rescale:
         t = tensors.get(name)
@@ -270,7 +280,7 @@ def _apply_plan(model: nn.Module, plan: Plan, mode: str = "hard",
                 reference = None  # finite outputs are what can be asked
 
         def numeric(m: nn.Module) -> None:
-            with counting(counter) if counter is not None else contextlib.nullcontext():
+            with V.counting(counter) if counter is not None else contextlib.nullcontext():
                 out = V._run(m, inputs, kwargs, walked)  # the same module objects after the apply
             if reference is not None:
                 err = V.output_error(reference, out)
@@ -306,7 +316,9 @@ def _apply_plan(model: nn.Module, plan: Plan, mode: str = "hard",
     try:
         if mode == "soft":
             return _apply_soft(model, plan, tensors, run_checks, opt_updates)
-        return _apply_hard(model, plan, tensors, _tensor_slots(walked), walked.modules, run_checks, opt_updates)
+        slots = _tensor_slots(walked, [*plan.removed, *(n for n, *_ in plan.rescale if n not in plan.removed),
+                                               *plan.renumber])
+        return _apply_hard(model, plan, tensors, slots, walked.modules, run_checks, opt_updates)
     except ApplyError as exc:
         if not failure:
             raise
@@ -338,7 +350,10 @@ def _no_meta(walked: Walk, was_meta: set[int]) -> None:
     """No parameter or buffer in any module slot of the walked model may be left on the meta device
     by an apply (unless it was before); the module objects are the same after an apply."""
     for path, mod in walked.modules.items():
-        for slots in compat.module_slots(mod)[:2]:
+        params, buffers, _ = compat.module_slots(mod)
+        if not any(t is not None and t.is_meta for t in (*params.values(), *buffers.values())):
+            continue  # the common case: one pass over the slots, names only for a failure
+        for slots in (params, buffers):
             for key, t in slots.items():
                 if t is not None and t.is_meta and id(t) not in was_meta:
                     raise ApplyError(f"{path + '.' if path else ''}{key} is on the meta device after the apply")
@@ -422,9 +437,20 @@ class _Slicer:
 
     def remove(self, t: torch.Tensor, dims: Mapping[int, list[int]]) -> torch.Tensor:
         """``t`` without the given indices along each dim (a new tensor; ``t`` is unchanged)."""
+        if len(dims) == 1:  # most tensors lose indices along one dim
+            for dim, idx in dims.items():
+                return t.index_select(dim, self.kept(t.shape[dim], idx, t.device))
         for dim, idx in sorted(dims.items()):
             t = t.index_select(dim, self.kept(t.shape[dim], idx, t.device))
         return t
+
+
+def _is_param(t: Any) -> bool:
+    """``isinstance(t, nn.Parameter)``, without the metaclass's Python ``__instancecheck__`` for the common exact type."""
+    return type(t) is nn.Parameter or isinstance(t, nn.Parameter)
+
+
+_SLOT_DICTS = ("_parameters", "_buffers", "_modules")
 
 
 def _apply_hard(model, plan, tensors, slots, modules, check, opt_updates=()):
@@ -436,39 +462,52 @@ def _apply_hard(model, plan, tensors, slots, modules, check, opt_updates=()):
     for name, dim, idx, factor in plan.rescale:
         scaled.setdefault(name, []).append((dim, idx, factor))
     grads: dict[str, torch.Tensor] = {}
+    params: set[str] = set()  # the names whose tensor is an nn.Parameter
     slicer = _Slicer()
+    removed = plan.removed
     with torch.no_grad():
-        for name in [*plan.removed, *(n for n in scaled if n not in plan.removed)]:
-            dims = plan.removed.get(name, {})
-            t = tensors[name].detach()
+        for name in [*removed, *(n for n in scaled if n not in removed)]:
+            dims = removed.get(name)
+            if dims is None:
+                dims = {}
+            src = tensors[name]
+            t = src.detach()
             for dim, idx, factor in scaled.get(name, ()):  # on a copy: the original stays for a restore
                 index = torch.tensor(idx, dtype=torch.long, device=t.device)
                 t = t.index_copy(dim, index, t.index_select(dim, index) * factor)
-            new[name] = slicer.remove(t, dims).contiguous()
-            grad = tensors[name].grad if isinstance(tensors[name], nn.Parameter) else None
+            new[name] = slicer.remove(t, dims).contiguous() if dims else t.contiguous()
+            if not _is_param(src):
+                continue
+            params.add(name)
+            grad = src.grad
             if grad is not None:
                 if name in scaled:  # d(loss)/d(w * f) = grad / f on the rescaled slices
                     for dim, idx, factor in scaled[name]:
                         index = torch.tensor(idx, dtype=torch.long, device=grad.device)
                         grad = grad.index_copy(dim, index, grad.index_select(dim, index) / factor)
-                grads[name] = slicer.remove(grad, dims).contiguous()
+                grads[name] = slicer.remove(grad, dims).contiguous() if dims else grad.contiguous()
     undo: list[tuple[Any, str, Any, str]] = []  # (container, key, old, kind)
     touched: set[str] = set()
     try:
         for name, t in new.items():
             old = tensors[name]
-            if isinstance(old, nn.Parameter):  # one object, however many modules hold it (tied weights)
-                undo.append((old, "grad", old.grad, "grad"))
+            if name in params:  # one object, however many modules hold it (tied weights)
+                grad = old.grad
+                undo.append((old, "grad", grad, "grad"))
                 undo.append((old, "data", old.data, "data"))
-                old.grad = None  # its old shape would not match the new data
+                if grad is not None:
+                    old.grad = None  # its old shape would not match the new data
                 old.data = t
-                if name in grads:
-                    old.grad = grads[name]
+                grad = grads.get(name)
+                if grad is not None:
+                    old.grad = grad
             for mod, key, is_param in slots[name]:
                 if not is_param:
-                    undo.append((compat.module_slots(mod)[1], key, old, "dict"))
-                    compat.module_slots(mod)[1][key] = t
-            touched.add(name.rsplit(".", 1)[0] if "." in name else "")
+                    buffers = compat.module_slots(mod)[1]
+                    undo.append((buffers, key, old, "dict"))
+                    buffers[key] = t
+            cut = name.rfind(".")
+            touched.add(name[:cut] if cut >= 0 else "")
         for name, values in plan.renumber.items():  # index buffers: positions dropped, values renumbered
             old = tensors[name]
             fresh = renumber_index(old, values)
@@ -489,10 +528,11 @@ def _apply_hard(model, plan, tensors, slots, modules, check, opt_updates=()):
         for path in sorted(touched):
             mod = modules.get(path)
             if mod is not None:
-                before = dict(vars(mod))
+                attrs = vars(mod)
+                before = dict(attrs)
                 update_module(mod)
                 for k, v in before.items():
-                    if k not in ("_parameters", "_buffers", "_modules") and vars(mod).get(k) is not v:
+                    if attrs.get(k) is not v and k not in _SLOT_DICTS:
                         undo.append((mod, k, v, "attr"))
         for state, key, value in opt_updates:  # the optimizer's state, sliced like its parameters
             undo.append((state, key, state[key], "dict"))

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from json.encoder import encode_basestring_ascii as _json_str
 from typing import Any, Mapping
 
 import numpy as np
@@ -120,11 +121,16 @@ def digest(plan) -> str:
     ``"v2:<hex>"``. The removed indices of each ``(tensor, dim)`` are hashed as their sorted little-endian
     int64 bytes, after the name, dim and count (a JSON dump of every index cost ~4% of a prune); the rest
     as JSON. Deterministic: the same content gives the same digest in any process and on any machine."""
-    h = hashlib.sha256(b"prunekit plan digest v2\0")
+    parts = [b"prunekit plan digest v2\0"]  # hashed as one string: the same digest as update() per part
     for name, dims in sorted(plan.removed.items()):
         for dim, idx in sorted(dims.items()):
-            h.update(json.dumps([name, int(dim), len(idx)]).encode() + b"\0")
-            h.update(np.sort(np.asarray(idx, dtype="<i8")).tobytes())
+            head = (f"[{_json_str(name)}, {int(dim)}, {len(idx)}]" if type(name) is str  # json.dumps' text
+                    else json.dumps([name, int(dim), len(idx)]))
+            parts.append(head.encode() + b"\0")
+            a = np.array(idx, dtype="<i8")  # a copy: sorted in place
+            a.sort()
+            parts.append(a.tobytes())
+    h = hashlib.sha256(b"".join(parts))
     rest = {"renumber": {n: list(v) for n, v in sorted(plan.renumber.items())},
             "attrs": sorted([list(a) for a in plan.attrs]),
             "shapes": {n: list(s) for n, s in sorted(plan.shapes.items())},
@@ -168,6 +174,8 @@ def check_model(plan, model: nn.Module, tensors: Mapping[str, torch.Tensor]) -> 
     if not plan.shapes:
         return  # a plan built by hand: no fingerprint to compare
     have = {n: list(t.shape) for n, t in tensors.items()}
+    if have == plan.shapes:  # the common case: same names, same shapes (what differs is worked out below)
+        return
     missing = sorted(set(plan.shapes) - set(have))
     extra = sorted(set(have) - set(plan.shapes))
     changed = [(n, plan.shapes[n], have[n]) for n in sorted(set(plan.shapes) & set(have)) if plan.shapes[n] != have[n]]
