@@ -54,6 +54,7 @@ MAC_FREE = SHAPE_PRESERVING | frozenset({
     "dropout2d", "dropout3d", "alpha_dropout", "feature_alpha_dropout", "is_floating_point", "is_complex",
     "get_device", "__bool__", "__int__", "__float__", "__index__", "requires_grad_", "fill_", "zero_",
     "copy_", "masked_select", "index_select", "gather", "scatter", "arange", "zeros", "ones", "full",
+    "_assert",  # torch._assert(condition, message): a check, reached through the mode for every call
 })
 
 
@@ -94,6 +95,10 @@ class ShapeOnly(TorchFunctionMode):
         if real is not None and is_value(real):
             self.shadows.read(name)
             return real
+        if name in _FROM_SHADOW and isinstance(real, torch.Tensor) and real.dim() == 0:
+            out = meta_of(real)  # a 0-d bool (``torch.all(mask == 1)``): what torch's meta path gives, without it
+            self.shadows.pair(out, real)
+            return out
         try:
             out = self._meta_call(name, func, args, kwargs)
         except Exception:
@@ -138,6 +143,18 @@ class ShapeOnly(TorchFunctionMode):
             out = _meta_rnn(_RNN_GATES[name], *args, _counter=self.counter)
             if out is not None:
                 return out
+        if meta_first and name in ("pow", "__pow__", "cumsum", "embedding"):
+            out = _meta_unary(name, args, kwargs)
+            if out is not None:
+                return out
+        if meta_first and name in _REDUCTIONS:
+            out = _meta_reduction(name, args, kwargs)
+            if out is not None:
+                return out
+        if meta_first and name == "interpolate":
+            out = _meta_interpolate(func, args, kwargs)
+            if out is not None:
+                return out
         if meta_first and name in SHAPE_PRESERVING:
             if name.endswith("_") or kwargs.get("inplace") or (name in ("relu", "relu6", "hardtanh", "silu",
                                                                         "hardswish", "leaky_relu", "elu", "selu",
@@ -154,6 +171,17 @@ class ShapeOnly(TorchFunctionMode):
             return out
         with self.counter:
             return func(*args, **kwargs)
+
+
+# Ops whose meta result, when it is 0-d, is made from their real result on the shadows (a 0-d tensor has no
+# strides to differ; these ops are never views, never in-place, and have no FLOP formula): comparisons and
+# logical reductions over masks and ids, whose meta kernels run Python reference code (0.1-0.4 ms a call:
+# a Hugging Face model's ``torch.all(attention_mask == 1)``). Larger outputs keep the meta path: its
+# reference code gives size-1 dims other strides than the real kernel.
+_FROM_SHADOW = frozenset({"eq", "ne", "lt", "le", "gt", "ge", "__eq__", "__ne__", "__lt__", "__le__", "__gt__",
+                          "__ge__", "logical_not", "logical_and", "logical_or", "logical_xor", "__and__", "__or__",
+                          "__xor__", "__invert__", "bitwise_not", "bitwise_and", "bitwise_or", "bitwise_xor", "all",
+                          "any"})
 
 
 def counting(counter: MacCounter) -> "ShapeOnly":
@@ -454,6 +482,109 @@ def _meta_rnn(gates: int, x, hx, params, has_biases, num_layers, dropout, train,
     outs += [torch.empty(tuple(h.shape), device="meta", dtype=h.dtype) for h in states]
     _add_flops(_counter, lambda: 2 * T * B * sum(p.numel() for p in params if p.dim() == 2))
     return tuple(outs)
+
+
+def _default_strides(t: torch.Tensor) -> bool:
+    """``t`` has the strides ``torch.empty(t.shape)`` gives (contiguous, size-1 dims included)."""
+    expected, step = [], 1
+    for size in reversed(t.shape):
+        expected.append(step)
+        step *= max(size, 1)
+    return tuple(reversed(expected)) == t.stride()
+
+
+def _meta_unary(name: str, args: tuple, kwargs: dict):
+    """``x.pow(number)``, ``x.cumsum(dim)`` and ``F.embedding(ids, weight)`` on meta tensors with default
+    strides, by shape: an output of default strides, as torch's meta path gives for such inputs (it runs
+    Python reference code: 0.2-2 ms a call). ``None`` to let torch do it (other argument forms or dtypes,
+    ``max_norm`` (which renormalizes the weight), other strides)."""
+    x = args[0]
+    if not _default_strides(x):
+        return None
+    if name in ("pow", "__pow__"):
+        if len(args) != 2 or kwargs or not x.is_floating_point() or type(args[1]) not in (int, float):
+            return None
+        return torch.empty(x.shape, device="meta", dtype=x.dtype)
+    if name == "cumsum":
+        dim = args[1] if len(args) > 1 else kwargs.get("dim")
+        if len(args) > 2 or not kwargs.keys() <= {"dim"} or ("dim" in kwargs and len(args) > 1) \
+                or type(dim) is not int or not -max(x.dim(), 1) <= dim < max(x.dim(), 1):
+            return None
+        if x.is_floating_point():
+            dtype = x.dtype
+        elif x.dtype in (torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64):
+            dtype = torch.int64
+        else:
+            return None
+        return torch.empty(x.shape, device="meta", dtype=dtype)
+    # embedding(input, weight, padding_idx=None, max_norm=None, norm_type=2.0, scale_grad_by_freq=False, sparse=False)
+    w = args[1] if len(args) > 1 else kwargs.get("weight")
+    max_norm = args[3] if len(args) > 3 else kwargs.get("max_norm")
+    if max_norm is not None or not isinstance(w, torch.Tensor) or not w.is_meta or w.dim() != 2 \
+            or x.dtype not in (torch.int64, torch.int32) or not kwargs.keys() <= {"weight", "padding_idx"}:
+        return None
+    return torch.empty((*x.shape, w.shape[1]), device="meta", dtype=w.dtype)
+
+
+_REDUCTIONS = frozenset({"mean", "sum", "amax", "amin"})
+
+
+def _meta_reduction(name: str, args: tuple, kwargs: dict):
+    """``mean`` / ``sum`` / ``amax`` / ``amin`` of a contiguous floating meta tensor over given dims (``x.mean((2,
+    3), keepdim=True)``, a squeeze-excite's pooling) by shape: the result is contiguous, of the input's dtype
+    (torch's meta kernels run Python reference code: ~0.3 ms a call). ``None`` to let torch do it (other
+    argument forms, ``dtype=``/``out=``, integer inputs, repeated or out-of-range dims)."""
+    if len(args) > 3 or not kwargs.keys() <= {"dim", "keepdim"}:
+        return None
+    x = args[0]
+    dim = args[1] if len(args) > 1 else kwargs.get("dim")
+    keep = args[2] if len(args) > 2 else kwargs.get("keepdim", False)
+    if "dim" in kwargs and len(args) > 1 or "keepdim" in kwargs and len(args) > 2 or type(keep) is not bool:
+        return None
+    if not x.is_floating_point() or not x.is_contiguous():
+        return None
+    nd = x.dim()
+    if isinstance(dim, int) and not isinstance(dim, bool):
+        dims = [dim]
+    elif type(dim) in (tuple, list) and dim and all(type(d) is int for d in dim):
+        dims = list(dim)
+    elif dim is None and len(args) <= 1 and not kwargs and name in ("mean", "sum"):  # every dim
+        return torch.empty((), device="meta", dtype=x.dtype)
+    else:
+        return None
+    if nd == 0 or any(not -nd <= d < nd for d in dims):
+        return None
+    dims = {d % nd for d in dims}
+    if len(dims) != len(dim if type(dim) in (tuple, list) else [dim]):
+        return None  # a repeated dim: torch raises
+    shape = [1 if k in dims else s for k, s in enumerate(x.shape)] if keep else \
+        [s for k, s in enumerate(x.shape) if k not in dims]
+    return torch.empty(shape, device="meta", dtype=x.dtype)
+
+
+def _meta_interpolate(func, args: tuple, kwargs: dict):
+    """``F.interpolate`` of a contiguous meta tensor (on meta, torch runs the upsampling's Python
+    decomposition: ~1.4 ms a call): the output's spatial size is what the same call gives on a real
+    ``(1, 1, *spatial)`` tensor (every mode, scale and rounding rule as torch's own), batch and channels
+    as the input's; contiguous, of the input's dtype. ``None`` to let torch do it (tensor-valued sizes, a
+    layout that could read as channels-last, large inputs, errors: torch raises its own)."""
+    x = args[0]
+    if not 3 <= x.dim() <= 5 or not x.is_floating_point() or not x.is_contiguous() or x.shape[1] < 2:
+        return None
+    spatial = tuple(x.shape[2:])
+    if not 1 < math.prod(spatial) <= 1 << 16:
+        return None
+    if any(isinstance(a, torch.Tensor) for a in (*args[1:], *kwargs.values())) or \
+            any(isinstance(a, (tuple, list)) and any(isinstance(v, torch.Tensor) for v in a)
+                for a in (*args[1:], *kwargs.values())):
+        return None
+    try:
+        proxy = func(torch.zeros((1, 1, *spatial)), *args[1:], **kwargs)
+    except Exception:  # noqa: BLE001 - torch's meta path raises its own error
+        return None
+    if not isinstance(proxy, torch.Tensor) or proxy.dim() != x.dim():
+        return None
+    return torch.empty((x.shape[0], x.shape[1], *proxy.shape[2:]), device="meta", dtype=x.dtype)
 
 
 def _inplace_arg(name: str, args: tuple) -> bool:
