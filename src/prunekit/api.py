@@ -18,7 +18,7 @@ from .errors import ApplyError, CounterConflict, PlanError, PrunekitError
 from .graph.execute import counting, meta_forward
 from .graph.groups import Blocked, Group
 from .graph.tracer import DependencyGraph, Unsupported, _trace, as_inputs, iter_tensors, trace
-from .graph.walk import eval_mode, recursion_headroom
+from .graph.walk import Walk, eval_mode, recursion_headroom, walk
 from .measure import Counts
 from .measure.counting import MacCounter
 from .plan import Plan, apply_plan, make_plan
@@ -118,6 +118,16 @@ def _gc_paused():
     finally:
         if was:
             gc.enable()
+
+
+def _may_be_parametrized(m: nn.Module) -> bool:
+    """Can ``parametrize.is_parametrized(m)`` be true: does ``m`` have a ``parametrizations`` attribute
+    anywhere ``getattr`` looks? (``is_parametrized`` itself goes through ``nn.Module.__getattr__``, which
+    raises and catches for every plain module: ~3 us a module.)"""
+    return "parametrizations" in m.__dict__ or "parametrizations" in m._modules or \
+        "parametrizations" in m._parameters or "parametrizations" in m._buffers or \
+        hasattr(type(m), "parametrizations") or type(m).__getattr__ is not nn.Module.__getattr__ or \
+        type(m).__getattribute__ is not nn.Module.__getattribute__
 
 
 def _output_shapes(out: Any) -> list[tuple[int, ...]]:
@@ -220,7 +230,7 @@ class PrunedCopies:
 
     def __init__(self, model: nn.Module, example_inputs: Any, config: PruneConfig,
                  example_kwargs: Mapping[str, Any] | None = None, criterion: Criterion | str | None = None,
-                 _headroom_held: bool = False) -> None:
+                 _headroom_held: bool = False, _walked: Walk | None = None) -> None:
         self.model, self.inputs, self.kwargs = model, as_inputs(example_inputs), dict(example_kwargs or {})
         if criterion is None or (criterion == config.criterion and config.criterion_args is not None):
             criterion = config.make_criterion()  # the name with its recorded arguments
@@ -229,8 +239,9 @@ class PrunedCopies:
         # inside prune_ the recursion headroom is already raised for this model (trace would walk it again)
         self.graph = (_trace if _headroom_held else trace)(
             model, self.inputs, self.kwargs, ignore=config.ignore, strict=config.strict, counter=flops,
-            keep_outputs=config.keep_outputs)
-        self.before = Counts(sum(p.numel() for p in model.parameters()), flops.macs)
+            keep_outputs=config.keep_outputs, walked=_walked)
+        params = _walked.params.values() if _walked is not None else model.parameters()  # the same unique tensors
+        self.before = Counts(sum(p.numel() for p in params), flops.macs)
         self.groups = self.graph.groups(config.kinds)
         self.notes: list[str] = []
 
@@ -301,7 +312,8 @@ def _prune(model: nn.Module, example_inputs: Any, config: PruneConfig, example_k
            verify: bool = True, optimizer: torch.optim.Optimizer | None = None, allocate: Any = None) -> PruneResult:
     from torch.nn.utils import parametrize
 
-    masked = [n for n, m in model.named_modules() if parametrize.is_parametrized(m)]
+    walked = walk(model)  # one pass over the model for this check, the trace and the counts
+    masked = [n for n, m in walked.modules.items() if _may_be_parametrized(m) and parametrize.is_parametrized(m)]
     if masked:
         raise PrunekitError(f"prune_: {len(masked)} module(s) carry parametrizations (sparsity masks?), e.g. "
                             f"{masked[0] or type(model).__name__!r}; bake them in first "
@@ -309,9 +321,9 @@ def _prune(model: nn.Module, example_inputs: Any, config: PruneConfig, example_k
     inputs = as_inputs(example_inputs)
     kwargs = dict(example_kwargs or {})
     t0 = time.perf_counter()
-    modules = list(model.modules())  # the same objects after a hard apply (only tensors are replaced)
+    modules = list(walked.modules.values())  # model.modules(); the same objects after a hard apply
     copies = PrunedCopies(model, inputs, config, kwargs, criterion,  # one forward both traces and counts MACs
-                          _headroom_held=True)
+                          _headroom_held=True, _walked=walked)
     criterion = copies.criterion  # scores each group once, however many configs the macs= bisection tries
     graph: DependencyGraph = copies.graph
     before, groups = copies.before, copies.groups

@@ -454,7 +454,8 @@ def output_dims(module: nn.Module, key: str, param: torch.Tensor) -> tuple[int, 
 
 def _trace(model: nn.Module, example_inputs: Any = (), example_kwargs: Mapping[str, Any] | None = None,
           ignore: Iterable[str | nn.Module] = (), strict: bool = False,
-          counter: MacCounter | None = None, keep_outputs: Iterable[str | nn.Module] = ()) -> DependencyGraph:
+          counter: MacCounter | None = None, keep_outputs: Iterable[str | nn.Module] = (),
+          walked: Walk | None = None) -> DependencyGraph:
     """Run ``model`` once on the example inputs and return its dependency graph.
 
     ``ignore`` lists modules (or their dotted paths) whose parameters must keep their shape:
@@ -481,7 +482,7 @@ def _trace(model: nn.Module, example_inputs: Any = (), example_kwargs: Mapping[s
     """
     example_inputs = as_inputs(example_inputs)
     example_kwargs = dict(example_kwargs or {})
-    walked = walk(model)
+    walked = walk(model) if walked is None else walked  # ``walked``: the caller's walk of this model, as it is
     ignored = _module_paths(model, ignore, "ignored", walked)
     kept = _module_paths(model, keep_outputs, "keep_outputs", walked)
     scripted = [p for p, m in walked.modules.items() if isinstance(m, torch.jit.ScriptModule)]
