@@ -54,6 +54,11 @@ def output_error(reference: Sequence[torch.Tensor], outputs: Sequence[torch.Tens
                 return math.inf
             continue
         a, b = a.detach().double(), b.detach().double()
+        if a.numel() == 0:
+            continue
+        if bool(torch.isfinite(a).all()) and bool(torch.isfinite(b).all()):  # the common case, in fewer ops
+            worst = max(worst, float((a - b).abs().max() / a.abs().max().clamp_min(1e-12)))
+            continue
         if a.isnan().any() or b.isnan().any():
             return math.inf
         fa, fb = torch.isfinite(a), torch.isfinite(b)
