@@ -12,6 +12,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
+from .compat import module_slots
 from .config import PruneConfig, describe_criterion
 from .criteria import CachedScores, Criterion
 from .errors import ApplyError, CounterConflict, PlanError, PrunekitError
@@ -124,8 +125,7 @@ def _may_be_parametrized(m: nn.Module) -> bool:
     """Can ``parametrize.is_parametrized(m)`` be true: does ``m`` have a ``parametrizations`` attribute
     anywhere ``getattr`` looks? (``is_parametrized`` itself goes through ``nn.Module.__getattr__``, which
     raises and catches for every plain module: ~3 us a module.)"""
-    return "parametrizations" in m.__dict__ or "parametrizations" in m._modules or \
-        "parametrizations" in m._parameters or "parametrizations" in m._buffers or \
+    return "parametrizations" in m.__dict__ or any("parametrizations" in slots for slots in module_slots(m)) or \
         hasattr(type(m), "parametrizations") or type(m).__getattr__ is not nn.Module.__getattr__ or \
         type(m).__getattribute__ is not nn.Module.__getattribute__
 

@@ -16,12 +16,13 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode, _get_current_dispatch_mode_stack
-from torch.utils._pytree import tree_map
+from torch.utils._pytree import tree_leaves, tree_map
 from torch.utils.flop_counter import flop_registry, sdpa_flop_count, shape_wrapper
 
-__all__ = ["BATCH_NORM", "CONV", "CONV_TRANSPOSE", "MODULE_CALL_FRAME", "PROFILER_NOISE", "SHAPE_WRAPPED", "TorchDispatchMode", "aten_op",
-           "dispatch_modes", "flop_registry", "module_slots", "overload_packet", "quiet_profiler_stderr",
-           "refresh_rnn_flat_weights", "sdpa_flop_count", "tree_map"]
+__all__ = ["BATCH_NORM", "CONV", "CONV_TRANSPOSE", "MODULE_CALL_FRAME", "PROFILER_NOISE", "SHAPE_WRAPPED",
+           "SharedHooks", "TorchDispatchMode", "aten_op", "dispatch_modes", "flop_registry", "module_slots",
+           "overload_packet", "quiet_profiler_stderr", "refresh_rnn_flat_weights", "sdpa_flop_count", "tree_leaves",
+           "tree_map"]
 
 # --- dispatch (torch.utils._python_dispatch) -------------------------------------------------------
 # TorchDispatchMode: a mode whose __torch_dispatch__ sees every ATen op (MAC counting is one).
@@ -65,6 +66,32 @@ def module_slots(mod: nn.Module) -> tuple[dict, dict, dict]:
     """A module's own ``_parameters``, ``_buffers`` and ``_modules`` dicts: assigning into them
     swaps a tensor without registration checks (the meta stand-ins rely on that)."""
     return mod._parameters, mod._buffers, mod._modules
+
+
+class SharedHooks:
+    """One forward pre-hook and one ``always_call`` forward hook on each of ``modules``, entered in the
+    modules' hook dicts as ``register_forward_pre_hook`` / ``register_forward_hook(always_call=True)``
+    enter them, under one handle id per kind for all modules (a ``RemovableHandle`` per module and hook
+    costs ~2.5 us: 3 ms on a model of 1,300 modules); :meth:`remove` takes them out again."""
+
+    def __init__(self, modules: list[nn.Module], pre, post) -> None:
+        from torch.utils.hooks import RemovableHandle
+
+        self.pre_id = RemovableHandle.next_id  # ids no other handle gets (drawn as RemovableHandle draws them)
+        self.post_id = self.pre_id + 1
+        RemovableHandle.next_id += 2
+        self.modules = modules
+        for m in modules:
+            m._forward_pre_hooks[self.pre_id] = pre
+            m._forward_hooks[self.post_id] = post
+            m._forward_hooks_always_called[self.post_id] = True
+
+    def remove(self) -> None:
+        for m in self.modules:
+            m._forward_pre_hooks.pop(self.pre_id, None)
+            m._forward_hooks.pop(self.post_id, None)
+            m._forward_hooks_always_called.pop(self.post_id, None)
+        self.modules = []
 
 
 def refresh_rnn_flat_weights(rnn: nn.RNNBase) -> None:

@@ -69,7 +69,8 @@ def test_unary_fast_paths_match_torch_meta():
             for x in _layouts(shape, dtype):
                 for name, func, args, kw in [("pow", torch.pow, (x, 2), {}), ("pow", torch.pow, (x, 3.0), {}),
                                              ("__pow__", torch.Tensor.__pow__, (x, 2), {}),
-                                             ("cumsum", torch.cumsum, (x, -1), {}), ("cumsum", torch.cumsum, (x,), {"dim": 0}),
+                                             ("cumsum", torch.cumsum, (x, -1), {}),
+                                             ("cumsum", torch.cumsum, (x,), {"dim": 0}),
                                              ("cumsum", torch.cumsum, (x, 0), {"dtype": torch.float64})]:
                     try:
                         ref = func(*args, **kw)

@@ -15,9 +15,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from torch.utils._pytree import tree_leaves
-
-from ..compat import dispatch_modes, module_slots, refresh_rnn_flat_weights, sdpa_flop_count, tree_map
+from ..compat import dispatch_modes, module_slots, refresh_rnn_flat_weights, sdpa_flop_count, tree_leaves, tree_map
 from ..measure.counting import MacCounter
 from .shadows import Shadows, is_value, meta_of
 from .walk import Walk, walk

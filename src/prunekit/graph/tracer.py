@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from ..compat import CONV_TRANSPOSE, module_slots
+from ..compat import CONV_TRANSPOSE, SharedHooks, module_slots
 from ..errors import UnsupportedOpError
 from ..measure.counting import MacCounter
 from .info import TensorInfo
@@ -349,33 +349,7 @@ def _module_hooks(tracer: Tracer) -> list:
         if len(stack) > 1:
             stack.pop()
 
-    return [_SharedHooks(list({id(m): m for m in tracer.modules.values()}.values()), pre, post)]
-
-
-class _SharedHooks:
-    """One forward pre-hook and one ``always_call`` forward hook on each of ``modules``, entered in the
-    modules' hook dicts as ``register_forward_pre_hook`` / ``register_forward_hook(always_call=True)``
-    enter them, under one handle id per kind for all modules (a ``RemovableHandle`` per module per hook
-    cost ~2.5 us: 3 ms on a model of 1,300 modules); :meth:`remove` takes them out again."""
-
-    def __init__(self, modules: list[nn.Module], pre: Callable, post: Callable) -> None:
-        from torch.utils.hooks import RemovableHandle
-
-        self.pre_id = RemovableHandle.next_id  # ids no other handle gets (as RemovableHandle draws them)
-        self.post_id = self.pre_id + 1
-        RemovableHandle.next_id += 2
-        self.modules = modules
-        for m in modules:
-            m._forward_pre_hooks[self.pre_id] = pre
-            m._forward_hooks[self.post_id] = post
-            m._forward_hooks_always_called[self.post_id] = True
-
-    def remove(self) -> None:
-        for m in self.modules:
-            m._forward_pre_hooks.pop(self.pre_id, None)
-            m._forward_hooks.pop(self.post_id, None)
-            m._forward_hooks_always_called.pop(self.post_id, None)
-        self.modules = []
+    return [SharedHooks(list({id(m): m for m in tracer.modules.values()}.values()), pre, post)]
 
 
 def _traced_run(model: nn.Module, inputs: tuple, kwargs: dict, meta: bool, walked: Walk,
