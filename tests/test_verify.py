@@ -353,3 +353,44 @@ def test_zeroed_copy_cuts_two_dims_at_once_and_shares_masks_safely():
             expect = expect.index_fill(d, torch.tensor(idx), 0)
         assert torch.equal(_zeroed_copy(t, dims, cache), expect)
     assert not torch.equal(w.detach(), want)  # negative control
+
+
+def test_verification_counting_counts_as_the_tracer_counts():
+    """verify.counting (the verification forward's MAC counter) gives graph.execute.counting's count: torch's
+    index-only ModIndex (transformers' vmapped mask lookups) passes straight through as 0 MACs, while any other
+    custom autograd Function is still counted inside. Negative control: the custom matmul's MACs are counted."""
+    from torch._dynamo._trace_wrapped_higher_order_op import ModIndex, mod_index
+
+    from prunekit.graph.execute import counting
+    from prunekit.measure.counting import MacCounter
+    from prunekit.verify import _index_only, counting as verify_counting
+
+    class MatMul(torch.autograd.Function):
+        @staticmethod
+        def forward(a, b):
+            return a @ b
+
+        @staticmethod
+        def setup_context(ctx, inputs, output):
+            pass
+
+    class Masked(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(4, 3)
+
+        def forward(self, x, mask):  # x: (B, N, 4), mask: (B, N)
+            b, n = torch.arange(mask.shape[0]), torch.arange(mask.shape[1])
+            pick = torch.vmap(torch.vmap(lambda i, j: mod_index(mask, [i, j]), in_dims=(None, 0)),
+                              in_dims=(0, None))(b, n)  # (B, N)
+            return self.lin(x) * pick[..., None] + MatMul.apply(x, torch.ones(4, 3))
+
+    assert _index_only(ModIndex) and not _index_only(MatMul)
+    m, x, mask = Masked(), torch.randn(2, 5, 4), torch.ones(2, 5)
+    counts = []
+    for mode in (counting, verify_counting):
+        c = MacCounter()
+        with torch.no_grad(), mode(c):
+            m(x, mask)
+        counts.append(c.macs)
+    assert counts[0] == counts[1] == 2 * (2 * 5 * 4 * 3)  # the Linear and the custom matmul, nothing for ModIndex
