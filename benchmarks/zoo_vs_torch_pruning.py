@@ -150,6 +150,13 @@ def summarize(rows: list[dict]) -> dict:
             s["median_cpu_pk"] = statistics.median(r["pk_cpu_s"] for r in cpu)
             s["median_cpu_tp"] = statistics.median(r["tp_cpu_s"] for r in cpu)
             s["median_cpu_ratio"] = statistics.median(r["pk_cpu_s"] / max(r["tp_cpu_s"], 1e-9) for r in cpu)
+            nv = [r for r in cpu if "pk_noverify_cpu_s" in r]
+            if nv:  # prunekit with verify=False: the engine alone, as Torch-Pruning runs (it verifies nothing)
+                s["nv_timed"] = len(nv)
+                s["median_cpu_pk_noverify"] = statistics.median(r["pk_noverify_cpu_s"] for r in nv)
+                s["median_cpu_tp_nv"] = statistics.median(r["tp_cpu_s"] for r in nv)
+                s["median_cpu_ratio_noverify"] = statistics.median(
+                    r["pk_noverify_cpu_s"] / max(r["tp_cpu_s"], 1e-9) for r in nv)
             fw = [r for r in cpu if "forward_cpu_s" in r]
             if fw:  # the floor with verification on: prunekit runs the model twice for real (reference, check)
                 s["median_forward_cpu"] = statistics.median(r["forward_cpu_s"] for r in fw)
@@ -249,6 +256,12 @@ def write(rows: list[dict], args, out: str, commit: str = "unknown") -> str:
                      f"Torch-Pruning {s['median_cpu_tp']:.2f}s (ratio of medians "
                      f"{s['median_cpu_pk'] / max(s['median_cpu_tp'], 1e-9):.2f}; median per-model ratio "
                      f"**{s['median_cpu_ratio']:.2f}**)")
+    if "median_cpu_pk_noverify" in s:
+        lines.append(f"- prunekit with `verify=False` (no zeroed reference, no verification forward; Torch-Pruning "
+                     f"verifies nothing), process CPU ({s['nv_timed']} models): {s['median_cpu_pk_noverify']:.2f}s vs "
+                     f"{s['median_cpu_tp_nv']:.2f}s (ratio of medians "
+                     f"{s['median_cpu_pk_noverify'] / max(s['median_cpu_tp_nv'], 1e-9):.2f}; median per-model ratio "
+                     f"**{s['median_cpu_ratio_noverify']:.2f}**)")
     if "median_forward_cpu" in s:
         lines.append(f"- one plain forward of the original model (no_grad, CPU time, median {s['median_forward_cpu']:.3f}s): "
                      f"prunekit's prune takes a median {s['median_pk_over_forward']:.1f} forwards, Torch-Pruning's "
@@ -274,14 +287,15 @@ def write(rows: list[dict], args, out: str, commit: str = "unknown") -> str:
     lines += _failures(rows)
     lines += ["", "## Per model", "",
               "| model | family | MACs | prunekit | pk MACs | pk s | pk rel. err | kept (unsupported ops) | "
-              "Torch-Pruning | TP MACs | TP s | pk CPU s | TP CPU s | forward CPU s |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "Torch-Pruning | TP MACs | TP s | pk CPU s | pk CPU s, verify=False | TP CPU s | forward CPU s |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         unsup = "; ".join(r.get("pk_unsupported", []))[:160].replace("|", "/") or "-"
         cells = [r["model"], r["family"], f"{r.get('macs', 0) / 1e6:.1f}M", _pk_cell(r).replace("|", "/"),
                  _f(r, "pk_macs_ratio"), _f(r, "pk_time_s", ".2f"), _f(r, "pk_rel_error", ".1e"), unsup,
                  _tp_cell(r).replace("|", "/"), _f(r, "tp_macs_ratio"), _f(r, "tp_time_s", ".2f"),
-                 _f(r, "pk_cpu_s", ".3f"), _f(r, "tp_cpu_s", ".3f"), _f(r, "forward_cpu_s", ".4f")]
+                 _f(r, "pk_cpu_s", ".3f"), _f(r, "pk_noverify_cpu_s", ".3f"), _f(r, "tp_cpu_s", ".3f"),
+                 _f(r, "forward_cpu_s", ".4f")]
         lines.append("| " + " | ".join(cells) + " |")
     text = "\n".join(lines) + "\n"
     RESULTS.mkdir(exist_ok=True)

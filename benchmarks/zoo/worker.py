@@ -56,6 +56,15 @@ def _run_prunekit(model, inputs, heads, original, base_macs, row: dict[str, Any]
         if len(runs) > 1:
             row["pk_runs_s"], row["pk_cpu_runs_s"] = [w for w, _ in runs], [c for _, c in runs]
             row["pk_time_s"], row["pk_cpu_s"] = min(w for w, _ in runs), min(c for _, c in runs)
+        # the same prune without prunekit's own verification (Torch-Pruning verifies nothing): what the
+        # engine costs, beside what the returned-model check (zeroed reference + verification forward) adds
+        nv = []
+        for _ in range(repeats):
+            again = copy.deepcopy(original)
+            c0 = time.process_time()
+            prunekit.prune_(again, inputs, ratio=0.5, verify=False, **{option: tuple(heads)})
+            nv.append(time.process_time() - c0)
+        row["pk_noverify_cpu_s"] = min(nv)
     plan = result.plan
     row["pk_status"] = "nothing pruned" if plan.is_empty() else "pruned"
     row["pk_groups"] = len(result.groups)
