@@ -355,15 +355,15 @@ def test_zeroed_copy_cuts_two_dims_at_once_and_shares_masks_safely():
     assert not torch.equal(w.detach(), want)  # negative control
 
 
-def test_verification_counting_counts_as_the_tracer_counts():
-    """verify.counting (the verification forward's MAC counter) gives graph.execute.counting's count: torch's
-    index-only ModIndex (transformers' vmapped mask lookups) passes straight through as 0 MACs, while any other
-    custom autograd Function is still counted inside. Negative control: the custom matmul's MACs are counted."""
+def test_counting_passes_index_only_functions_and_counts_the_rest():
+    """graph.execute.counting (the verification forward's MAC counter) gives the count of the whole forward
+    under the counter's dispatch mode: torch's index-only ModIndex (transformers' vmapped mask lookups) passes
+    straight through as 0 MACs, while any other custom autograd Function is still counted inside. Negative
+    control: the custom matmul's MACs are counted."""
     from torch._dynamo._trace_wrapped_higher_order_op import ModIndex, mod_index
 
-    from prunekit.graph.execute import counting
+    from prunekit.graph.execute import _index_only, counting
     from prunekit.measure.counting import MacCounter
-    from prunekit.verify import _index_only, counting as verify_counting
 
     class MatMul(torch.autograd.Function):
         @staticmethod
@@ -388,7 +388,7 @@ def test_verification_counting_counts_as_the_tracer_counts():
     assert _index_only(ModIndex) and not _index_only(MatMul)
     m, x, mask = Masked(), torch.randn(2, 5, 4), torch.ones(2, 5)
     counts = []
-    for mode in (counting, verify_counting):
+    for mode in (counting, lambda c: c):  # the function mode, and the whole forward under the dispatch mode
         c = MacCounter()
         with torch.no_grad(), mode(c):
             m(x, mask)

@@ -18,7 +18,7 @@ from .criteria import CachedScores, Criterion
 from .errors import ApplyError, CounterConflict, PlanError, PrunekitError
 from .graph.execute import counting, meta_forward
 from .graph.groups import Blocked, Group
-from .graph.tracer import DependencyGraph, Unsupported, _trace, as_inputs, iter_tensors, trace
+from .graph.tracer import DependencyGraph, Unsupported, as_inputs, iter_tensors, trace
 from .graph.walk import Walk, eval_mode, recursion_headroom, walk
 from .measure import Counts
 from .measure.counting import MacCounter
@@ -230,16 +230,15 @@ class PrunedCopies:
 
     def __init__(self, model: nn.Module, example_inputs: Any, config: PruneConfig,
                  example_kwargs: Mapping[str, Any] | None = None, criterion: Criterion | str | None = None,
-                 _headroom_held: bool = False, _walked: Walk | None = None) -> None:
+                 _walked: Walk | None = None) -> None:
         self.model, self.inputs, self.kwargs = model, as_inputs(example_inputs), dict(example_kwargs or {})
         if criterion is None or (criterion == config.criterion and config.criterion_args is not None):
             criterion = config.make_criterion()  # the name with its recorded arguments
         self.criterion = criterion if isinstance(criterion, CachedScores) else CachedScores(criterion)
         flops = MacCounter()
-        # inside prune_ the recursion headroom is already raised for this model (trace would walk it again)
-        self.graph = (_trace if _headroom_held else trace)(
-            model, self.inputs, self.kwargs, ignore=config.ignore, strict=config.strict, counter=flops,
-            keep_outputs=config.keep_outputs, walked=_walked)
+        # inside prune_, trace's recursion_headroom finds the room prune_ already holds for this model
+        self.graph = trace(model, self.inputs, self.kwargs, ignore=config.ignore, strict=config.strict,
+                           counter=flops, keep_outputs=config.keep_outputs, walked=_walked)
         params = _walked.params.values() if _walked is not None else model.parameters()  # the same unique tensors
         self.before = Counts(sum(p.numel() for p in params), flops.macs)
         self.groups = self.graph.groups(config.kinds)
@@ -322,8 +321,7 @@ def _prune(model: nn.Module, example_inputs: Any, config: PruneConfig, example_k
     kwargs = dict(example_kwargs or {})
     t0 = time.perf_counter()
     modules = list(walked.modules.values())  # model.modules(); the same objects after a hard apply
-    copies = PrunedCopies(model, inputs, config, kwargs, criterion,  # one forward both traces and counts MACs
-                          _headroom_held=True, _walked=walked)
+    copies = PrunedCopies(model, inputs, config, kwargs, criterion, _walked=walked)  # one forward: trace + MACs
     criterion = copies.criterion  # scores each group once, however many configs the macs= bisection tries
     graph: DependencyGraph = copies.graph
     before, groups = copies.before, copies.groups

@@ -26,6 +26,7 @@ from torch import nn
 from . import compat
 from . import plan_schema
 from .errors import ApplyError, CounterConflict, PlanError, PrunekitError, VerificationError
+from .graph.execute import counting
 from .graph.groups import Group, Resolver, index_renumbering, scale_folds
 from .graph.rules.indexing import renumber_index
 from .graph.tracer import as_inputs
@@ -280,7 +281,7 @@ def _apply_plan(model: nn.Module, plan: Plan, mode: str = "hard",
                 reference = None  # finite outputs are what can be asked
 
         def numeric(m: nn.Module) -> None:
-            with V.counting(counter) if counter is not None else contextlib.nullcontext():
+            with counting(counter) if counter is not None else contextlib.nullcontext():
                 out = V._run(m, inputs, kwargs, walked)  # the same module objects after the apply
             if reference is not None:
                 err = V.output_error(reference, out)

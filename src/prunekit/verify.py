@@ -25,7 +25,6 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from .graph.execute import MAC_FREE, ShapeOnly
 from .graph.tracer import as_inputs, iter_tensors
 from .graph.walk import Walk, eval_mode, walk
 from .plan import Plan, apply_plan
@@ -74,35 +73,6 @@ def output_error(reference: Sequence[torch.Tensor], outputs: Sequence[torch.Tens
 def _run(model: nn.Module, inputs: tuple, kwargs: Mapping[str, Any], walked: Walk | None = None) -> list[torch.Tensor]:
     with torch.no_grad(), eval_mode(walked.modules.values() if walked is not None else model.modules()):
         return [t.detach().clone() for t in iter_tensors(model(*inputs, **dict(kwargs)))]
-
-
-class _Counting(ShapeOnly):
-    """:func:`~prunekit.graph.execute.counting` for the verification forward (a real model on real
-    inputs): a :data:`~prunekit.graph.execute.MAC_FREE` op, most of a forward's calls, goes straight to
-    torch, the rest through :meth:`ShapeOnly.call` as before. On real tensors that is what ``call`` does
-    with them too, after its meta checks; the per-op Python of those checks was what the counting cost
-    (mobileone_s0: 1358 calls, ~8 ms of a 25 ms forward)."""
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        name = getattr(func, "__name__", "")
-        if name in MAC_FREE or (name == "custom_function_call" and args and _index_only(args[0])):
-            return func(*args, **(kwargs or {}))
-        return self.call(func, args, kwargs or {})
-
-
-def _index_only(function: Any) -> bool:
-    """Is this autograd Function torch's ``ModIndex`` (``torch._dynamo._trace_wrapped_higher_order_op``:
-    forward ``aten.index``, which the FLOP counter counts as 0)? transformers builds attention masks with it
-    under ``vmap``; counted under the counter's dispatch mode it cost 3.5 ms of hf_gpt2's 5 ms verification
-    forward, for 0 MACs. Matched by name: importing ``torch._dynamo`` to compare classes costs seconds."""
-    return getattr(function, "__name__", None) == "ModIndex" and \
-        getattr(function, "__module__", None) == "torch._dynamo._trace_wrapped_higher_order_op"
-
-
-def counting(counter) -> ShapeOnly:
-    """A function mode counting the MACs of a real forward into ``counter`` (a
-    :class:`~prunekit.measure.counting.MacCounter`): the same count as ``graph.execute.counting``."""
-    return _Counting(counter)
 
 
 class NotVerifiable(Exception):
